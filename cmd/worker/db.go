@@ -1,0 +1,82 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/jmoiron/sqlx"
+	"github.com/lib/pq"
+)
+
+// openDB connects to PostgreSQL. When the database itself does not exist
+// yet, it is created first (so the quick start needs no manual step).
+func openDB(ctx context.Context, dsn string, logger *slog.Logger) (*sqlx.DB, error) {
+	db, err := connect(ctx, dsn)
+	var pqErr *pq.Error
+	if errors.As(err, &pqErr) && pqErr.Code == "3D000" { // invalid_catalog_name
+		if cerr := createDatabase(ctx, dsn, logger); cerr != nil {
+			return nil, cerr
+		}
+		db, err = connect(ctx, dsn)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("connect to PostgreSQL: %w", err)
+	}
+	return db, nil
+}
+
+func connect(ctx context.Context, dsn string) (*sqlx.DB, error) {
+	db, err := sqlx.Open("postgres", dsn)
+	if err != nil {
+		return nil, err
+	}
+	db.SetMaxOpenConns(32)
+	db.SetMaxIdleConns(16)
+	db.SetConnMaxIdleTime(5 * time.Minute)
+	pingCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := db.PingContext(pingCtx); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return db, nil
+}
+
+// createDatabase creates the database named in a URL-form dsn by connecting
+// to the "postgres" maintenance database on the same server.
+func createDatabase(ctx context.Context, dsn string, logger *slog.Logger) error {
+	u, err := url.Parse(dsn)
+	if err != nil || u.Scheme == "" {
+		return fmt.Errorf("database in %q does not exist and the URL cannot be rewritten to create it", redactDSN(dsn))
+	}
+	name := strings.TrimPrefix(u.Path, "/")
+	u.Path = "/postgres"
+	admin, err := connect(ctx, u.String())
+	if err != nil {
+		return fmt.Errorf("connect to maintenance database to create %q: %w", name, err)
+	}
+	defer admin.Close()
+	if _, err := admin.ExecContext(ctx, "CREATE DATABASE "+pq.QuoteIdentifier(name)); err != nil {
+		var pqErr *pq.Error
+		if errors.As(err, &pqErr) && pqErr.Code == "42P04" { // created meanwhile
+			return nil
+		}
+		return fmt.Errorf("create database %q: %w", name, err)
+	}
+	logger.Info("created database", slog.String("database", name))
+	return nil
+}
+
+// redactDSN hides the password of a URL-form dsn.
+func redactDSN(dsn string) string {
+	u, err := url.Parse(dsn)
+	if err != nil || u.User == nil {
+		return dsn
+	}
+	return u.Redacted()
+}

@@ -1,0 +1,149 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/heraldhq/herald/events"
+	"github.com/heraldhq/herald/jsrt"
+	"github.com/heraldhq/herald/rules"
+	"github.com/heraldhq/herald/schema"
+)
+
+func runCommand(ctx context.Context, e env, args []string) error {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	cfg, err := loadConfig(e.getenv, fs, args)
+	if err != nil {
+		return err
+	}
+	logger := cfg.logger(e.stderr)
+	slog.SetDefault(logger)
+	return run(ctx, cfg, logger)
+}
+
+// run wires the worker and runs it until ctx is done, then shuts down in
+// the reverse order of start-up: intake first, the database last.
+func run(ctx context.Context, cfg config, logger *slog.Logger) error {
+	db, err := openDB(ctx, cfg.DatabaseURL, logger)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	if cfg.AutoMigrate {
+		applied, err := schema.Migrate(ctx, db)
+		if err != nil {
+			return err
+		}
+		if len(applied) > 0 {
+			logger.Info("applied migrations", slog.Any("versions", applied))
+		}
+	}
+
+	nc, err := connectNATS(cfg, true, logger)
+	if err != nil {
+		return err
+	}
+	defer nc.close()
+	if _, err := events.EnsureStream(ctx, nc.js, events.StreamConfig{
+		Name: cfg.Stream, SubjectPrefix: cfg.SubjectPrefix, MaxAge: cfg.StreamMaxAge,
+	}); err != nil {
+		return err
+	}
+
+	pool := jsrt.New(jsrt.Config{Size: cfg.Concurrency, Logger: logger})
+	cache, err := rules.NewRuleCache(ctx, db, cfg.DatabaseURL, logger)
+	if err != nil {
+		return err
+	}
+	cache.OnReload = func(rs *rules.RuleSet) {
+		pool.Forget(rs)
+		for _, p := range rs.Policies {
+			if p.Kind != rules.KindExpression {
+				continue
+			}
+			if err := pool.Check(p); err != nil {
+				logger.Warn("policy does not compile", slog.String("policy", p.Name), slog.String("error", err.Error()))
+			}
+		}
+	}
+	cache.OnReload(cache.Current())
+
+	publisher := events.NewPublisher(nc.js, cfg.SubjectPrefix)
+	outbox := rules.NewOutbox(db, rules.OutboxConfig{
+		Senders: map[string]rules.OutboxSender{rules.OutboxEvent: rules.PublishEvents(publisher)},
+		Logger:  logger,
+	})
+	engine := rules.NewEngine(db, cache, pool, rules.EngineConfig{
+		MaxEventDepth: cfg.MaxEventDepth,
+		AfterCommit:   outbox.Wake,
+		Logger:        logger,
+	})
+	sub := events.NewSubscriber(nc.js, engine, rules.NewStore(db), events.SubscriberConfig{
+		Stream:        cfg.Stream,
+		Consumer:      cfg.Consumer,
+		SubjectPrefix: cfg.SubjectPrefix,
+		BatchSize:     cfg.BatchSize,
+		Concurrency:   cfg.Concurrency,
+		AckWait:       cfg.AckWait,
+		MaxPayload:    cfg.MaxPayload,
+		MaxAttempts:   cfg.MaxAttempts,
+		Logger:        logger,
+	})
+
+	// Background services stop when bgCtx ends, after the subscriber drained.
+	bgCtx, stopBackground := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopBackground()
+	var bg sync.WaitGroup
+	bg.Go(func() {
+		if err := cache.Watch(bgCtx, 30*time.Second); err != nil {
+			logger.Error("rule watcher stopped", slog.Any("error", err))
+		}
+	})
+	bg.Go(func() { _ = outbox.Run(bgCtx) })
+
+	var srv *http.Server
+	if cfg.HTTPAddr != "" {
+		srv = &http.Server{Addr: cfg.HTTPAddr, Handler: opsHandler(db, nc, engine, cfg), ReadHeaderTimeout: 5 * time.Second}
+		bg.Go(func() {
+			if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				logger.Error("http server stopped", slog.Any("error", err))
+			}
+		})
+	}
+
+	logger.Info("worker running", slog.String("stream", cfg.Stream), slog.String("consumer", cfg.Consumer),
+		slog.Int("rules", len(cache.Current().Rules)), slog.Int("batch_size", cfg.BatchSize),
+		slog.Int("concurrency", cfg.Concurrency), slog.String("http", cfg.HTTPAddr))
+
+	// The subscriber returns once ctx is done and in-flight batches are
+	// finished (or the shutdown timeout cancelled them).
+	stopCtx, cancelStop := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelStop()
+	go func() {
+		<-ctx.Done()
+		t := time.AfterFunc(cfg.ShutdownTimeout, cancelStop)
+		<-stopCtx.Done()
+		t.Stop()
+	}()
+	runErr := sub.Run(ctx, stopCtx)
+	logger.Info("shutting down")
+	if srv != nil {
+		shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = srv.Shutdown(shutdownCtx)
+		cancel()
+	}
+	stopBackground()
+	bg.Wait()
+	if runErr != nil {
+		return fmt.Errorf("consume events: %w", runErr)
+	}
+	logger.Info("stopped")
+	return nil
+}

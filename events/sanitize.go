@@ -1,0 +1,115 @@
+package events
+
+import (
+	"encoding/json"
+	"math"
+	"regexp"
+	"strings"
+)
+
+// Sanitize returns v as authentik stores event data (its sanitize_item):
+// JSON numbers become int64 or float64, NUL characters are removed from
+// strings (PostgreSQL's jsonb cannot hold them), and falsy items (null,
+// false, 0, "", [] and {}) are dropped from lists. Maps are rebuilt, never
+// changed in place.
+func Sanitize(v any) any {
+	switch t := v.(type) {
+	case nil:
+		return nil
+	case map[string]any:
+		out := make(map[string]any, len(t))
+		for k, x := range t {
+			out[stripNUL(k)] = Sanitize(x)
+		}
+		return out
+	case []any:
+		out := make([]any, 0, len(t))
+		for _, x := range t {
+			if x = Sanitize(x); truthy(x) {
+				out = append(out, x)
+			}
+		}
+		return out
+	case string:
+		return stripNUL(t)
+	case json.Number:
+		if i, err := t.Int64(); err == nil {
+			return i
+		}
+		f, err := t.Float64()
+		if err != nil || math.IsInf(f, 0) {
+			return t.String()
+		}
+		return f
+	default:
+		return v
+	}
+}
+
+func stripNUL(s string) string {
+	if strings.IndexByte(s, 0) < 0 {
+		return s
+	}
+	return strings.ReplaceAll(s, "\x00", "")
+}
+
+// truthy reports Python truthiness of a sanitised JSON value.
+func truthy(v any) bool {
+	switch t := v.(type) {
+	case nil:
+		return false
+	case bool:
+		return t
+	case int64:
+		return t != 0
+	case float64:
+		return t != 0
+	case string:
+		return t != ""
+	case []any:
+		return len(t) > 0
+	case map[string]any:
+		return len(t) > 0
+	}
+	return true
+}
+
+// CleansedValue replaces values whose keys look secret.
+const CleansedValue = "********************"
+
+var (
+	hiddenKey  = regexp.MustCompile(`(?i)API|AUTH|TOKEN|KEY|SECRET|PASS|SIGNATURE|HTTP_COOKIE`)
+	allowedKey = regexp.MustCompile(`(?i)passing|password_change_date|^auth_method(_args)?$`)
+)
+
+// Cleanse returns m with the scalar values of secret-looking keys replaced
+// by [CleansedValue], as authentik's cleanse_dict does: a key is secret when
+// it contains API, AUTH, TOKEN, KEY, SECRET, PASS, SIGNATURE or HTTP_COOKIE
+// (any case, anywhere in the key, so "author" and "monkey" are hidden too)
+// unless it matches passing, password_change_date, auth_method or
+// auth_method_args. Nested maps are cleansed by their own keys; list items
+// by the key that holds the list.
+func Cleanse(m map[string]any) map[string]any {
+	out := make(map[string]any, len(m))
+	for k, v := range m {
+		out[k] = cleanseItem(k, v)
+	}
+	return out
+}
+
+func cleanseItem(key string, v any) any {
+	switch t := v.(type) {
+	case map[string]any:
+		return Cleanse(t)
+	case []any:
+		out := make([]any, len(t))
+		for i, x := range t {
+			out[i] = cleanseItem(key, x)
+		}
+		return out
+	}
+	if hiddenKey.MatchString(key) && !allowedKey.MatchString(key) {
+		return CleansedValue
+	}
+	return v
+}

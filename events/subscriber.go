@@ -1,0 +1,349 @@
+package events
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Handler processes a batch of decoded events, all in one transaction.
+// Returning nil means every event of the batch is durably processed and its
+// message may be acknowledged. An error means none of it was kept; the
+// [Subscriber] then retries the events one at a time, so one bad event does
+// not hold back the others.
+type Handler interface {
+	HandleEvents(ctx context.Context, evs []Event) error
+}
+
+// HandlerFunc adapts a function to [Handler].
+type HandlerFunc func(ctx context.Context, evs []Event) error
+
+// HandleEvents calls f.
+func (f HandlerFunc) HandleEvents(ctx context.Context, evs []Event) error { return f(ctx, evs) }
+
+// DeadLetter is a message that can never be processed, kept for an operator.
+type DeadLetter struct {
+	Subject   string
+	Payload   []byte
+	Headers   map[string][]string
+	Reason    string
+	StreamSeq uint64
+}
+
+// DeadLetterStore keeps dead letters. A message is terminated only after its
+// dead letter is stored.
+type DeadLetterStore interface {
+	StoreDeadLetter(ctx context.Context, dl DeadLetter) error
+}
+
+// SubscriberConfig configures a [Subscriber]. The zero value of each field
+// means its default.
+type SubscriberConfig struct {
+	// Stream to consume. Defaults to [DefaultStream].
+	Stream string
+	// Consumer is the durable consumer's name. Defaults to [DefaultConsumer].
+	Consumer string
+	// SubjectPrefix filters the consumer to SubjectPrefix + ".>". Defaults to
+	// [DefaultSubjectPrefix].
+	SubjectPrefix string
+	// BatchSize is the most events handed to the Handler at once. Defaults to 100.
+	BatchSize int
+	// Concurrency is the number of batches handled at the same time.
+	// Defaults to GOMAXPROCS.
+	Concurrency int
+	// AckWait is how long JetStream waits for an ack before redelivering.
+	// Batches that take longer are kept alive with progress acks.
+	// Defaults to 60s.
+	AckWait time.Duration
+	// MaxPayload is the largest accepted message in bytes; larger ones are
+	// dead-lettered. Defaults to 1 MiB.
+	MaxPayload int
+	// MaxAttempts is how many deliveries of a message may fail before it is
+	// dead-lettered with the last error. Defaults to 10.
+	MaxAttempts int
+	// RetryDelay is the first redelivery delay after a failure; it doubles
+	// with each delivery up to 5 minutes. Defaults to 1s.
+	RetryDelay time.Duration
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+}
+
+func (c SubscriberConfig) withDefaults() SubscriberConfig {
+	if c.Stream == "" {
+		c.Stream = DefaultStream
+	}
+	if c.Consumer == "" {
+		c.Consumer = DefaultConsumer
+	}
+	if c.SubjectPrefix == "" {
+		c.SubjectPrefix = DefaultSubjectPrefix
+	}
+	if c.BatchSize <= 0 {
+		c.BatchSize = 100
+	}
+	if c.Concurrency <= 0 {
+		c.Concurrency = runtime.GOMAXPROCS(0)
+	}
+	if c.AckWait <= 0 {
+		c.AckWait = 60 * time.Second
+	}
+	if c.MaxPayload <= 0 {
+		c.MaxPayload = 1 << 20
+	}
+	if c.MaxAttempts <= 0 {
+		c.MaxAttempts = 10
+	}
+	if c.RetryDelay <= 0 {
+		c.RetryDelay = time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return c
+}
+
+// Subscriber consumes the events stream through a durable pull consumer
+// with explicit acks. Each message is settled in exactly one place:
+// acknowledged after its batch commits, terminated after it is stored as a
+// dead letter, or nak'ed with a delay for redelivery.
+type Subscriber struct {
+	cfg     SubscriberConfig
+	js      jetstream.JetStream
+	handler Handler
+	dead    DeadLetterStore
+	log     *slog.Logger
+}
+
+// NewSubscriber returns a Subscriber; call [Subscriber.Run] to start it.
+func NewSubscriber(js jetstream.JetStream, h Handler, dead DeadLetterStore, cfg SubscriberConfig) *Subscriber {
+	cfg = cfg.withDefaults()
+	return &Subscriber{cfg: cfg, js: js, handler: h, dead: dead, log: cfg.Logger}
+}
+
+// EnsureConsumer creates or updates the durable consumer.
+func (s *Subscriber) EnsureConsumer(ctx context.Context) (jetstream.Consumer, error) {
+	cons, err := s.js.CreateOrUpdateConsumer(ctx, s.cfg.Stream, jetstream.ConsumerConfig{
+		Durable:       s.cfg.Consumer,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       s.cfg.AckWait,
+		MaxDeliver:    -1, // the Subscriber dead-letters after MaxAttempts itself
+		MaxAckPending: max(1000, 4*s.cfg.BatchSize*s.cfg.Concurrency),
+		FilterSubject: s.cfg.SubjectPrefix + ".>",
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create consumer %s on %s: %w", s.cfg.Consumer, s.cfg.Stream, err)
+	}
+	return cons, nil
+}
+
+// Run consumes until ctx is done, then stops pulling, finishes the batches
+// in progress (their handlers keep running with a context that is not
+// cancelled by ctx, so a commit is not cut short), returns buffered messages
+// to the stream, and returns nil. stopCtx bounds that drain: when it ends,
+// the in-flight handlers are cancelled and their messages are redelivered
+// later by JetStream.
+func (s *Subscriber) Run(ctx, stopCtx context.Context) error {
+	cons, err := s.EnsureConsumer(ctx)
+	if err != nil {
+		return err
+	}
+	workCtx, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelWork()
+	go func() {
+		select {
+		case <-stopCtx.Done():
+			cancelWork()
+		case <-workCtx.Done():
+		}
+	}()
+
+	stopping := make(chan struct{})
+	msgs := make(chan jetstream.Msg, s.cfg.BatchSize*s.cfg.Concurrency)
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		select {
+		case msgs <- m:
+		case <-stopping:
+			_ = m.Nak()
+		}
+	},
+		jetstream.PullMaxMessages(2*s.cfg.BatchSize*s.cfg.Concurrency),
+		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+			s.log.WarnContext(ctx, "jetstream consume", slog.Any("error", err))
+		}))
+	if err != nil {
+		return fmt.Errorf("consume %s: %w", s.cfg.Consumer, err)
+	}
+
+	var wg sync.WaitGroup
+	for range s.cfg.Concurrency {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stopping:
+					return
+				case m := <-msgs:
+					batch := []jetstream.Msg{m}
+				fill:
+					for len(batch) < s.cfg.BatchSize {
+						select {
+						case m := <-msgs:
+							batch = append(batch, m)
+						default:
+							break fill
+						}
+					}
+					s.process(workCtx, batch)
+				}
+			}
+		})
+	}
+
+	<-ctx.Done()
+	close(stopping)
+	cc.Stop()
+	wg.Wait()
+	<-cc.Closed()
+	for {
+		select {
+		case m := <-msgs:
+			_ = m.Nak()
+		default:
+			return nil
+		}
+	}
+}
+
+// process decodes a batch, dead-letters what cannot be decoded, hands the
+// rest to the handler and settles every message.
+func (s *Subscriber) process(ctx context.Context, batch []jetstream.Msg) {
+	stopProgress := s.keepAlive(batch)
+	defer stopProgress()
+
+	evs := make([]Event, 0, len(batch))
+	msgs := make([]jetstream.Msg, 0, len(batch))
+	for _, m := range batch {
+		ev, err := s.decode(m)
+		if err != nil {
+			s.deadLetter(ctx, m, err.Error())
+			continue
+		}
+		evs = append(evs, ev)
+		msgs = append(msgs, m)
+	}
+	if len(evs) == 0 {
+		return
+	}
+	err := s.handler.HandleEvents(ctx, evs)
+	if err == nil {
+		for _, m := range msgs {
+			s.ack(ctx, m)
+		}
+		return
+	}
+	if len(evs) > 1 {
+		s.log.WarnContext(ctx, "batch failed; retrying its events one by one",
+			slog.Int("events", len(evs)), slog.Any("error", err))
+		for i := range evs {
+			s.settle(ctx, msgs[i], s.handler.HandleEvents(ctx, evs[i:i+1]))
+		}
+		return
+	}
+	s.settle(ctx, msgs[0], err)
+}
+
+func (s *Subscriber) decode(m jetstream.Msg) (Event, error) {
+	if n := len(m.Data()); n > s.cfg.MaxPayload {
+		return Event{}, &DecodeError{Reason: fmt.Sprintf("payload of %d bytes exceeds the limit of %d", n, s.cfg.MaxPayload)}
+	}
+	return Decode(m.Data())
+}
+
+func (s *Subscriber) settle(ctx context.Context, m jetstream.Msg, err error) {
+	if err == nil {
+		s.ack(ctx, m)
+		return
+	}
+	delivered := uint64(1)
+	if md, mdErr := m.Metadata(); mdErr == nil {
+		delivered = md.NumDelivered
+	}
+	if errors.Is(err, context.Canceled) {
+		// Shutting down: let the message go back at once.
+		_ = m.Nak()
+		return
+	}
+	if delivered >= uint64(s.cfg.MaxAttempts) {
+		s.deadLetter(ctx, m, fmt.Sprintf("processing failed %d times: %v", delivered, err))
+		return
+	}
+	delay := s.cfg.RetryDelay << min(delivered-1, 20)
+	delay = min(delay, 5*time.Minute)
+	s.log.WarnContext(ctx, "event processing failed; will retry",
+		slog.String("subject", m.Subject()), slog.Uint64("delivered", delivered),
+		slog.Duration("retry_in", delay), slog.Any("error", err))
+	if nakErr := m.NakWithDelay(delay); nakErr != nil {
+		s.log.WarnContext(ctx, "nak message", slog.Any("error", nakErr))
+	}
+}
+
+func (s *Subscriber) ack(ctx context.Context, m jetstream.Msg) {
+	if err := m.Ack(); err != nil {
+		// The effects are committed; a redelivery finds the event stored
+		// and does nothing.
+		s.log.WarnContext(ctx, "ack message", slog.Any("error", err))
+	}
+}
+
+// deadLetter stores m as a dead letter and terminates it. If the store
+// fails, m is nak'ed instead so that it is not lost.
+func (s *Subscriber) deadLetter(ctx context.Context, m jetstream.Msg, reason string) {
+	dl := DeadLetter{Subject: m.Subject(), Payload: m.Data(), Headers: m.Headers(), Reason: reason}
+	if md, err := m.Metadata(); err == nil {
+		dl.StreamSeq = md.Sequence.Stream
+	}
+	if err := s.dead.StoreDeadLetter(ctx, dl); err != nil {
+		s.log.ErrorContext(ctx, "store dead letter; message will be redelivered",
+			slog.String("subject", m.Subject()), slog.Any("error", err))
+		_ = m.NakWithDelay(s.cfg.RetryDelay)
+		return
+	}
+	s.log.WarnContext(ctx, "message dead-lettered", slog.String("subject", m.Subject()),
+		slog.Uint64("stream_seq", dl.StreamSeq), slog.String("reason", reason))
+	if err := m.TermWithReason(shortReason(reason)); err != nil {
+		s.log.WarnContext(ctx, "terminate message", slog.Any("error", err))
+	}
+}
+
+func shortReason(r string) string {
+	if len(r) > 200 {
+		return r[:200]
+	}
+	return r
+}
+
+// keepAlive sends progress acks for the batch's messages while it is being
+// processed, so that a batch with slow policies is not redelivered.
+func (s *Subscriber) keepAlive(batch []jetstream.Msg) (stop func()) {
+	done := make(chan struct{})
+	t := time.NewTicker(s.cfg.AckWait / 3)
+	go func() {
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				for _, m := range batch {
+					_ = m.InProgress()
+				}
+			}
+		}
+	}()
+	return func() { close(done) }
+}

@@ -1,0 +1,129 @@
+package jsrt
+
+import (
+	"fmt"
+	"log/slog"
+	"strings"
+
+	"github.com/dop251/goja"
+
+	"github.com/heraldhq/herald/rules"
+)
+
+// install puts the policy API's globals on the runtime. Per-evaluation
+// values (request, context) are set by evaluate.
+func (v *vm) install() {
+	set := func(name string, fn func(goja.FunctionCall) goja.Value) {
+		if err := v.rt.Set(name, fn); err != nil {
+			panic(fmt.Sprintf("jsrt: install %s: %v", name, err))
+		}
+	}
+	set("ak_message", v.akMessage)
+	set("regex_match", v.regexMatch)
+	set("regex_replace", v.regexReplace)
+	set("list_flatten", v.listFlatten)
+
+	logger := v.rt.NewObject()
+	for _, level := range []string{"debug", "info", "warning", "warn", "error", "exception", "critical"} {
+		_ = logger.Set(level, v.logFunc(level))
+	}
+	_ = v.rt.Set("ak_logger", logger)
+}
+
+// throw raises a TypeError in the running policy.
+func (v *vm) throw(format string, args ...any) {
+	panic(v.rt.NewTypeError(fmt.Sprintf(format, args...)))
+}
+
+// stringArg returns argument i as a string, throwing if it is missing.
+func (v *vm) stringArg(fn string, call goja.FunctionCall, i int, what string) string {
+	a := call.Argument(i)
+	if goja.IsUndefined(a) || goja.IsNull(a) {
+		v.throw("%s: missing %s", fn, what)
+	}
+	return a.String()
+}
+
+// ak_message(msg) adds msg to the result's messages.
+func (v *vm) akMessage(call goja.FunctionCall) goja.Value {
+	v.cur.messages = append(v.cur.messages, call.Argument(0).String())
+	return goja.Undefined()
+}
+
+// logFunc is ak_logger.<level>(msg, fields?).
+func (v *vm) logFunc(level string) func(goja.FunctionCall) goja.Value {
+	slogLevel := slog.LevelInfo
+	switch level {
+	case "debug":
+		slogLevel = slog.LevelDebug
+	case "warning", "warn":
+		slogLevel = slog.LevelWarn
+	case "error", "exception", "critical":
+		slogLevel = slog.LevelError
+	}
+	return func(call goja.FunctionCall) goja.Value {
+		line := rules.LogLine{Level: level, Message: call.Argument(0).String()}
+		attrs := []slog.Attr{slog.String("policy", v.cur.req.Policy.Name), slog.String("event", v.cur.req.Event.PK)}
+		if f := call.Argument(1); !goja.IsUndefined(f) && !goja.IsNull(f) {
+			if m, ok := f.Export().(map[string]any); ok {
+				line.Fields = m
+				keys := make([]string, 0, len(m))
+				for k := range m {
+					keys = append(keys, k)
+				}
+				for _, k := range keys {
+					attrs = append(attrs, slog.Any(k, m[k]))
+				}
+			}
+		}
+		v.cur.logs = append(v.cur.logs, line)
+		v.pool.log.LogAttrs(v.cur.ctx, slogLevel, line.Message, attrs...)
+		return goja.Undefined()
+	}
+}
+
+// list_flatten(v): the first element of an array, null for an empty one,
+// anything else unchanged.
+func (v *vm) listFlatten(call goja.FunctionCall) goja.Value {
+	a := call.Argument(0)
+	obj, ok := a.(*goja.Object)
+	if !ok || obj.ClassName() != "Array" {
+		return a
+	}
+	if obj.Get("length").ToInteger() == 0 {
+		return goja.Null()
+	}
+	return obj.Get("0")
+}
+
+// regex_match(value, regex): an unanchored search with Python's syntax.
+func (v *vm) regexMatch(call goja.FunctionCall) goja.Value {
+	value := v.stringArg("regex_match", call, 0, "value")
+	re := v.regex("regex_match", v.stringArg("regex_match", call, 1, "regex"))
+	ok, err := re.MatchString(value)
+	if err != nil {
+		v.throw("regex_match: %v", err)
+	}
+	return v.rt.ToValue(ok)
+}
+
+// regex_replace(value, regex, repl): Python's re.sub, with \1 and \g<name>
+// in repl.
+func (v *vm) regexReplace(call goja.FunctionCall) goja.Value {
+	value := v.stringArg("regex_replace", call, 0, "value")
+	re := v.regex("regex_replace", v.stringArg("regex_replace", call, 1, "regex"))
+	repl := v.stringArg("regex_replace", call, 2, "replacement")
+	out, err := pythonSub(re, value, repl)
+	if err != nil {
+		v.throw("regex_replace: %v", err)
+	}
+	return v.rt.ToValue(out)
+}
+
+func (v *vm) regex(fn, pattern string) *regexp {
+	re, err := compileRegex(pattern)
+	if err != nil {
+		v.throw("%s: invalid regex %q: %s", fn, pattern, strings.TrimPrefix(err.Error(), "error parsing regexp: "))
+	}
+	return re
+}

@@ -1,0 +1,141 @@
+package jsrt
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"sync"
+	"time"
+
+	"github.com/dop251/goja"
+
+	"github.com/heraldhq/herald/rules"
+)
+
+// ErrTimeout is the cause with which a policy running past its timeout is
+// interrupted.
+var ErrTimeout = errors.New("jsrt: policy timed out")
+
+// Config configures a [Pool]. The zero value is usable.
+type Config struct {
+	// Size is the number of warm runtimes, which is also the most policies
+	// evaluated at once. Defaults to GOMAXPROCS.
+	Size int
+	// MaxCallStackSize bounds JavaScript recursion. Defaults to 256.
+	MaxCallStackSize int
+	// DefaultTimeout applies when a request has none. Defaults to 30s.
+	DefaultTimeout time.Duration
+	// Logger receives ak_logger lines. Defaults to slog.Default().
+	Logger *slog.Logger
+}
+
+func (c Config) withDefaults() Config {
+	if c.Size <= 0 {
+		c.Size = runtime.GOMAXPROCS(0)
+	}
+	if c.MaxCallStackSize <= 0 {
+		c.MaxCallStackSize = 256
+	}
+	if c.DefaultTimeout <= 0 {
+		c.DefaultTimeout = 30 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return c
+}
+
+// Pool evaluates policies on a fixed set of warm goja runtimes. It is safe
+// for concurrent use; each runtime is used by one goroutine at a time.
+type Pool struct {
+	cfg      Config
+	log      *slog.Logger
+	vms      chan *vm
+	programs sync.Map // programKey -> *compiled
+}
+
+var _ rules.Evaluator = (*Pool)(nil)
+
+// New returns a Pool with cfg.Size runtimes ready.
+func New(cfg Config) *Pool {
+	cfg = cfg.withDefaults()
+	p := &Pool{cfg: cfg, log: cfg.Logger, vms: make(chan *vm, cfg.Size)}
+	for range cfg.Size {
+		p.vms <- newVM(p)
+	}
+	return p
+}
+
+type compiled struct {
+	prog *goja.Program
+	err  *rules.PolicyError
+}
+
+// functionPrefix wraps an expression so that it is the body of a function.
+// It sits on the expression's first line, so line numbers are the
+// expression's own.
+const functionPrefix = "(function () {"
+
+func programKey(name, expression string) string {
+	h := sha256.Sum256([]byte(name + "\x00" + expression))
+	return hex.EncodeToString(h[:16])
+}
+
+// program returns the compiled form of a policy, compiling it on first use.
+func (p *Pool) program(name, expression string) (string, *compiled) {
+	key := programKey(name, expression)
+	if c, ok := p.programs.Load(key); ok {
+		return key, c.(*compiled)
+	}
+	prog, err := goja.Compile(name, functionPrefix+expression+"\n})", true)
+	c := &compiled{prog: prog}
+	if err != nil {
+		c.err = syntaxError(name, err)
+	}
+	actual, _ := p.programs.LoadOrStore(key, c)
+	return key, actual.(*compiled)
+}
+
+// Check implements [rules.Evaluator].
+func (p *Pool) Check(pol *rules.Policy) error {
+	if _, c := p.program(pol.Name, pol.Expression); c.err != nil {
+		return c.err
+	}
+	return nil
+}
+
+// Forget drops compiled programs that are no longer used by any policy in
+// rs, so that edited policies do not accumulate.
+func (p *Pool) Forget(rs *rules.RuleSet) {
+	keep := make(map[string]bool, len(rs.Policies))
+	for _, pol := range rs.Policies {
+		keep[programKey(pol.Name, pol.Expression)] = true
+	}
+	p.programs.Range(func(k, _ any) bool {
+		if !keep[k.(string)] {
+			p.programs.Delete(k)
+		}
+		return true
+	})
+}
+
+// Evaluate implements [rules.Evaluator].
+func (p *Pool) Evaluate(ctx context.Context, req *rules.PolicyRequest) rules.PolicyResult {
+	key, c := p.program(req.Policy.Name, req.Policy.Expression)
+	if c.err != nil {
+		return rules.PolicyResult{Err: c.err}
+	}
+	var v *vm
+	select {
+	case v = <-p.vms:
+	case <-ctx.Done():
+		return rules.PolicyResult{Err: &rules.PolicyError{Policy: req.Policy.Name, Kind: "timeout",
+			Message: fmt.Sprintf("no runtime free: %v", context.Cause(ctx))}}
+	}
+	defer func() { p.vms <- v }()
+	return v.evaluate(ctx, key, c.prog, req)
+}

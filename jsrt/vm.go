@@ -1,0 +1,182 @@
+package jsrt
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/dop251/goja"
+
+	"github.com/heraldhq/herald/rules"
+)
+
+// vm is one warm runtime with the policy API installed.
+type vm struct {
+	pool *Pool
+	rt   *goja.Runtime
+	// fns caches the function object of each program on this runtime.
+	fns map[string]goja.Callable
+	// cur is the evaluation in progress; host functions read it.
+	cur *evaluation
+}
+
+// evaluation is the state of one policy run that host functions touch.
+type evaluation struct {
+	ctx      context.Context
+	req      *rules.PolicyRequest
+	messages []string
+	logs     []rules.LogLine
+}
+
+func newVM(p *Pool) *vm {
+	rt := goja.New()
+	rt.SetMaxCallStackSize(p.cfg.MaxCallStackSize)
+	v := &vm{pool: p, rt: rt, fns: make(map[string]goja.Callable)}
+	v.install()
+	return v
+}
+
+func (v *vm) function(key string, prog *goja.Program) (goja.Callable, error) {
+	if fn, ok := v.fns[key]; ok {
+		return fn, nil
+	}
+	val, err := v.rt.RunProgram(prog)
+	if err != nil {
+		return nil, err
+	}
+	fn, ok := goja.AssertFunction(val)
+	if !ok {
+		return nil, errors.New("policy did not compile to a function")
+	}
+	if len(v.fns) > 4096 {
+		clear(v.fns)
+	}
+	v.fns[key] = fn
+	return fn, nil
+}
+
+// evaluate runs one policy. The outermost evaluation on a runtime arms the
+// timeout; nested ones (ak_call_policy) run under it.
+func (v *vm) evaluate(ctx context.Context, key string, prog *goja.Program, req *rules.PolicyRequest) (res rules.PolicyResult) {
+	outer := v.cur == nil
+	if outer {
+		timeout := req.Timeout
+		if timeout <= 0 {
+			timeout = v.pool.cfg.DefaultTimeout
+		}
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeoutCause(ctx, timeout, ErrTimeout)
+		defer cancel()
+		interrupted := make(chan struct{})
+		stop := context.AfterFunc(ctx, func() {
+			v.rt.Interrupt(context.Cause(ctx))
+			close(interrupted)
+		})
+		defer func() {
+			if !stop() {
+				<-interrupted // the interrupt fired; wait so that clearing it cannot race
+			}
+			v.rt.ClearInterrupt()
+		}()
+	}
+
+	ev := &evaluation{ctx: ctx, req: req}
+	prev := v.cur
+	v.cur = ev
+	prevRequest, prevContext := v.rt.Get("request"), v.rt.Get("context")
+	defer func() {
+		v.cur = prev
+		_ = v.rt.Set("request", prevRequest)
+		_ = v.rt.Set("context", prevContext)
+	}()
+
+	request := v.requestObject(req)
+	_ = v.rt.Set("request", request)
+	_ = v.rt.Set("context", request.Get("context"))
+
+	fn, err := v.function(key, prog)
+	var out goja.Value
+	if err == nil {
+		out, err = fn(goja.Undefined())
+	}
+	res.Messages = ev.messages
+	res.Logs = ev.logs
+	if err != nil {
+		res.Err = runtimeError(req.Policy.Name, err)
+		return res
+	}
+	if out != nil && !goja.IsUndefined(out) && !goja.IsNull(out) {
+		res.Raw = out.Export()
+		res.Passing = out.ToBoolean()
+	}
+	return res
+}
+
+// syntaxError turns a compile error into a PolicyError with the line and
+// column within the expression.
+func syntaxError(name string, err error) *rules.PolicyError {
+	pe := &rules.PolicyError{Policy: name, Kind: "syntax", Message: err.Error()}
+	var se *goja.CompilerSyntaxError
+	if errors.As(err, &se) {
+		pe.Message = "SyntaxError: " + se.Message
+		if se.File != nil {
+			pos := se.File.Position(se.Offset)
+			pe.Line, pe.Column = pos.Line, pos.Column
+			if pe.Line == 1 {
+				pe.Column = max(pe.Column-len(functionPrefix), 1)
+			}
+		}
+	}
+	return pe
+}
+
+// runtimeError turns an error from running a policy into a PolicyError.
+func runtimeError(name string, err error) *rules.PolicyError {
+	var (
+		exc       *goja.Exception
+		interrupt *goja.InterruptedError
+		overflow  *goja.StackOverflowError
+	)
+	switch {
+	case errors.As(err, &interrupt):
+		cause := interrupt.Unwrap()
+		if errors.Is(cause, ErrTimeout) {
+			return &rules.PolicyError{Policy: name, Kind: "timeout", Message: "policy timed out"}
+		}
+		return &rules.PolicyError{Policy: name, Kind: "timeout", Message: fmt.Sprintf("policy interrupted: %v", interrupt.Value())}
+	case errors.As(err, &overflow):
+		return &rules.PolicyError{Policy: name, Kind: "stack_overflow", Message: "maximum call stack size exceeded"}
+	case errors.As(err, &exc):
+		pe := &rules.PolicyError{Policy: name, Kind: "exception", Message: exceptionMessage(exc), Stack: exc.String()}
+		for _, f := range exc.Stack() {
+			if f.SrcName() == name {
+				pos := f.Position()
+				pe.Line, pe.Column = pos.Line, pos.Column
+				if pe.Line == 1 {
+					pe.Column = max(pe.Column-len(functionPrefix), 1)
+				}
+				break
+			}
+		}
+		return pe
+	default:
+		return &rules.PolicyError{Policy: name, Kind: "exception", Message: err.Error()}
+	}
+}
+
+func exceptionMessage(exc *goja.Exception) string {
+	if val := exc.Value(); val != nil {
+		if obj, ok := val.(*goja.Object); ok {
+			if m := obj.Get("message"); m != nil && !goja.IsUndefined(m) {
+				name := "Error"
+				if n := obj.Get("name"); n != nil && !goja.IsUndefined(n) {
+					name = n.String()
+				}
+				return name + ": " + m.String()
+			}
+		}
+		return "Uncaught " + val.String()
+	}
+	return strings.TrimSpace(exc.Error())
+}

@@ -1,0 +1,343 @@
+package rules
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/jmoiron/sqlx"
+
+	"github.com/heraldhq/herald/events"
+)
+
+// RuleSource gives the current rule set. [*RuleCache] implements it.
+type RuleSource interface {
+	Current() *RuleSet
+}
+
+// EngineConfig configures an [Engine]. The zero value of each field means
+// its default.
+type EngineConfig struct {
+	// MaxEventDepth: an event created by Herald more than this many steps
+	// away from an outside event is stored but matches no rule. Defaults to 3.
+	MaxEventDepth int
+	// AfterCommit is called after each committed batch, e.g. to wake the
+	// outbox dispatcher. Optional.
+	AfterCommit func()
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+}
+
+// Engine evaluates events against the rule set and writes the results. It
+// implements [events.Handler]: each batch of events is processed in one
+// transaction, and a batch that fails leaves nothing behind.
+type Engine struct {
+	db    *sqlx.DB
+	rules RuleSource
+	eval  Evaluator
+	cfg   EngineConfig
+	log   *slog.Logger
+	stats EngineStats
+}
+
+// EngineStats are running totals, safe to read concurrently.
+type EngineStats struct {
+	EventsProcessed atomic.Int64 // events stored and evaluated
+	EventsDuplicate atomic.Int64 // redelivered or re-published events skipped
+	EventsGuarded   atomic.Int64 // events kept from matching by a loop guard
+	RuleEvaluations atomic.Int64
+	RulesFired      atomic.Int64
+	PolicyErrors    atomic.Int64
+	Notifications   atomic.Int64
+	// PolicyNanos is the total time spent in expression policies.
+	PolicyNanos       atomic.Int64
+	PolicyEvaluations atomic.Int64
+}
+
+var _ events.Handler = (*Engine)(nil)
+
+// NewEngine returns an Engine writing to db.
+func NewEngine(db *sqlx.DB, rules RuleSource, eval Evaluator, cfg EngineConfig) *Engine {
+	if cfg.MaxEventDepth <= 0 {
+		cfg.MaxEventDepth = 3
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Engine{db: db, rules: rules, eval: eval, cfg: cfg, log: cfg.Logger}
+}
+
+// Stats returns the engine's running totals.
+func (e *Engine) Stats() *EngineStats { return &e.stats }
+
+// HandleEvents implements [events.Handler]: it stores each event, evaluates
+// the rules for the ones not seen before, and commits once for the batch.
+func (e *Engine) HandleEvents(ctx context.Context, evs []events.Event) error {
+	rs := e.rules.Current()
+	tx, err := e.db.BeginTxx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("begin event transaction: %w", err)
+	}
+	defer tx.Rollback() //nolint:errcheck // a no-op after Commit
+	for i := range evs {
+		if err := e.processEvent(ctx, tx, rs, &evs[i]); err != nil {
+			return err
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("commit events: %w", err)
+	}
+	if e.cfg.AfterCommit != nil {
+		e.cfg.AfterCommit()
+	}
+	return nil
+}
+
+// eventRun is the processing of one event inside its transaction.
+type eventRun struct {
+	e  *Engine
+	tx *sqlx.Tx
+	rs *RuleSet
+	ev *events.Event
+
+	user       *User // nil: anonymous or unknown
+	groups     map[string]bool
+	groupsRead bool
+
+	created       int // created-event counter, for derived pks
+	createdEvents int
+}
+
+func (e *Engine) processEvent(ctx context.Context, tx *sqlx.Tx, rs *RuleSet, ev *events.Event) error {
+	fresh, err := storeConsumedEvent(ctx, tx, ev)
+	if err != nil {
+		return err
+	}
+	if !fresh {
+		e.stats.EventsDuplicate.Add(1)
+		e.log.DebugContext(ctx, "event already processed", slog.String("event", ev.PK))
+		return nil
+	}
+	e.stats.EventsProcessed.Add(1)
+	if reason := e.guard(rs, ev); reason != "" {
+		e.stats.EventsGuarded.Add(1)
+		e.log.InfoContext(ctx, "event matches no rule: loop guard", slog.String("event", ev.PK),
+			slog.String("action", ev.Action), slog.String("reason", reason))
+		return nil
+	}
+	r := &eventRun{e: e, tx: tx, rs: rs, ev: ev}
+	if pk, ok := ev.UserPK(); ok {
+		u, err := LoadUser(ctx, tx, pk)
+		switch {
+		case err == nil:
+			r.user = u
+		case err != ErrNotFound:
+			return err
+		}
+	}
+	for _, rule := range rs.Rules {
+		e.stats.RuleEvaluations.Add(1)
+		passing, err := r.evalRule(ctx, rule)
+		if err != nil {
+			return fmt.Errorf("rule %q, event %s: %w", rule.Name, ev.PK, err)
+		}
+		if !passing {
+			continue
+		}
+		e.stats.RulesFired.Add(1)
+		n, err := r.fanOut(ctx, rule)
+		if err != nil {
+			return fmt.Errorf("rule %q, event %s: %w", rule.Name, ev.PK, err)
+		}
+		e.log.InfoContext(ctx, "rule fired", slog.String("rule", rule.Name), slog.String("event", ev.PK),
+			slog.String("action", ev.Action), slog.Int("notifications", n))
+	}
+	return nil
+}
+
+// guard returns why ev must match no rule, or "".
+func (e *Engine) guard(rs *RuleSet, ev *events.Event) string {
+	if d := EventDepth(ev); d > e.cfg.MaxEventDepth {
+		return fmt.Sprintf("depth %d exceeds %d", d, e.cfg.MaxEventDepth)
+	}
+	// authentik's guard: events about a policy that is bound to a rule
+	// (its policy_exception and policy_execution events) notify nobody.
+	if id, ok := ev.Context["policy_uuid"].(string); ok && rs.PolicyBoundToRule(id) {
+		return "policy_uuid of a policy bound to a rule"
+	}
+	return ""
+}
+
+// evalRule evaluates every enabled binding of rule in order (all of them,
+// as authentik does, so that side effects of later policies happen) and
+// reports whether any passed. A rule without bindings never fires.
+func (r *eventRun) evalRule(ctx context.Context, rule *Rule) (bool, error) {
+	passing := false
+	for _, b := range rule.Bindings {
+		ok, err := r.evalBinding(ctx, rule, b)
+		if err != nil {
+			return false, err
+		}
+		passing = passing || ok
+	}
+	return passing, nil
+}
+
+func (r *eventRun) evalBinding(ctx context.Context, rule *Rule, b *Binding) (bool, error) {
+	switch {
+	case b.GroupID != nil:
+		groups, err := r.userGroups(ctx)
+		if err != nil {
+			return false, err
+		}
+		return groups[*b.GroupID] != b.Negate, nil
+	case b.UserID != nil:
+		return (r.user != nil && r.user.ID == *b.UserID) != b.Negate, nil
+	case b.Policy == nil:
+		return false, nil
+	}
+
+	p := b.Policy
+	var res PolicyResult
+	switch p.Kind {
+	case KindEventMatcher:
+		res.Passing = MatchEvent(p, r.ev)
+	default:
+		start := time.Now()
+		res = r.e.eval.Evaluate(ctx, &PolicyRequest{
+			Policy:  p,
+			Event:   r.ev,
+			User:    r.user,
+			Timeout: b.Timeout(),
+			Scope:   &Scope{Tx: r.tx, Rules: r.rs, Rule: rule, Binding: b, run: r},
+		})
+		r.e.stats.PolicyNanos.Add(int64(time.Since(start)))
+		r.e.stats.PolicyEvaluations.Add(1)
+		if err := ctx.Err(); err != nil {
+			return false, fmt.Errorf("evaluate policy %q: %w", p.Name, context.Cause(ctx))
+		}
+	}
+	if res.Err != nil {
+		r.e.stats.PolicyErrors.Add(1)
+		r.e.log.WarnContext(ctx, "policy failed", slog.String("policy", p.Name), slog.String("rule", rule.Name),
+			slog.String("event", r.ev.PK), slog.String("error", res.Err.Error()))
+		if err := r.policyException(ctx, rule, b, res.Err); err != nil {
+			return false, err
+		}
+		return b.FailureResult, nil // not negated, as in authentik
+	}
+	passing := res.Passing != b.Negate
+	if p.ExecutionLogging {
+		if err := r.policyExecution(ctx, rule, b, res, passing); err != nil {
+			return false, err
+		}
+	}
+	return passing, nil
+}
+
+func (r *eventRun) userGroups(ctx context.Context) (map[string]bool, error) {
+	if r.groupsRead {
+		return r.groups, nil
+	}
+	r.groupsRead = true
+	if r.user == nil {
+		return nil, nil
+	}
+	g, err := UserGroupIDs(ctx, r.tx, r.user.ID)
+	if err != nil {
+		return nil, err
+	}
+	r.groups = g
+	return g, nil
+}
+
+// MatchEvent evaluates an event matcher policy: every match_* column that
+// is set must equal the event's action, app, client_ip, or
+// "<context.model.app>.<context.model.model_name>"; none set passes.
+func MatchEvent(p *Policy, ev *events.Event) bool {
+	if p.MatchAction != nil && *p.MatchAction != ev.Action {
+		return false
+	}
+	if p.MatchApp != nil && *p.MatchApp != ev.App {
+		return false
+	}
+	if p.MatchClientIP != nil && *p.MatchClientIP != ev.ClientIP {
+		return false
+	}
+	if p.MatchModel != nil {
+		model, _ := ev.Context["model"].(map[string]any)
+		app, _ := model["app"].(string)
+		name, _ := model["model_name"].(string)
+		if *p.MatchModel != app+"."+name {
+			return false
+		}
+	}
+	return true
+}
+
+func hexID(id string) string { return strings.ReplaceAll(id, "-", "") }
+
+func (r *eventRun) requestUser() map[string]any {
+	return r.user.EventUser()
+}
+
+// policyRefs are the context keys authentik puts in events about a policy.
+func (r *eventRun) policyRefs(rule *Rule, b *Binding) map[string]any {
+	p := b.Policy
+	return map[string]any{
+		"policy_uuid": hexID(p.ID),
+		"policy":      map[string]any{"app": "authentik_policies_" + p.Kind, "model_name": strings.ReplaceAll(p.Kind, "_", "") + "policy", "pk": hexID(p.ID), "name": p.Name},
+		"binding": map[string]any{"app": "authentik_policies", "model_name": "policybinding", "pk": hexID(b.ID),
+			"name": fmt.Sprintf("Binding from Notification Rule %s #%d to Policy %s", rule.Name, b.Order, p.Name)},
+		"rule": rule.Name,
+		"request": map[string]any{
+			"user":    r.requestUser(),
+			"context": map[string]any{"event": map[string]any{"app": "authentik_events", "model_name": "event", "pk": hexID(r.ev.PK), "name": "Event action=" + r.ev.Action}},
+		},
+	}
+}
+
+// policyException records a policy_exception event for a failed policy.
+func (r *eventRun) policyException(ctx context.Context, rule *Rule, b *Binding, perr *PolicyError) error {
+	c := r.policyRefs(rule, b)
+	c["message"] = "Policy failed to execute"
+	c["exception"] = perr.Error()
+	c["error"] = map[string]any{"kind": perr.Kind, "message": perr.Message, "line": int64(perr.Line), "column": int64(perr.Column), "stack": perr.Stack}
+	_, err := r.createEvent(ctx, r.tx, "policy_exception", "authentik.policies.process", r.requestUser(), c, rule, b.Policy)
+	return err
+}
+
+// policyExecution records a policy_execution event (execution_logging).
+func (r *eventRun) policyExecution(ctx context.Context, rule *Rule, b *Binding, res PolicyResult, passing bool) error {
+	c := r.policyRefs(rule, b)
+	c["message"] = "Policy Execution"
+	messages := make([]any, len(res.Messages))
+	for i, m := range res.Messages {
+		messages[i] = m
+	}
+	c["result"] = map[string]any{"passing": passing, "messages": messages, "raw_result": jsonValue(res.Raw)}
+	logs := make([]any, len(res.Logs))
+	for i, l := range res.Logs {
+		logs[i] = map[string]any{"level": l.Level, "message": l.Message, "fields": jsonValue(l.Fields)}
+	}
+	c["logs"] = logs
+	_, err := r.createEvent(ctx, r.tx, "policy_execution", "authentik.policies.process", r.requestUser(), c, rule, b.Policy)
+	return err
+}
+
+// jsonValue turns an exported JavaScript value into plain JSON data.
+func jsonValue(v any) any {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Sprint(v)
+	}
+	var out any
+	if err := json.Unmarshal(b, &out); err != nil {
+		return string(b)
+	}
+	return out
+}

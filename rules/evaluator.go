@@ -1,0 +1,81 @@
+package rules
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/heraldhq/herald/events"
+)
+
+// Evaluator runs expression policies. Package jsrt implements it.
+// Implementations are safe for concurrent use.
+type Evaluator interface {
+	// Evaluate runs req.Policy's expression. It never returns a Go error:
+	// a policy that fails to compile, throws or times out is reported in
+	// PolicyResult.Err.
+	Evaluate(ctx context.Context, req *PolicyRequest) PolicyResult
+	// Check compiles p's expression and reports a [*PolicyError] if it
+	// does not compile.
+	Check(p *Policy) error
+}
+
+// PolicyRequest is one evaluation of a policy for an event.
+type PolicyRequest struct {
+	Policy *Policy
+	Event  *events.Event
+	// User is the users row of the event's user, or nil for the anonymous user.
+	User *User
+	// Timeout bounds the evaluation; the runtime is interrupted after it.
+	Timeout time.Duration
+	// Context holds extra keys of request.context beside "event"
+	// (ak_call_policy's kwargs).
+	Context map[string]any
+	// Scope is what the policy may touch; nil means it runs without side
+	// effects (dry runs and unit tests): model saves, created events and
+	// emails then throw.
+	Scope *Scope
+	// Depth counts nested ak_call_policy calls.
+	Depth int
+}
+
+// LogLine is one ak_logger call of a policy.
+type LogLine struct {
+	Level   string         `json:"level"`
+	Message string         `json:"message"`
+	Fields  map[string]any `json:"fields,omitempty"`
+}
+
+// PolicyResult is the outcome of one evaluation, before the binding's
+// negate and failure_result are applied.
+type PolicyResult struct {
+	Passing  bool
+	Messages []string
+	// Raw is the expression's return value, exported from JavaScript.
+	Raw  any
+	Logs []LogLine
+	// Err is set when the policy did not run to completion.
+	Err *PolicyError
+}
+
+// PolicyError reports a policy that failed to compile, threw, ran past its
+// timeout or overflowed its call stack. It is deterministic for a given
+// event, so it is recorded (a policy_exception event), never retried.
+type PolicyError struct {
+	Policy string
+	// Kind is "syntax", "exception", "timeout" or "stack_overflow".
+	Kind string
+	// Line and Column locate the error within the expression (1-based; 0
+	// when unknown).
+	Line, Column int
+	Message      string
+	// Stack is the JavaScript stack, when there is one.
+	Stack string
+}
+
+func (e *PolicyError) Error() string {
+	if e.Line > 0 {
+		return fmt.Sprintf("policy %q: %s at line %d, column %d", e.Policy, e.Message, e.Line, e.Column)
+	}
+	return fmt.Sprintf("policy %q: %s", e.Policy, e.Message)
+}

@@ -1,0 +1,116 @@
+package rules
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+
+	"github.com/heraldhq/herald/events"
+)
+
+// Delivery statuses.
+const (
+	DeliveryPending = "pending"
+	DeliverySent    = "sent"
+	DeliveryFailed  = "failed"
+	DeliveryDead    = "dead"
+	DeliverySkipped = "skipped"
+)
+
+// fanOut writes the notifications and deliveries of a fired rule: for each
+// transport, in order, one delivery per destination user (only the first
+// with send_once). It returns how many deliveries it wrote.
+func (r *eventRun) fanOut(ctx context.Context, rule *Rule) (int, error) {
+	if len(rule.Transports) == 0 {
+		return 0, nil
+	}
+	users, err := r.destinationUsers(ctx, rule)
+	if err != nil {
+		return 0, err
+	}
+	body := Summary(r.ev)
+	link, _ := r.ev.Context["hyperlink"].(string)
+	label, _ := r.ev.Context["hyperlink_label"].(string)
+	notified := make(map[int64]string, len(users))
+	n := 0
+	for _, t := range rule.Transports {
+		for _, uid := range users {
+			nid, ok := notified[uid]
+			if !ok {
+				if err := r.tx.GetContext(ctx, &nid, upsertNotification,
+					rule.ID, r.ev.PK, uid, rule.Severity, body, nullString(link), nullString(label)); err != nil {
+					return n, fmt.Errorf("insert notification for user %d: %w", uid, err)
+				}
+				notified[uid] = nid
+				r.e.stats.Notifications.Add(1)
+			}
+			status := DeliveryPending
+			if t.Mode == ModeLocal {
+				status = DeliverySent // the notification row is the inbox entry
+			}
+			if _, err := r.tx.ExecContext(ctx, insertDelivery, nid, t.ID, status); err != nil {
+				return n, fmt.Errorf("insert delivery for user %d, transport %q: %w", uid, t.Name, err)
+			}
+			n++
+			if t.SendOnce {
+				break
+			}
+		}
+	}
+	return n, nil
+}
+
+const upsertNotification = `INSERT INTO notifications (rule_id, event_id, user_id, severity, body, hyperlink, hyperlink_label)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (event_id, rule_id, user_id) DO UPDATE SET seen = notifications.seen
+RETURNING id`
+
+const insertDelivery = `INSERT INTO deliveries (notification_id, transport_id, status, sent_at)
+VALUES ($1, $2, $3, CASE WHEN $3 = 'sent' THEN now() END)
+ON CONFLICT (notification_id, transport_id) DO NOTHING`
+
+const selectGroupMembers = `SELECT user_id FROM group_members WHERE group_id = $1 ORDER BY user_id`
+
+// destinationUsers returns the event's user (when the rule asks for it and
+// the user exists) followed by the direct members of the destination group,
+// without repeats.
+func (r *eventRun) destinationUsers(ctx context.Context, rule *Rule) ([]int64, error) {
+	var users []int64
+	if rule.DestinationEventUser && r.user != nil {
+		users = append(users, r.user.ID)
+	}
+	if rule.DestinationGroupID != nil {
+		var members []int64
+		if err := r.tx.SelectContext(ctx, &members, selectGroupMembers, *rule.DestinationGroupID); err != nil {
+			return nil, fmt.Errorf("load members of destination group: %w", err)
+		}
+		for _, m := range members {
+			if !slices.Contains(users, m) {
+				users = append(users, m)
+			}
+		}
+	}
+	return users, nil
+}
+
+// Summary is a notification's body for ev, as authentik's event.summary:
+// context.message when present, else "<action>: <context as JSON>".
+func Summary(ev *events.Event) string {
+	if m, ok := ev.Context["message"]; ok {
+		if s, ok := m.(string); ok {
+			return s
+		}
+		b, _ := json.Marshal(m)
+		return string(b)
+	}
+	b, _ := json.Marshal(orEmpty(ev.Context))
+	return ev.Action + ": " + string(b)
+}
+
+func nullString(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
+}

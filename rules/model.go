@@ -1,0 +1,147 @@
+package rules
+
+import (
+	"database/sql/driver"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Policy kinds.
+const (
+	KindExpression   = "expression"
+	KindEventMatcher = "event_matcher"
+)
+
+// Transport modes.
+const (
+	ModeLocal        = "local"
+	ModeWebhook      = "webhook"
+	ModeWebhookSlack = "webhook_slack"
+	ModeEmail        = "email"
+)
+
+// Policy is a row of policies: a JavaScript expression or an event matcher.
+type Policy struct {
+	ID               string  `db:"id"`
+	Name             string  `db:"name"`
+	Kind             string  `db:"kind"`
+	Expression       string  `db:"expression"`
+	MatchAction      *string `db:"match_action"`
+	MatchApp         *string `db:"match_app"`
+	MatchModel       *string `db:"match_model"`
+	MatchClientIP    *string `db:"match_client_ip"`
+	ExecutionLogging bool    `db:"execution_logging"`
+}
+
+// Binding is an enabled row of policy_bindings that targets a rule. Exactly
+// one of Policy, GroupID and UserID is set.
+type Binding struct {
+	ID             string  `db:"id"`
+	RuleID         string  `db:"target_rule_id"`
+	PolicyID       *string `db:"policy_id"`
+	GroupID        *string `db:"group_id"`
+	UserID         *int64  `db:"user_id"`
+	Order          int     `db:"order"`
+	Negate         bool    `db:"negate"`
+	TimeoutSeconds int     `db:"timeout_seconds"`
+	FailureResult  bool    `db:"failure_result"`
+
+	Policy *Policy `db:"-"`
+}
+
+// Timeout is the binding's evaluation time limit.
+func (b *Binding) Timeout() time.Duration {
+	return time.Duration(max(b.TimeoutSeconds, 1)) * time.Second
+}
+
+// Transport is a row of notification_transports.
+type Transport struct {
+	ID                      string  `db:"id"`
+	Name                    string  `db:"name"`
+	Mode                    string  `db:"mode"`
+	SendOnce                bool    `db:"send_once"`
+	WebhookURL              string  `db:"webhook_url"`
+	WebhookMappingBodyID    *string `db:"webhook_mapping_body_id"`
+	WebhookMappingHeadersID *string `db:"webhook_mapping_headers_id"`
+	EmailSubjectPrefix      string  `db:"email_subject_prefix"`
+	EmailTemplate           string  `db:"email_template"`
+}
+
+// Rule is an enabled notification rule with its enabled bindings in
+// ascending order and its transports.
+type Rule struct {
+	ID                   string  `db:"id"`
+	Name                 string  `db:"name"`
+	Severity             string  `db:"severity"`
+	DestinationGroupID   *string `db:"destination_group_id"`
+	DestinationEventUser bool    `db:"destination_event_user"`
+
+	Bindings   []*Binding   `db:"-"`
+	Transports []*Transport `db:"-"`
+}
+
+// User is a row of users.
+type User struct {
+	ID          int64      `db:"id"`
+	UUID        string     `db:"uuid"`
+	Username    string     `db:"username"`
+	Name        string     `db:"name"`
+	Email       string     `db:"email"`
+	IsActive    bool       `db:"is_active"`
+	IsSuperuser bool       `db:"is_superuser"`
+	Attributes  JSONMap    `db:"attributes"`
+	LastLogin   *time.Time `db:"last_login"`
+	Created     time.Time  `db:"created"`
+	Updated     time.Time  `db:"updated"`
+}
+
+// EventUser is the user dict that authentik stores in events for u
+// (its get_user).
+func (u *User) EventUser() map[string]any {
+	if u == nil {
+		return map[string]any{"pk": nil, "username": "AnonymousUser", "email": "", "is_anonymous": true}
+	}
+	return map[string]any{"pk": u.ID, "username": u.Username, "email": u.Email}
+}
+
+// JSONMap is a jsonb object column.
+type JSONMap map[string]any
+
+// Scan implements sql.Scanner.
+func (m *JSONMap) Scan(src any) error {
+	var b []byte
+	switch t := src.(type) {
+	case nil:
+		*m = JSONMap{}
+		return nil
+	case []byte:
+		b = t
+	case string:
+		b = []byte(t)
+	default:
+		return fmt.Errorf("scan jsonb: unsupported type %T", src)
+	}
+	out := JSONMap{}
+	if err := json.Unmarshal(b, (*map[string]any)(&out)); err != nil {
+		return fmt.Errorf("scan jsonb: %w", err)
+	}
+	*m = out
+	return nil
+}
+
+// Value implements driver.Valuer.
+func (m JSONMap) Value() (driver.Value, error) {
+	if m == nil {
+		return []byte("{}"), nil
+	}
+	b, err := json.Marshal(map[string]any(m))
+	if err != nil {
+		return nil, fmt.Errorf("encode jsonb: %w", err)
+	}
+	return b, nil
+}
+
+// ErrNotFound is returned when a looked-up row does not exist.
+var ErrNotFound = errors.New("rules: not found")

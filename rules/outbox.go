@@ -1,0 +1,222 @@
+package rules
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"time"
+
+	"github.com/jmoiron/sqlx"
+)
+
+// Outbox kinds.
+const (
+	OutboxEvent = "event" // an event Herald created, to publish to the stream
+	OutboxEmail = "email" // an email queued by ak_send_email
+)
+
+// OutboxSender carries out one outbox item. An error means the item is
+// retried later with backoff.
+type OutboxSender interface {
+	SendOutbox(ctx context.Context, key string, payload []byte) error
+}
+
+// OutboxSenderFunc adapts a function to [OutboxSender].
+type OutboxSenderFunc func(ctx context.Context, key string, payload []byte) error
+
+// SendOutbox calls f.
+func (f OutboxSenderFunc) SendOutbox(ctx context.Context, key string, payload []byte) error {
+	return f(ctx, key, payload)
+}
+
+// EventPublisher publishes an encoded event. [*events.Publisher] implements it.
+type EventPublisher interface {
+	PublishRaw(ctx context.Context, pk, action string, data []byte) error
+}
+
+// PublishEvents returns the sender for [OutboxEvent] items.
+func PublishEvents(p EventPublisher) OutboxSender {
+	return OutboxSenderFunc(func(ctx context.Context, _ string, payload []byte) error {
+		var head struct {
+			PK     string `json:"pk"`
+			Action string `json:"action"`
+		}
+		if err := json.Unmarshal(payload, &head); err != nil {
+			return fmt.Errorf("decode outbox event: %w", err)
+		}
+		return p.PublishRaw(ctx, head.PK, head.Action, payload)
+	})
+}
+
+// OutboxConfig configures an [Outbox]. The zero value of each field means
+// its default.
+type OutboxConfig struct {
+	// Senders carry out items by kind. Items of a kind without a sender
+	// stay pending.
+	Senders map[string]OutboxSender
+	// PollInterval is how often due items are looked for when nothing wakes
+	// the dispatcher. Defaults to 1s.
+	PollInterval time.Duration
+	// BatchSize is the most items claimed at once. Defaults to 100.
+	BatchSize int
+	// MaxAttempts before an item is marked dead. Defaults to 12.
+	MaxAttempts int
+	// MinBackoff is the delay after the first failure; it doubles per
+	// attempt, with jitter, up to MaxBackoff. Defaults to 1s and 10m.
+	MinBackoff, MaxBackoff time.Duration
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+}
+
+func (c OutboxConfig) withDefaults() OutboxConfig {
+	if c.PollInterval <= 0 {
+		c.PollInterval = time.Second
+	}
+	if c.BatchSize <= 0 {
+		c.BatchSize = 100
+	}
+	if c.MaxAttempts <= 0 {
+		c.MaxAttempts = 12
+	}
+	if c.MinBackoff <= 0 {
+		c.MinBackoff = time.Second
+	}
+	if c.MaxBackoff <= 0 {
+		c.MaxBackoff = 10 * time.Minute
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return c
+}
+
+// Outbox dispatches the effects that event transactions queued: it claims
+// due items with FOR UPDATE SKIP LOCKED (so several workers can run it),
+// carries each out, and records the outcome. An item is carried out at
+// least once; its receivers de-duplicate by key (Nats-Msg-Id for events).
+type Outbox struct {
+	db   *sqlx.DB
+	cfg  OutboxConfig
+	log  *slog.Logger
+	wake chan struct{}
+}
+
+// NewOutbox returns an Outbox on db.
+func NewOutbox(db *sqlx.DB, cfg OutboxConfig) *Outbox {
+	cfg = cfg.withDefaults()
+	return &Outbox{db: db, cfg: cfg, log: cfg.Logger, wake: make(chan struct{}, 1)}
+}
+
+// Wake makes the dispatcher look for due items now. It never blocks.
+func (o *Outbox) Wake() {
+	select {
+	case o.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Run dispatches until ctx is done.
+func (o *Outbox) Run(ctx context.Context) error {
+	t := time.NewTicker(o.cfg.PollInterval)
+	defer t.Stop()
+	for {
+		for {
+			n, err := o.DispatchOnce(ctx)
+			if err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				o.log.WarnContext(ctx, "outbox dispatch", slog.Any("error", err))
+				break
+			}
+			if n < o.cfg.BatchSize {
+				break
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-o.wake:
+		case <-t.C:
+		}
+	}
+}
+
+type outboxItem struct {
+	ID       int64  `db:"id"`
+	Key      string `db:"key"`
+	Kind     string `db:"kind"`
+	Payload  []byte `db:"payload"`
+	Attempts int    `db:"attempts"`
+}
+
+const claimOutbox = `SELECT id, key, kind, payload, attempts FROM outbox
+WHERE status IN ('pending', 'failed') AND next_attempt_at <= now() AND kind = ANY($1)
+ORDER BY next_attempt_at, id
+LIMIT $2
+FOR UPDATE SKIP LOCKED`
+
+// DispatchOnce carries out the items that are due now and returns how many
+// it claimed.
+func (o *Outbox) DispatchOnce(ctx context.Context) (int, error) {
+	kinds := make([]string, 0, len(o.cfg.Senders))
+	for k := range o.cfg.Senders {
+		kinds = append(kinds, k)
+	}
+	tx, err := o.db.BeginTxx(ctx, nil)
+	if err != nil {
+		return 0, fmt.Errorf("begin outbox claim: %w", err)
+	}
+	defer tx.Rollback() //nolint:errcheck // a no-op after Commit
+	var items []outboxItem
+	if err := tx.SelectContext(ctx, &items, claimOutbox, stringArray(kinds), o.cfg.BatchSize); err != nil {
+		return 0, fmt.Errorf("claim outbox items: %w", err)
+	}
+	for _, it := range items {
+		err := o.cfg.Senders[it.Kind].SendOutbox(ctx, it.Key, it.Payload)
+		if err := o.record(ctx, tx, it, err); err != nil {
+			return 0, err
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return 0, fmt.Errorf("commit outbox results: %w", err)
+	}
+	return len(items), nil
+}
+
+func (o *Outbox) record(ctx context.Context, tx *sqlx.Tx, it outboxItem, sendErr error) error {
+	if sendErr == nil {
+		_, err := tx.ExecContext(ctx, `UPDATE outbox SET status = 'sent', attempts = attempts + 1, sent_at = now(), last_error = '' WHERE id = $1`, it.ID)
+		if err != nil {
+			return fmt.Errorf("mark outbox item %s sent: %w", it.Key, err)
+		}
+		return nil
+	}
+	attempts := it.Attempts + 1
+	status := DeliveryFailed
+	if attempts >= o.cfg.MaxAttempts {
+		status = DeliveryDead
+	}
+	delay := Backoff(attempts, o.cfg.MinBackoff, o.cfg.MaxBackoff)
+	o.log.WarnContext(ctx, "outbox item failed", slog.String("key", it.Key), slog.Int("attempts", attempts),
+		slog.String("status", status), slog.Duration("retry_in", delay), slog.Any("error", sendErr))
+	_, err := tx.ExecContext(ctx, `UPDATE outbox SET status = $2, attempts = $3, last_error = $4,
+        next_attempt_at = now() + $5 * interval '1 millisecond' WHERE id = $1`,
+		it.ID, status, attempts, sendErr.Error(), delay.Milliseconds())
+	if err != nil {
+		return fmt.Errorf("record outbox failure of %s: %w", it.Key, err)
+	}
+	return nil
+}
+
+// Backoff is the delay before retry number attempt (1-based): min doubled
+// per attempt, capped at max, with up to 20% random jitter added.
+func Backoff(attempt int, minDelay, maxDelay time.Duration) time.Duration {
+	d := minDelay << min(attempt-1, 30)
+	if d <= 0 || d > maxDelay {
+		d = maxDelay
+	}
+	return d + time.Duration(rand.Int64N(int64(d)/5+1))
+}

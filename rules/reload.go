@@ -1,0 +1,110 @@
+package rules
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/jmoiron/sqlx"
+	"github.com/lib/pq"
+)
+
+// ConfigChannel is the LISTEN/NOTIFY channel on which triggers announce
+// changes to the rule configuration; the payload is the schema name.
+const ConfigChannel = "herald_config"
+
+// RuleCache holds the current [RuleSet] and reloads it when the
+// configuration changes. It is safe for concurrent use.
+type RuleCache struct {
+	db     *sqlx.DB
+	dsn    string
+	schema string
+	log    *slog.Logger
+	cur    atomic.Pointer[RuleSet]
+	// OnReload, if set, is called with each newly loaded rule set.
+	OnReload func(*RuleSet)
+}
+
+// NewRuleCache loads the rule set from db. dsn is used to LISTEN for
+// changes in [RuleCache.Watch].
+func NewRuleCache(ctx context.Context, db *sqlx.DB, dsn string, logger *slog.Logger) (*RuleCache, error) {
+	if logger == nil {
+		logger = slog.Default()
+	}
+	c := &RuleCache{db: db, dsn: dsn, log: logger}
+	if err := db.GetContext(ctx, &c.schema, `SELECT current_schema()`); err != nil {
+		return nil, fmt.Errorf("read current schema: %w", err)
+	}
+	if err := c.Reload(ctx); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// Current returns the rule set in force.
+func (c *RuleCache) Current() *RuleSet { return c.cur.Load() }
+
+// Reload reads the rule set now.
+func (c *RuleCache) Reload(ctx context.Context) error {
+	rs, err := LoadRuleSet(ctx, c.db)
+	if err != nil {
+		return err
+	}
+	c.cur.Store(rs)
+	if c.OnReload != nil {
+		c.OnReload(rs)
+	}
+	return nil
+}
+
+// Watch reloads the rule set whenever a trigger announces a change in this
+// cache's schema, after a lost LISTEN connection is re-established, and every
+// fallback interval. It returns when ctx is done.
+func (c *RuleCache) Watch(ctx context.Context, fallback time.Duration) error {
+	if fallback <= 0 {
+		fallback = 30 * time.Second
+	}
+	l := pq.NewListener(c.dsn, 100*time.Millisecond, 10*time.Second, func(ev pq.ListenerEventType, err error) {
+		if err != nil {
+			c.log.WarnContext(ctx, "config listener", slog.Any("error", err))
+		}
+	})
+	defer l.Close()
+	if err := l.Listen(ConfigChannel); err != nil {
+		return fmt.Errorf("listen %s: %w", ConfigChannel, err)
+	}
+	t := time.NewTicker(fallback)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case n := <-l.Notify:
+			// nil means the connection was re-established: changes may
+			// have been missed.
+			if n != nil && n.Extra != c.schema {
+				continue
+			}
+			// Coalesce a burst of notifications into one reload.
+		drain:
+			for {
+				select {
+				case <-l.Notify:
+				default:
+					break drain
+				}
+			}
+		case <-t.C:
+		}
+		if err := c.Reload(ctx); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			c.log.WarnContext(ctx, "reload rules", slog.Any("error", err))
+			continue
+		}
+		c.log.DebugContext(ctx, "rules reloaded", slog.Int("rules", len(c.Current().Rules)))
+	}
+}

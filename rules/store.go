@@ -1,0 +1,176 @@
+package rules
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/jmoiron/sqlx"
+
+	"github.com/heraldhq/herald/events"
+)
+
+var sqlTxReadOnlySnapshot = sql.TxOptions{Isolation: sql.LevelRepeatableRead, ReadOnly: true}
+
+// Store is the PostgreSQL side of the worker that is not per event:
+// dead letters and inbox reads.
+type Store struct {
+	db *sqlx.DB
+}
+
+// NewStore returns a Store on db.
+func NewStore(db *sqlx.DB) *Store { return &Store{db: db} }
+
+var _ events.DeadLetterStore = (*Store)(nil)
+
+// StoreDeadLetter implements [events.DeadLetterStore].
+func (s *Store) StoreDeadLetter(ctx context.Context, dl events.DeadLetter) error {
+	headers, err := json.Marshal(dl.Headers)
+	if err != nil {
+		return fmt.Errorf("encode dead letter headers: %w", err)
+	}
+	if dl.Headers == nil {
+		headers = []byte("{}")
+	}
+	var seq *int64
+	if dl.StreamSeq > 0 {
+		v := int64(dl.StreamSeq)
+		seq = &v
+	}
+	payload := dl.Payload
+	if payload == nil {
+		payload = []byte{}
+	}
+	_, err = s.db.ExecContext(ctx,
+		`INSERT INTO dead_letters (subject, payload, headers, reason, stream_seq) VALUES ($1, $2, $3, $4, $5)`,
+		dl.Subject, payload, headers, dl.Reason, seq)
+	if err != nil {
+		return fmt.Errorf("insert dead letter: %w", err)
+	}
+	return nil
+}
+
+// insertConsumedEvent stores an event consumed from the stream. It reports
+// false when the event was processed before (a redelivery or a re-publish),
+// in which case nothing more is done for it. An event that Herald created
+// itself is stored unprocessed; consuming it marks it processed.
+const insertConsumedEvent = `INSERT INTO events (id, action, app, "user", context, client_ip, created, brand, extra, processed)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, true)
+ON CONFLICT (id) DO UPDATE SET processed = true WHERE NOT events.processed
+RETURNING id`
+
+func storeConsumedEvent(ctx context.Context, tx *sqlx.Tx, ev *events.Event) (bool, error) {
+	args, err := eventArgs(ev)
+	if err != nil {
+		return false, err
+	}
+	var id string
+	err = tx.GetContext(ctx, &id, insertConsumedEvent, args...)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("insert event %s: %w", ev.PK, err)
+	}
+	return true, nil
+}
+
+const insertCreated = `INSERT INTO events (id, action, app, "user", context, client_ip, created, brand, extra, processed)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, false)
+ON CONFLICT (id) DO NOTHING`
+
+const insertOutbox = `INSERT INTO outbox (key, kind, payload) VALUES ($1, $2, $3) ON CONFLICT (key) DO NOTHING`
+
+// insertCreatedEvent stores an event Herald creates and queues its publication.
+func insertCreatedEvent(ctx context.Context, tx *sqlx.Tx, ev *events.Event) error {
+	args, err := eventArgs(ev)
+	if err != nil {
+		return err
+	}
+	if _, err := tx.ExecContext(ctx, insertCreated, args...); err != nil {
+		return fmt.Errorf("insert created event %s: %w", ev.PK, err)
+	}
+	payload, err := json.Marshal(ev)
+	if err != nil {
+		return fmt.Errorf("encode created event %s: %w", ev.PK, err)
+	}
+	if _, err := tx.ExecContext(ctx, insertOutbox, "event:"+ev.PK, OutboxEvent, payload); err != nil {
+		return fmt.Errorf("queue created event %s: %w", ev.PK, err)
+	}
+	return nil
+}
+
+func eventArgs(ev *events.Event) ([]any, error) {
+	user, err := json.Marshal(orEmpty(ev.User))
+	if err != nil {
+		return nil, fmt.Errorf("encode event user: %w", err)
+	}
+	evCtx, err := json.Marshal(orEmpty(ev.Context))
+	if err != nil {
+		return nil, fmt.Errorf("encode event context: %w", err)
+	}
+	brand, err := json.Marshal(orEmpty(ev.Brand))
+	if err != nil {
+		return nil, fmt.Errorf("encode event brand: %w", err)
+	}
+	extra := []byte("{}")
+	if len(ev.Extra) > 0 {
+		if extra, err = json.Marshal(ev.Extra); err != nil {
+			return nil, fmt.Errorf("encode event extra keys: %w", err)
+		}
+	}
+	var ip *string
+	if ev.ClientIP != "" {
+		ip = &ev.ClientIP
+	}
+	return []any{ev.PK, ev.Action, ev.App, user, evCtx, ip, ev.Created, brand, extra}, nil
+}
+
+func orEmpty(m map[string]any) map[string]any {
+	if m == nil {
+		return map[string]any{}
+	}
+	return m
+}
+
+const selectUser = `SELECT id, uuid, username, name, email, is_active, is_superuser, attributes,
+       last_login, created, updated
+FROM users WHERE id = $1`
+
+// LoadUser returns the users row with id, or ErrNotFound.
+func LoadUser(ctx context.Context, q sqlx.QueryerContext, id int64) (*User, error) {
+	var u User
+	err := sqlx.GetContext(ctx, q, &u, selectUser, id)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return nil, ErrNotFound
+	case err != nil:
+		return nil, fmt.Errorf("load user %d: %w", id, err)
+	}
+	return &u, nil
+}
+
+// selectUserGroupIDs returns the groups a user is a direct member of and all
+// their ancestors.
+const selectUserGroupIDs = `WITH RECURSIVE g(id, parent_id) AS (
+    SELECT gr.id, gr.parent_id FROM groups gr JOIN group_members m ON m.group_id = gr.id WHERE m.user_id = $1
+  UNION
+    SELECT p.id, p.parent_id FROM groups p JOIN g ON p.id = g.parent_id
+)
+SELECT id FROM g`
+
+// UserGroupIDs returns the ids of the groups user id belongs to, directly
+// or through a descendant group.
+func UserGroupIDs(ctx context.Context, q sqlx.QueryerContext, id int64) (map[string]bool, error) {
+	var ids []string
+	if err := sqlx.SelectContext(ctx, q, &ids, selectUserGroupIDs, id); err != nil {
+		return nil, fmt.Errorf("load groups of user %d: %w", id, err)
+	}
+	set := make(map[string]bool, len(ids))
+	for _, g := range ids {
+		set[g] = true
+	}
+	return set, nil
+}

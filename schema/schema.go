@@ -1,0 +1,186 @@
+package schema
+
+import (
+	"context"
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path"
+	"sort"
+	"strings"
+
+	"github.com/jmoiron/sqlx"
+)
+
+//go:embed migrations/*.sql
+var migrations embed.FS
+
+// Examples holds the example seed files (examples/*.sql) shipped with Herald.
+//
+//go:embed examples/*.sql
+var Examples embed.FS
+
+// Migration is one embedded SQL file, applied in Version order.
+type Migration struct {
+	Version string // the file name without ".sql", e.g. "0001_init"
+	SQL     string
+}
+
+// Migrations returns the embedded migrations in the order they are applied.
+func Migrations() ([]Migration, error) {
+	names, err := fs.Glob(migrations, "migrations/*.sql")
+	if err != nil {
+		return nil, fmt.Errorf("list migrations: %w", err)
+	}
+	sort.Strings(names)
+	out := make([]Migration, 0, len(names))
+	for _, name := range names {
+		b, err := migrations.ReadFile(name)
+		if err != nil {
+			return nil, fmt.Errorf("read migration %s: %w", name, err)
+		}
+		out = append(out, Migration{Version: strings.TrimSuffix(path.Base(name), ".sql"), SQL: string(b)})
+	}
+	return out, nil
+}
+
+// Migrate applies the migrations that the current schema does not have yet,
+// each in its own transaction, and returns the versions it applied.
+//
+// It is idempotent and safe to run from several processes at once: a
+// transaction-scoped advisory lock, keyed by the schema name, serialises
+// concurrent runs, and each run skips what is already recorded in
+// schema_migrations.
+func Migrate(ctx context.Context, db *sqlx.DB) ([]string, error) {
+	all, err := Migrations()
+	if err != nil {
+		return nil, err
+	}
+	var applied []string
+	for _, m := range all {
+		done, err := apply(ctx, db, m)
+		if err != nil {
+			return applied, err
+		}
+		if done {
+			applied = append(applied, m.Version)
+		}
+	}
+	return applied, nil
+}
+
+const createMigrationsTable = `CREATE TABLE IF NOT EXISTS schema_migrations (
+    version text PRIMARY KEY,
+    applied timestamptz NOT NULL DEFAULT now()
+)`
+
+// apply runs m unless it is already recorded. It reports whether it ran m.
+func apply(ctx context.Context, db *sqlx.DB, m Migration) (bool, error) {
+	tx, err := db.BeginTxx(ctx, nil)
+	if err != nil {
+		return false, fmt.Errorf("begin migration %s: %w", m.Version, err)
+	}
+	defer tx.Rollback() //nolint:errcheck // a no-op after Commit
+
+	// The lock is taken before the table is created, so two processes
+	// cannot both try to create it.
+	if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock(hashtext('herald_migrate:' || current_schema()))`); err != nil {
+		return false, fmt.Errorf("lock schema for migration: %w", err)
+	}
+	if _, err := tx.ExecContext(ctx, createMigrationsTable); err != nil {
+		return false, fmt.Errorf("create schema_migrations: %w", err)
+	}
+	var exists bool
+	if err := tx.GetContext(ctx, &exists, `SELECT EXISTS (SELECT 1 FROM schema_migrations WHERE version = $1)`, m.Version); err != nil {
+		return false, fmt.Errorf("check migration %s: %w", m.Version, err)
+	}
+	if exists {
+		return false, nil
+	}
+	if _, err := tx.ExecContext(ctx, m.SQL); err != nil {
+		return false, fmt.Errorf("apply migration %s: %w", m.Version, err)
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations (version) VALUES ($1)`, m.Version); err != nil {
+		return false, fmt.Errorf("record migration %s: %w", m.Version, err)
+	}
+	if err := tx.Commit(); err != nil {
+		return false, fmt.Errorf("commit migration %s: %w", m.Version, err)
+	}
+	return true, nil
+}
+
+// SeedFile is a named SQL script.
+type SeedFile struct {
+	Name string // shown in errors, usually the path
+	SQL  string
+}
+
+// ReadSeedFiles reads seed files from disk; a name of the form
+// "examples/NAME.sql" that does not exist on disk is read from [Examples].
+func ReadSeedFiles(paths ...string) ([]SeedFile, error) {
+	files := make([]SeedFile, 0, len(paths))
+	for _, p := range paths {
+		b, err := os.ReadFile(p)
+		if errors.Is(err, fs.ErrNotExist) {
+			if eb, eerr := Examples.ReadFile(p); eerr == nil {
+				b, err = eb, nil
+			}
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read seed file: %w", err)
+		}
+		files = append(files, SeedFile{Name: p, SQL: string(b)})
+	}
+	return files, nil
+}
+
+// SeedError names the file and the statement of a seed file that failed.
+type SeedError struct {
+	File      string
+	Statement int    // 1-based index of the statement within File
+	Line      int    // line of File on which the statement starts
+	SQL       string // the statement, shortened
+	Err       error
+}
+
+func (e *SeedError) Error() string {
+	return fmt.Sprintf("seed %s: statement %d (line %d) %q: %v", e.File, e.Statement, e.Line, e.SQL, e.Err)
+}
+
+func (e *SeedError) Unwrap() error { return e.Err }
+
+// Seed applies the seed files in order, all in one transaction: either every
+// statement of every file is applied, or none is. A failure is reported as a
+// [*SeedError].
+func Seed(ctx context.Context, db *sqlx.DB, files ...SeedFile) error {
+	tx, err := db.BeginTxx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("begin seed: %w", err)
+	}
+	defer tx.Rollback() //nolint:errcheck // a no-op after Commit
+	for _, f := range files {
+		stmts, err := SplitStatements(f.SQL)
+		if err != nil {
+			return &SeedError{File: f.Name, Err: err}
+		}
+		for i, st := range stmts {
+			if _, err := tx.ExecContext(ctx, st.SQL); err != nil {
+				return &SeedError{File: f.Name, Statement: i + 1, Line: st.Line, SQL: shorten(st.SQL, 120), Err: err}
+			}
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("commit seed: %w", err)
+	}
+	return nil
+}
+
+func shorten(s string, n int) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
