@@ -108,6 +108,11 @@ func (c SubscriberConfig) withDefaults() SubscriberConfig {
 	return c
 }
 
+// shutdownRedelivery delays the redelivery of messages returned while
+// stopping: an immediate redelivery could go to this subscriber's own
+// pull request, still open on the server, and be stuck until AckWait.
+const shutdownRedelivery = time.Second
+
 // Subscriber consumes the events stream through a durable pull consumer
 // with explicit acks. Each message is settled in exactly one place:
 // acknowledged after its batch commits, terminated after it is stored as a
@@ -169,7 +174,7 @@ func (s *Subscriber) Run(ctx, stopCtx context.Context) error {
 		select {
 		case msgs <- m:
 		case <-stopping:
-			_ = m.Nak()
+			_ = m.NakWithDelay(shutdownRedelivery)
 		}
 	},
 		jetstream.PullMaxMessages(2*s.cfg.BatchSize*s.cfg.Concurrency),
@@ -205,14 +210,17 @@ func (s *Subscriber) Run(ctx, stopCtx context.Context) error {
 	}
 
 	<-ctx.Done()
+	// Drain (not Stop): messages already pulled into the client's buffer
+	// reach the callback, which returns them to the stream at once instead
+	// of leaving them unacknowledged until AckWait.
 	close(stopping)
-	cc.Stop()
+	cc.Drain()
 	wg.Wait()
 	<-cc.Closed()
 	for {
 		select {
 		case m := <-msgs:
-			_ = m.Nak()
+			_ = m.NakWithDelay(shutdownRedelivery)
 		default:
 			return nil
 		}
@@ -274,8 +282,8 @@ func (s *Subscriber) settle(ctx context.Context, m jetstream.Msg, err error) {
 		delivered = md.NumDelivered
 	}
 	if errors.Is(err, context.Canceled) {
-		// Shutting down: let the message go back at once.
-		_ = m.Nak()
+		// Shutting down: return the message to the stream.
+		_ = m.NakWithDelay(shutdownRedelivery)
 		return
 	}
 	if delivered >= uint64(s.cfg.MaxAttempts) {
@@ -315,16 +323,11 @@ func (s *Subscriber) deadLetter(ctx context.Context, m jetstream.Msg, reason str
 	}
 	s.log.WarnContext(ctx, "message dead-lettered", slog.String("subject", m.Subject()),
 		slog.Uint64("stream_seq", dl.StreamSeq), slog.String("reason", reason))
-	if err := m.TermWithReason(shortReason(reason)); err != nil {
+	// Term, not TermWithReason: the reason is in dead_letters, and servers
+	// before 2.10 ignore a term that carries one.
+	if err := m.Term(); err != nil {
 		s.log.WarnContext(ctx, "terminate message", slog.Any("error", err))
 	}
-}
-
-func shortReason(r string) string {
-	if len(r) > 200 {
-		return r[:200]
-	}
-	return r
 }
 
 // keepAlive sends progress acks for the batch's messages while it is being

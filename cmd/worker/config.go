@@ -33,7 +33,7 @@ type config struct {
 	MaxPayload         int           // HERALD_MAX_PAYLOAD
 	MaxAttempts        int           // HERALD_MAX_ATTEMPTS
 	AckWait            time.Duration // HERALD_ACK_WAIT
-	HTTPAddr           string        // HERALD_HTTP_ADDR; empty: no HTTP server
+	HTTPAddr           string        // HERALD_HTTP_ADDR; "off": no HTTP server
 	ShutdownTimeout    time.Duration // HERALD_SHUTDOWN_TIMEOUT
 	AutoMigrate        bool          // HERALD_AUTO_MIGRATE
 	LogLevel           slog.Level    // HERALD_LOG_LEVEL
@@ -127,6 +127,9 @@ func loadConfig(getenv func(string) string, fs *flag.FlagSet, args []string) (co
 		}
 	}
 
+	if c.HTTPAddr == "off" {
+		c.HTTPAddr = ""
+	}
 	if c.BatchSize < 1 {
 		errs = append(errs, errors.New("HERALD_BATCH_SIZE must be at least 1"))
 	}

@@ -25,7 +25,13 @@ func runCommand(ctx context.Context, e env, args []string) error {
 	}
 	logger := cfg.logger(e.stderr)
 	slog.SetDefault(logger)
-	return run(ctx, cfg, logger)
+	err = run(ctx, cfg, logger)
+	if err != nil && ctx.Err() != nil {
+		// Stopped by a signal while starting: a clean exit.
+		logger.Info("stopped during start-up", slog.Any("reason", err))
+		return nil
+	}
+	return err
 }
 
 // run wires the worker and runs it until ctx is done, then shuts down in

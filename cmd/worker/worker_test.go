@@ -1,0 +1,387 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/require"
+
+	"github.com/heraldhq/herald/events"
+	"github.com/heraldhq/herald/internal/testinfra"
+)
+
+// stack is a running worker on a test's own schema and stream.
+type stack struct {
+	db     *testinfra.DB
+	js     jetstream.JetStream
+	names  testinfra.Stream
+	env    map[string]string
+	cancel context.CancelFunc
+	done   chan error
+}
+
+// newStack prepares the environment of a worker for t (its own schema,
+// stream, subject prefix and consumer) without starting it.
+func newStack(t *testing.T) *stack {
+	t.Helper()
+	db := testinfra.Postgres(t)
+	_, js, names := testinfra.JetStream(t)
+	return &stack{
+		db: db, js: js, names: names,
+		env: map[string]string{
+			"DATABASE_URL":          db.URL,
+			"NATS_URL":              testinfra.NATSURL(t),
+			"HERALD_STREAM":         names.Name,
+			"HERALD_SUBJECT_PREFIX": names.SubjectPrefix,
+			"HERALD_CONSUMER":       names.Consumer,
+			"HERALD_HTTP_ADDR":      "off",
+			"HERALD_DATA_DIR":       t.TempDir(),
+			"HERALD_LOG_LEVEL":      "debug",
+		},
+	}
+}
+
+func (s *stack) getenv(k string) string { return s.env[k] }
+
+// cli runs a worker command and returns its standard output.
+func (s *stack) cli(t *testing.T, stdin string, args ...string) string {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	err := dispatch(t.Context(), args, s.getenv, strings.NewReader(stdin), &out, &errOut)
+	require.NoError(t, err, "worker %s: %s", strings.Join(args, " "), errOut.String())
+	return out.String()
+}
+
+// start runs `worker run` in the background until stop or the test's end.
+func (s *stack) start(t *testing.T) {
+	t.Helper()
+	cfg, err := loadConfig(s.getenv, nil, nil)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	s.cancel, s.done = cancel, make(chan error, 1)
+	logger := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelInfo}))
+	go func() { s.done <- run(ctx, cfg, logger) }()
+	t.Cleanup(func() { s.stop(t) })
+	// The worker is consuming once its pull requests wait on the consumer.
+	require.Eventually(t, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		info, err := s.consumerInfo(ctx)
+		return err == nil && info.NumWaiting > 0
+	}, 20*time.Second, 20*time.Millisecond, "worker did not start consuming")
+}
+
+// stop sends the worker the equivalent of SIGTERM and waits for a clean exit.
+func (s *stack) stop(t *testing.T) {
+	t.Helper()
+	if s.cancel == nil {
+		return
+	}
+	s.cancel()
+	s.cancel = nil
+	select {
+	case err := <-s.done:
+		require.NoError(t, err, "worker exited with an error")
+	case <-time.After(30 * time.Second):
+		t.Fatal("worker did not stop within 30s")
+	}
+}
+
+func (s *stack) count(t *testing.T, query string, args ...any) int {
+	t.Helper()
+	var n int
+	require.NoError(t, s.db.GetContext(context.Background(), &n, query, args...))
+	return n
+}
+
+// waitCount waits until query returns want, and fails with the last value.
+func (s *stack) waitCount(t *testing.T, want int, query string, args ...any) {
+	t.Helper()
+	var got int
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		if got = s.count(t, query, args...); got == want {
+			return
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	t.Fatalf("%s: got %d, want %d", query, got, want)
+}
+
+// settle waits until the worker's consumer has acknowledged everything in
+// the stream, so that a count can be checked for what did not happen.
+func (s *stack) settle(t *testing.T) {
+	t.Helper()
+	var last string
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		info, err := s.consumerInfo(ctx)
+		cancel()
+		if err == nil && info.NumPending == 0 && info.NumAckPending == 0 {
+			return
+		}
+		if err != nil {
+			last = err.Error()
+		} else {
+			last = fmt.Sprintf("pending=%d ack_pending=%d redelivered=%d", info.NumPending, info.NumAckPending, info.NumRedelivered)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("consumer did not catch up: %s", last)
+}
+
+func (s *stack) consumerInfo(ctx context.Context) (*jetstream.ConsumerInfo, error) {
+	c, err := s.js.Consumer(ctx, s.names.Name, s.names.Consumer)
+	if err != nil {
+		return nil, err
+	}
+	return c.Info(ctx)
+}
+
+const loginUnknownDevice = `{"auth_method": "password", "auth_method_args": {"known_device": false}}`
+
+func TestUnknownDeviceLoginAlertFromSeedFile(t *testing.T) {
+	t.Parallel()
+	s := newStack(t)
+	out := s.cli(t, "", "seed", "../../schema/examples/unknown-device-login.sql")
+	require.Contains(t, out, "seeded")
+	s.db.MustExec(t, `INSERT INTO users (id, username, email) VALUES (12, 'jane', 'jane@example.com')`)
+	s.start(t)
+
+	unknown := strings.TrimSpace(s.cli(t, "", "publish", "-action", "login", "-user-pk", "12", "-username", "jane",
+		"-email", "jane@example.com", "-client-ip", "198.51.100.23", "-context", loginUnknownDevice))
+	known := strings.TrimSpace(s.cli(t, "", "publish", "-action", "login", "-user-pk", "12", "-username", "jane",
+		"-context", `{"auth_method": "password", "auth_method_args": {"known_device": true}}`))
+
+	s.waitCount(t, 2, `SELECT count(*) FROM events WHERE id IN ($1, $2)`, unknown, known)
+	s.settle(t)
+	var rows []struct {
+		UserID   int64  `db:"user_id"`
+		EventID  string `db:"event_id"`
+		Severity string `db:"severity"`
+		Body     string `db:"body"`
+	}
+	require.NoError(t, s.db.Select(&rows, `SELECT user_id, event_id, severity, body FROM notifications`))
+	require.Len(t, rows, 1, "one notification, for the unknown device only")
+	require.Equal(t, int64(12), rows[0].UserID)
+	require.Equal(t, unknown, rows[0].EventID)
+	require.Equal(t, "alert", rows[0].Severity)
+	require.Equal(t, `login: {"auth_method":"password","auth_method_args":{"known_device":false}}`, rows[0].Body)
+	require.Equal(t, 1, s.count(t, `SELECT count(*) FROM deliveries WHERE status = 'sent'`))
+}
+
+func TestSameEventTwiceIsProcessedOnce(t *testing.T) {
+	t.Parallel()
+	s := newStack(t)
+	s.cli(t, "", "seed", "../../schema/examples/unknown-device-login.sql")
+	s.db.MustExec(t, `INSERT INTO users (id, username) VALUES (12, 'jane')`)
+	s.start(t)
+
+	pk := "0b470dce-99b5-4960-9eb1-a3af15ea6973"
+	payload := fmt.Sprintf(`{"pk": %q, "action": "login", "user": {"pk": 12, "username": "jane"}, "context": %s}`, pk, loginUnknownDevice)
+	// Through the CLI (Nats-Msg-Id set), then twice more without a message
+	// id, as a publisher that retries after the duplicate window would.
+	s.cli(t, payload, "publish", "-f", "-")
+	for range 2 {
+		_, err := s.js.Publish(t.Context(), events.Subject(s.names.SubjectPrefix, "login"), []byte(payload))
+		require.NoError(t, err)
+	}
+	s.settle(t)
+	require.Equal(t, 1, s.count(t, `SELECT count(*) FROM events WHERE id = $1`, pk))
+	require.Equal(t, 1, s.count(t, `SELECT count(*) FROM notifications WHERE event_id = $1`, pk))
+	require.Equal(t, 1, s.count(t, `SELECT count(*) FROM deliveries`))
+}
+
+func TestMalformedMessagesAreDeadLettered(t *testing.T) {
+	t.Parallel()
+	s := newStack(t)
+	s.start(t)
+
+	bad := map[string]string{
+		"not json":       `{"pk": "0b470dce-99b5-4960-9eb1-a3af15ea6973", "action": `,
+		"missing pk":     `{"action": "login"}`,
+		"missing action": `{"pk": "0b470dce-99b5-4960-9eb1-a3af15ea6974"}`,
+		"bad client ip":  `{"pk": "0b470dce-99b5-4960-9eb1-a3af15ea6975", "action": "login", "client_ip": "nope"}`,
+	}
+	for _, payload := range bad {
+		_, err := s.js.Publish(t.Context(), events.Subject(s.names.SubjectPrefix, "login"), []byte(payload))
+		require.NoError(t, err)
+	}
+	good := strings.TrimSpace(s.cli(t, "", "publish", "-action", "login"))
+
+	s.waitCount(t, len(bad), `SELECT count(*) FROM dead_letters`)
+	s.waitCount(t, 1, `SELECT count(*) FROM events WHERE id = $1`, good)
+	var dls []struct {
+		Subject string `db:"subject"`
+		Payload []byte `db:"payload"`
+		Reason  string `db:"reason"`
+	}
+	require.NoError(t, s.db.Select(&dls, `SELECT subject, payload, reason FROM dead_letters`))
+	byPayload := map[string]string{}
+	for _, dl := range dls {
+		require.Equal(t, s.names.SubjectPrefix+".login", dl.Subject)
+		byPayload[string(dl.Payload)] = dl.Reason
+	}
+	require.Contains(t, byPayload[bad["not json"]], "invalid JSON")
+	require.Contains(t, byPayload[bad["missing pk"]], `missing "pk"`)
+	require.Contains(t, byPayload[bad["missing action"]], `missing "action"`)
+	require.Contains(t, byPayload[bad["bad client ip"]], "is not an IP address")
+	s.settle(t) // terminated, not redelivered
+}
+
+func TestStuckPolicyTimesOutAndOtherRulesStillFire(t *testing.T) {
+	t.Parallel()
+	s := newStack(t)
+	s.cli(t, "", "seed", "../../schema/examples/unknown-device-login.sql")
+	s.db.MustExec(t, `INSERT INTO users (id, username) VALUES (12, 'jane')`)
+	s.db.MustExec(t, `INSERT INTO policies (name, expression) VALUES ('spin', 'while (true) {}')`)
+	s.db.MustExec(t, `INSERT INTO notification_rules (name, destination_event_user) VALUES ('a-stuck-rule', true)`)
+	s.db.MustExec(t, `INSERT INTO notification_rule_transports (rule_id, transport_id)
+		SELECT r.id, t.id FROM notification_rules r, notification_transports t WHERE r.name = 'a-stuck-rule' AND t.name = 'inbox'`)
+	s.db.MustExec(t, `INSERT INTO policy_bindings (target_rule_id, policy_id, timeout_seconds, failure_result)
+		SELECT r.id, p.id, 1, false FROM notification_rules r, policies p WHERE r.name = 'a-stuck-rule' AND p.name = 'spin'`)
+	s.start(t)
+
+	start := time.Now()
+	pk := strings.TrimSpace(s.cli(t, "", "publish", "-action", "login", "-user-pk", "12", "-context", loginUnknownDevice))
+	s.waitCount(t, 1, `SELECT count(*) FROM notifications WHERE event_id = $1`, pk)
+	require.Less(t, time.Since(start), 10*time.Second)
+	s.waitCount(t, 1, `SELECT count(*) FROM events WHERE action = 'policy_exception'
+		AND context->'caused_by'->>'event' = $1 AND context->'error'->>'kind' = 'timeout'
+		AND context->'policy'->>'name' = 'spin'`, pk)
+	var rule string
+	require.NoError(t, s.db.Get(&rule, `SELECT r.name FROM notifications n JOIN notification_rules r ON r.id = n.rule_id WHERE n.event_id = $1`, pk))
+	require.Equal(t, "unknown-device-login-alert", rule)
+
+	// The worker carries on with the next event.
+	next := strings.TrimSpace(s.cli(t, "", "publish", "-action", "login", "-user-pk", "12", "-context", loginUnknownDevice))
+	s.waitCount(t, 1, `SELECT count(*) FROM notifications WHERE event_id = $1`, next)
+}
+
+func TestCreatedEventsGoThroughTheStream(t *testing.T) {
+	t.Parallel()
+	s := newStack(t)
+	s.db.MustExec(t, `INSERT INTO policies (name, expression) VALUES ('broken', E'const a = 1;\nreturn a.b.c;')`)
+	s.db.MustExec(t, `INSERT INTO notification_rules (name) VALUES ('broken-rule')`)
+	s.db.MustExec(t, `INSERT INTO policy_bindings (target_rule_id, policy_id)
+		SELECT r.id, p.id FROM notification_rules r, policies p WHERE r.name = 'broken-rule' AND p.name = 'broken'`)
+	s.start(t)
+
+	pk := strings.TrimSpace(s.cli(t, "", "publish", "-action", "model_created"))
+	s.waitCount(t, 1, `SELECT count(*) FROM events WHERE action = 'policy_exception' AND context->'caused_by'->>'event' = $1`, pk)
+	// Stored unprocessed by the transaction that created it, then published
+	// through the outbox and consumed back: processed.
+	s.waitCount(t, 1, `SELECT count(*) FROM events WHERE action = 'policy_exception' AND processed`)
+	s.waitCount(t, 1, `SELECT count(*) FROM outbox WHERE kind = 'event' AND status = 'sent'`)
+	var errCtx map[string]any
+	var raw []byte
+	require.NoError(t, s.db.Get(&raw, `SELECT context->'error' FROM events WHERE action = 'policy_exception'`))
+	require.NoError(t, json.Unmarshal(raw, &errCtx))
+	require.Equal(t, float64(2), errCtx["line"], "the error is on the expression's second line")
+	require.Contains(t, errCtx["message"], "TypeError")
+}
+
+func TestRuleChangesApplyWithoutRestart(t *testing.T) {
+	t.Parallel()
+	s := newStack(t)
+	s.db.MustExec(t, `INSERT INTO users (id, username) VALUES (12, 'jane')`)
+	s.start(t)
+
+	first := strings.TrimSpace(s.cli(t, "", "publish", "-action", "login", "-user-pk", "12", "-context", loginUnknownDevice))
+	s.waitCount(t, 1, `SELECT count(*) FROM events WHERE id = $1`, first)
+
+	s.cli(t, "", "seed", "../../schema/examples/unknown-device-login.sql")
+	changed := time.Now()
+	// The rule applies to events published from now on, within a second.
+	var second string
+	require.Eventually(t, func() bool {
+		second = strings.TrimSpace(s.cli(t, "", "publish", "-action", "login", "-user-pk", "12", "-context", loginUnknownDevice))
+		time.Sleep(100 * time.Millisecond)
+		return s.count(t, `SELECT count(*) FROM notifications WHERE event_id = $1`, second) == 1
+	}, 10*time.Second, 50*time.Millisecond)
+	t.Logf("rule change took effect after %v", time.Since(changed))
+	require.Equal(t, 0, s.count(t, `SELECT count(*) FROM notifications WHERE event_id = $1`, first))
+
+	s.db.MustExec(t, `UPDATE notification_rules SET enabled = false`)
+	var third string
+	require.Eventually(t, func() bool {
+		third = strings.TrimSpace(s.cli(t, "", "publish", "-action", "login", "-user-pk", "12", "-context", loginUnknownDevice))
+		s.waitCount(t, 1, `SELECT count(*) FROM events WHERE id = $1`, third)
+		return s.count(t, `SELECT count(*) FROM notifications WHERE event_id = $1`, third) == 0
+	}, 10*time.Second, 50*time.Millisecond)
+}
+
+func TestShutdownLosesNothing(t *testing.T) {
+	t.Parallel()
+	s := newStack(t)
+	s.cli(t, "", "seed", "../../schema/examples/unknown-device-login.sql")
+	s.db.MustExec(t, `INSERT INTO users (id, username) VALUES (12, 'jane')`)
+
+	var lines strings.Builder
+	const n = 300
+	for i := range n {
+		fmt.Fprintf(&lines, `{"pk": "00000000-0000-4000-8000-%012d", "action": "login", "user": {"pk": 12}, "context": %s}`+"\n", i, loginUnknownDevice)
+	}
+	s.cli(t, lines.String(), "publish", "-f", "-")
+
+	// Stop the worker while it is in the middle of the backlog, then start
+	// it again: every event is processed exactly once.
+	s.start(t)
+	require.Eventually(t, func() bool { return s.count(t, `SELECT count(*) FROM events`) > 0 }, 15*time.Second, 5*time.Millisecond)
+	s.stop(t)
+	s.start(t)
+	s.settle(t)
+	s.waitCount(t, n, `SELECT count(*) FROM events`)
+	require.Equal(t, n, s.count(t, `SELECT count(*) FROM notifications`))
+	require.Equal(t, n, s.count(t, `SELECT count(DISTINCT event_id) FROM notifications`))
+}
+
+func TestEmbeddedNATSWhenNATSURLIsUnset(t *testing.T) {
+	t.Parallel()
+	s := newStack(t)
+	s.cli(t, "", "seed", "../../schema/examples/unknown-device-login.sql")
+	s.db.MustExec(t, `INSERT INTO users (id, username) VALUES (12, 'jane')`)
+	delete(s.env, "NATS_URL")
+	s.env["HERALD_EMBEDDED_NATS_LISTEN"] = freeAddr(t)
+
+	cfg, err := loadConfig(s.getenv, nil, nil)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil))) }()
+	defer func() {
+		cancel()
+		require.NoError(t, <-done)
+	}()
+
+	// `worker publish` without NATS_URL reaches the running worker's
+	// embedded server.
+	var pk string
+	require.Eventually(t, func() bool {
+		var out bytes.Buffer
+		err := dispatch(t.Context(), []string{"publish", "-action", "login", "-user-pk", "12", "-context", loginUnknownDevice},
+			s.getenv, strings.NewReader(""), &out, io.Discard)
+		pk = strings.TrimSpace(out.String())
+		return err == nil
+	}, 20*time.Second, 100*time.Millisecond)
+	s.waitCount(t, 1, `SELECT count(*) FROM notifications WHERE event_id = $1`, pk)
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+	return l.Addr().String()
+}
+
