@@ -275,3 +275,12 @@ func deepCopy(v any) any {
 		return v
 	}
 }
+
+// CanonicalIP validates an IP address and returns its canonical form.
+func CanonicalIP(s string) (string, error) {
+	addr, err := netip.ParseAddr(s)
+	if err != nil {
+		return "", fmt.Errorf("%q is not an IP address", s)
+	}
+	return addr.String(), nil
+}

@@ -28,6 +28,18 @@ func (v *vm) install() {
 		_ = logger.Set(level, v.logFunc(level))
 	}
 	_ = v.rt.Set("ak_logger", logger)
+
+	v.installModels()
+	set("ak_user_by", v.akUserBy)
+	set("ak_is_group_member", v.akIsGroupMember)
+	set("ak_user_has_authenticator", v.akUserHasAuthenticator)
+	set("ak_call_policy", v.akCallPolicy)
+	set("ak_create_event", v.akCreateEvent)
+	set("ak_send_email", v.akSendEmail)
+	set("ip_address", v.ipAddress)
+	set("ip_network", v.ipNetwork)
+	set("resolve_dns", v.resolveDNS)
+	set("reverse_dns", v.reverseDNS)
 }
 
 // throw raises a TypeError in the running policy.

@@ -19,6 +19,8 @@ type vm struct {
 	fns map[string]goja.Callable
 	// cur is the evaluation in progress; host functions read it.
 	cur *evaluation
+	// protos holds the prototype (with save) of each model's objects.
+	protos map[string]*goja.Object
 }
 
 // evaluation is the state of one policy run that host functions touch.
@@ -94,6 +96,7 @@ func (v *vm) evaluate(ctx context.Context, key string, prog *goja.Program, req *
 	request := v.requestObject(req)
 	_ = v.rt.Set("request", request)
 	_ = v.rt.Set("context", request.Get("context"))
+	_ = v.rt.Set("ak_client_ip", v.clientIP(req.Event.ClientIP))
 
 	fn, err := v.function(key, prog)
 	var out goja.Value

@@ -208,17 +208,21 @@ func (r *eventRun) evalBinding(ctx context.Context, rule *Rule, b *Binding) (boo
 		res.Passing = MatchEvent(p, r.ev)
 	default:
 		start := time.Now()
+		scope := &Scope{Tx: r.tx, Rules: r.rs, Rule: rule, Binding: b, run: r}
 		res = r.e.eval.Evaluate(ctx, &PolicyRequest{
 			Policy:  p,
 			Event:   r.ev,
 			User:    r.user,
 			Timeout: b.Timeout(),
-			Scope:   &Scope{Tx: r.tx, Rules: r.rs, Rule: rule, Binding: b, run: r},
+			Scope:   scope,
 		})
 		r.e.stats.PolicyNanos.Add(int64(time.Since(start)))
 		r.e.stats.PolicyEvaluations.Add(1)
 		if err := ctx.Err(); err != nil {
 			return false, fmt.Errorf("evaluate policy %q: %w", p.Name, context.Cause(ctx))
+		}
+		if err := scope.finish(ctx, res.Err != nil); err != nil {
+			return false, err
 		}
 	}
 	if res.Err != nil {

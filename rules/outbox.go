@@ -61,11 +61,15 @@ type OutboxConfig struct {
 	PollInterval time.Duration
 	// BatchSize is the most items claimed at once. Defaults to 100.
 	BatchSize int
-	// MaxAttempts before an item is marked dead. Defaults to 12.
+	// MaxAttempts before an item is marked dead. Defaults to 20 (with the
+	// default backoff, about two and a half hours of retrying).
 	MaxAttempts int
 	// MinBackoff is the delay after the first failure; it doubles per
 	// attempt, with jitter, up to MaxBackoff. Defaults to 1s and 10m.
 	MinBackoff, MaxBackoff time.Duration
+	// Permanent reports errors that will not go away on retry; the item is
+	// marked dead at once. Optional.
+	Permanent func(error) bool
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 }
@@ -78,7 +82,7 @@ func (c OutboxConfig) withDefaults() OutboxConfig {
 		c.BatchSize = 100
 	}
 	if c.MaxAttempts <= 0 {
-		c.MaxAttempts = 12
+		c.MaxAttempts = 20
 	}
 	if c.MinBackoff <= 0 {
 		c.MinBackoff = time.Second
@@ -196,7 +200,7 @@ func (o *Outbox) record(ctx context.Context, tx *sqlx.Tx, it outboxItem, sendErr
 	}
 	attempts := it.Attempts + 1
 	status := DeliveryFailed
-	if attempts >= o.cfg.MaxAttempts {
+	if attempts >= o.cfg.MaxAttempts || (o.cfg.Permanent != nil && o.cfg.Permanent(sendErr)) {
 		status = DeliveryDead
 	}
 	delay := Backoff(attempts, o.cfg.MinBackoff, o.cfg.MaxBackoff)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha1"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"time"
@@ -25,8 +26,141 @@ type Scope struct {
 	Rule    *Rule
 	Binding *Binding
 
-	run *eventRun
+	run       *eventRun
+	savepoint bool
+	calls     int // nested ak_call_policy depth
 }
+
+// savepointName marks where a policy's own writes begin, so that a policy
+// that fails leaves no effects behind (and an SQL error it caused does not
+// abort the event's transaction).
+const savepointName = "herald_policy"
+
+// DB returns the event's transaction for a policy's reads and writes. The
+// first call sets a savepoint that [Scope.finish] releases, or rolls back to
+// when the policy failed.
+func (s *Scope) DB(ctx context.Context) (*sqlx.Tx, error) {
+	if s == nil || s.Tx == nil {
+		return nil, fmt.Errorf("no database in a dry run without one")
+	}
+	if !s.savepoint {
+		if _, err := s.Tx.ExecContext(ctx, "SAVEPOINT "+savepointName); err != nil {
+			return nil, fmt.Errorf("set savepoint: %w", err)
+		}
+		s.savepoint = true
+	}
+	return s.Tx, nil
+}
+
+// finish ends the policy's savepoint: its writes are kept when it succeeded
+// and undone when it failed.
+func (s *Scope) finish(ctx context.Context, failed bool) error {
+	if !s.savepoint {
+		return nil
+	}
+	s.savepoint = false
+	if failed {
+		if _, err := s.Tx.ExecContext(ctx, "ROLLBACK TO SAVEPOINT "+savepointName); err != nil {
+			return fmt.Errorf("roll back failed policy: %w", err)
+		}
+	}
+	if _, err := s.Tx.ExecContext(ctx, "RELEASE SAVEPOINT "+savepointName); err != nil {
+		return fmt.Errorf("release savepoint: %w", err)
+	}
+	return nil
+}
+
+// EnterCall counts a nested ak_call_policy and reports false when the
+// nesting is deeper than limit.
+func (s *Scope) EnterCall(limit int) bool {
+	if s.calls >= limit {
+		return false
+	}
+	s.calls++
+	return true
+}
+
+// LeaveCall ends a nested call counted by EnterCall.
+func (s *Scope) LeaveCall() { s.calls-- }
+
+// Email is an email queued by ak_send_email. Exactly one of Body and
+// Template is set.
+type Email struct {
+	To       []string       `json:"to"`
+	Cc       []string       `json:"cc,omitempty"`
+	Bcc      []string       `json:"bcc,omitempty"`
+	Subject  string         `json:"subject"`
+	Body     string         `json:"body,omitempty"`
+	Template string         `json:"template,omitempty"`
+	Context  map[string]any `json:"context,omitempty"`
+	// Key identifies the email; its Message-ID derives from it.
+	Key string `json:"key"`
+}
+
+// QueueEmail stores e in the outbox, to be sent after the event commits.
+// Its key derives from the event, rule, policy and a counter, so a re-run
+// of the event queues nothing twice.
+func (s *Scope) QueueEmail(ctx context.Context, e Email, policy *Policy) error {
+	if s == nil || s.run == nil {
+		return fmt.Errorf("send email: not performed in a dry run")
+	}
+	tx, err := s.DB(ctx)
+	if err != nil {
+		return err
+	}
+	r := s.run
+	r.created++
+	ruleID, policyID := "", ""
+	if s.Rule != nil {
+		ruleID = s.Rule.ID
+	}
+	if policy != nil {
+		policyID = policy.ID
+	}
+	e.Key = "email:" + derivedUUID(r.ev.PK, ruleID, policyID, "email", fmt.Sprint(r.created))
+	e.Context = events.Sanitize(e.Context).(map[string]any)
+	payload, err := json.Marshal(e)
+	if err != nil {
+		return fmt.Errorf("encode email: %w", err)
+	}
+	if _, err := tx.ExecContext(ctx, insertOutbox, e.Key, OutboxEmail, payload); err != nil {
+		return fmt.Errorf("queue email: %w", err)
+	}
+	return nil
+}
+
+// PolicyException records a policy_exception event for a policy that failed
+// while called from another (ak_call_policy).
+func (s *Scope) PolicyException(ctx context.Context, p *Policy, perr *PolicyError) error {
+	if s == nil || s.run == nil {
+		return nil
+	}
+	b := &Binding{ID: "00000000-0000-0000-0000-000000000000", Policy: p}
+	if s.Rule == nil {
+		return nil
+	}
+	return s.run.policyException(ctx, s.Rule, b, perr)
+}
+
+// EmailTemplateExists reports whether name is the built-in
+// event_notification template or a row of email_templates.
+func (s *Scope) EmailTemplateExists(ctx context.Context, name string) (bool, error) {
+	if name == BuiltinEmailTemplate {
+		return true, nil
+	}
+	tx, err := s.DB(ctx)
+	if err != nil {
+		return false, err
+	}
+	var ok bool
+	if err := tx.GetContext(ctx, &ok, `SELECT EXISTS (SELECT 1 FROM email_templates WHERE name = $1)`, name); err != nil {
+		return false, fmt.Errorf("look up email template %q: %w", name, err)
+	}
+	return ok, nil
+}
+
+// BuiltinEmailTemplate is the name of the template that exists without a row.
+const BuiltinEmailTemplate = "event_notification"
 
 // causedBy is the loop-guard record that every event Herald creates carries
 // in context.caused_by.
@@ -51,9 +185,13 @@ func EventDepth(ev *events.Event) int {
 // re-run of the same event creates the same pk.
 func (s *Scope) CreateEvent(ctx context.Context, action, app string, user map[string]any, evContext map[string]any, policy *Policy) (events.Event, error) {
 	if s == nil || s.run == nil {
-		return events.Event{}, fmt.Errorf("create event %q: not allowed in a dry run", action)
+		return events.Event{}, fmt.Errorf("create event %q: not performed in a dry run", action)
 	}
-	return s.run.createEvent(ctx, s.Tx, action, app, user, evContext, s.Rule, policy)
+	tx, err := s.DB(ctx)
+	if err != nil {
+		return events.Event{}, err
+	}
+	return s.run.createEvent(ctx, tx, action, app, user, evContext, s.Rule, policy)
 }
 
 // derivedUUID returns a name-based UUID (version 5 layout) from parts.

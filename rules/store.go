@@ -174,3 +174,36 @@ func UserGroupIDs(ctx context.Context, q sqlx.QueryerContext, id int64) (map[str
 	}
 	return set, nil
 }
+
+// UserHasAuthenticator reports whether user id has a confirmed
+// authenticator device, of the given kind when kind is not empty.
+func UserHasAuthenticator(ctx context.Context, q sqlx.QueryerContext, id int64, kind string) (bool, error) {
+	var ok bool
+	err := sqlx.GetContext(ctx, q, &ok, `SELECT EXISTS (SELECT 1 FROM authenticator_devices
+WHERE user_id = $1 AND confirmed AND ($2 = '' OR kind = $2))`, id, kind)
+	if err != nil {
+		return false, fmt.Errorf("look up authenticators of user %d: %w", id, err)
+	}
+	return ok, nil
+}
+
+// EmailTemplate is a row of email_templates.
+type EmailTemplate struct {
+	Name    string `db:"name"`
+	Subject string `db:"subject"`
+	HTML    string `db:"html"`
+	Text    string `db:"text"`
+}
+
+// LoadEmailTemplate returns the email_templates row name, or ErrNotFound.
+func LoadEmailTemplate(ctx context.Context, q sqlx.QueryerContext, name string) (*EmailTemplate, error) {
+	var t EmailTemplate
+	err := sqlx.GetContext(ctx, q, &t, `SELECT name, subject, html, text FROM email_templates WHERE name = $1`, name)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return nil, ErrNotFound
+	case err != nil:
+		return nil, fmt.Errorf("load email template %q: %w", name, err)
+	}
+	return &t, nil
+}

@@ -21,6 +21,8 @@ import (
 type config struct {
 	DatabaseURL        string        // DATABASE_URL
 	NATSURL            string        // NATS_URL; empty: embedded JetStream server
+	SMTPURL            string        // SMTP_URL; empty: emails are written under DataDir/mail
+	MailFrom           string        // MAIL_FROM
 	EmbeddedNATSListen string        // HERALD_EMBEDDED_NATS_LISTEN
 	DataDir            string        // HERALD_DATA_DIR
 	Stream             string        // HERALD_STREAM
@@ -92,6 +94,8 @@ func loadConfig(getenv func(string) string, fs *flag.FlagSet, args []string) (co
 	c := config{
 		DatabaseURL:        str("DATABASE_URL", defaultDatabaseURL),
 		NATSURL:            getenv("NATS_URL"),
+		SMTPURL:            getenv("SMTP_URL"),
+		MailFrom:           str("MAIL_FROM", "herald@localhost"),
 		EmbeddedNATSListen: str("HERALD_EMBEDDED_NATS_LISTEN", "127.0.0.1:4223"),
 		DataDir:            str("HERALD_DATA_DIR", "data"),
 		Stream:             str("HERALD_STREAM", events.DefaultStream),

@@ -7,11 +7,13 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"path/filepath"
 	"sync"
 	"time"
 
 	"github.com/heraldhq/herald/events"
 	"github.com/heraldhq/herald/jsrt"
+	"github.com/heraldhq/herald/mailer"
 	"github.com/heraldhq/herald/rules"
 	"github.com/heraldhq/herald/schema"
 )
@@ -81,10 +83,18 @@ func run(ctx context.Context, cfg config, logger *slog.Logger) error {
 	}
 	cache.OnReload(cache.Current())
 
+	mail, err := mailer.New(mailer.Config{SMTPURL: cfg.SMTPURL, From: cfg.MailFrom, Dir: filepath.Join(cfg.DataDir, "mail")})
+	if err != nil {
+		return fmt.Errorf("SMTP_URL: %w", err)
+	}
 	publisher := events.NewPublisher(nc.js, cfg.SubjectPrefix)
 	outbox := rules.NewOutbox(db, rules.OutboxConfig{
-		Senders: map[string]rules.OutboxSender{rules.OutboxEvent: rules.PublishEvents(publisher)},
-		Logger:  logger,
+		Senders: map[string]rules.OutboxSender{
+			rules.OutboxEvent: rules.PublishEvents(publisher),
+			rules.OutboxEmail: emailSender(db, mail),
+		},
+		Permanent: permanentMailError,
+		Logger:    logger,
 	})
 	engine := rules.NewEngine(db, cache, pool, rules.EngineConfig{
 		MaxEventDepth: cfg.MaxEventDepth,
@@ -126,7 +136,7 @@ func run(ctx context.Context, cfg config, logger *slog.Logger) error {
 
 	logger.Info("worker running", slog.String("stream", cfg.Stream), slog.String("consumer", cfg.Consumer),
 		slog.Int("rules", len(cache.Current().Rules)), slog.Int("batch_size", cfg.BatchSize),
-		slog.Int("concurrency", cfg.Concurrency), slog.String("http", cfg.HTTPAddr))
+		slog.Int("concurrency", cfg.Concurrency), slog.String("http", cfg.HTTPAddr), slog.String("mail", mail.Backend()))
 
 	// The subscriber returns once ctx is done and in-flight batches are
 	// finished (or the shutdown timeout cancelled them).

@@ -1,0 +1,302 @@
+package jsrt
+
+import (
+	"encoding/json"
+	"errors"
+	"time"
+	"fmt"
+	"maps"
+
+	"github.com/dop251/goja"
+
+	"github.com/heraldhq/herald/events"
+	"github.com/heraldhq/herald/rules"
+)
+
+// maxCallDepth bounds ak_call_policy nesting (a policy calling itself).
+const maxCallDepth = 8
+
+// ak_user_by(filters): the first matching user or null. An unknown field
+// gives null, as in authentik.
+func (v *vm) akUserBy(call goja.FunctionCall) goja.Value {
+	filters, ok := call.Argument(0).Export().(map[string]any)
+	if !ok {
+		v.throw("ak_user_by: want an object of field lookups")
+	}
+	m := rules.Models["User"]
+	rows, err := rules.Find(v.cur.ctx, v.db(), rules.Query{Model: m, Filters: filters}, 1, true)
+	var me *rules.ModelError
+	if errors.As(err, &me) {
+		return goja.Null()
+	}
+	v.check(err)
+	if len(rows) == 0 {
+		return goja.Null()
+	}
+	return v.modelObject(m, rows[0])
+}
+
+// ak_is_group_member(user, filters): whether user belongs to a group
+// matching filters, directly or through a descendant group.
+func (v *vm) akIsGroupMember(call goja.FunctionCall) goja.Value {
+	pk, ok := userPK(call.Argument(0))
+	if !ok {
+		return v.rt.ToValue(false)
+	}
+	filters := map[string]any{}
+	if f := call.Argument(1); !goja.IsUndefined(f) && !goja.IsNull(f) {
+		if filters, ok = f.Export().(map[string]any); !ok {
+			v.throw("ak_is_group_member: want an object of group field lookups, e.g. {name: \"admins\"}")
+		}
+	}
+	tx := v.db()
+	groups, err := rules.UserGroupIDs(v.cur.ctx, tx, pk)
+	v.check(err)
+	if len(groups) == 0 {
+		return v.rt.ToValue(false)
+	}
+	ids := make([]any, 0, len(groups))
+	for id := range groups {
+		ids = append(ids, id)
+	}
+	q := rules.Query{Model: rules.Models["Group"], Filters: maps.Clone(filters)}
+	q.Filters["pk__in"] = ids
+	n, err := rules.Count(v.cur.ctx, tx, q)
+	v.check(err)
+	return v.rt.ToValue(n > 0)
+}
+
+// ak_user_has_authenticator(user, kind?): a confirmed device (of kind).
+func (v *vm) akUserHasAuthenticator(call goja.FunctionCall) goja.Value {
+	pk, ok := userPK(call.Argument(0))
+	if !ok {
+		return v.rt.ToValue(false)
+	}
+	kind := ""
+	if k := call.Argument(1); !goja.IsUndefined(k) && !goja.IsNull(k) {
+		kind = k.String()
+	}
+	has, err := rules.UserHasAuthenticator(v.cur.ctx, v.db(), pk, kind)
+	v.check(err)
+	return v.rt.ToValue(has)
+}
+
+// ak_call_policy(name, kwargs?): runs another policy with kwargs merged
+// into a copy of the context and returns {passing, messages, raw_result}.
+func (v *vm) akCallPolicy(call goja.FunctionCall) goja.Value {
+	name := v.stringArg("ak_call_policy", call, 0, "policy name")
+	outer := v.cur
+	scope := outer.req.Scope
+	var p *rules.Policy
+	if scope != nil && scope.Rules != nil {
+		p = scope.Rules.Policies[name]
+	}
+	if p == nil {
+		panic(v.rt.NewGoError(fmt.Errorf("Policy '%s' not found.", name))) //nolint:staticcheck // authentik's message
+	}
+	kwargs := map[string]any{}
+	if k := call.Argument(1); !goja.IsUndefined(k) && !goja.IsNull(k) {
+		var ok bool
+		if kwargs, ok = k.Export().(map[string]any); !ok {
+			v.throw("ak_call_policy: kwargs must be an object")
+		}
+	}
+	if scope != nil {
+		if !scope.EnterCall(maxCallDepth) {
+			v.throw("ak_call_policy: calls nested deeper than %d", maxCallDepth)
+		}
+		defer scope.LeaveCall()
+	}
+	c := maps.Clone(outer.req.Context)
+	if c == nil {
+		c = map[string]any{}
+	}
+	maps.Copy(c, kwargs)
+	req := &rules.PolicyRequest{Policy: p, Event: outer.req.Event, User: outer.req.User, Context: c, Scope: scope, Depth: outer.req.Depth + 1}
+
+	var res rules.PolicyResult
+	if p.Kind == rules.KindEventMatcher {
+		res.Passing = rules.MatchEvent(p, req.Event)
+	} else {
+		key, compiled := v.pool.program(p.Name, p.Expression)
+		if compiled.err != nil {
+			res.Err = compiled.err
+		} else {
+			res = v.evaluate(outer.ctx, key, compiled.prog, req)
+		}
+	}
+	if res.Err != nil {
+		if res.Err.Kind == "timeout" {
+			// The caller's own time is up: let the interrupt end it too.
+			panic(v.rt.NewGoError(errors.New(res.Err.Message)))
+		}
+		if err := scope.PolicyException(outer.ctx, p, res.Err); err != nil {
+			panic(v.rt.NewGoError(err))
+		}
+		res = rules.PolicyResult{Messages: []string{res.Err.Error()}}
+	}
+	out := v.rt.NewObject()
+	_ = out.Set("passing", res.Passing)
+	msgs := make([]any, len(res.Messages))
+	for i, m := range res.Messages {
+		msgs[i] = m
+	}
+	_ = out.Set("messages", v.rt.NewArray(msgs...))
+	_ = out.Set("raw_result", v.rt.ToValue(res.Raw))
+	return out
+}
+
+// ak_create_event(action, kwargs?): stores custom_<action> with kwargs as
+// its context and publishes it after commit.
+func (v *vm) akCreateEvent(call goja.FunctionCall) goja.Value {
+	action := v.stringArg("ak_create_event", call, 0, "action")
+	kwargs := map[string]any{}
+	if k := call.Argument(1); !goja.IsUndefined(k) && !goja.IsNull(k) {
+		var ok bool
+		if kwargs, ok = k.Export().(map[string]any); !ok {
+			v.throw("ak_create_event: kwargs must be an object")
+		}
+	}
+	p := v.cur.req.Policy
+	ev, err := v.cur.req.Scope.CreateEvent(v.cur.ctx, "custom_"+action, p.Name, map[string]any{}, jsonSafe(kwargs), p)
+	if err != nil {
+		panic(v.rt.NewGoError(err))
+	}
+	return v.rt.ToValue(ev.PK)
+}
+
+// ak_send_email(address, subject, {body | template, context, cc, bcc}):
+// queues an email in the outbox; it is sent after the event commits.
+func (v *vm) akSendEmail(call goja.FunctionCall) goja.Value {
+	const fn = "ak_send_email"
+	to := v.addresses(fn, "address", call.Argument(0), true)
+	subject := v.stringArg(fn, call, 1, "subject")
+	opts := map[string]any{}
+	if o := call.Argument(2); !goja.IsUndefined(o) && !goja.IsNull(o) {
+		var ok bool
+		if opts, ok = o.Export().(map[string]any); !ok {
+			v.throw("%s: the third argument must be an object {body | template, context, cc, bcc}", fn)
+		}
+	}
+	body, hasBody := opts["body"].(string)
+	template, hasTemplate := opts["template"].(string)
+	if _, ok := opts["body"]; ok && !hasBody {
+		v.throw("%s: body must be a string", fn)
+	}
+	if _, ok := opts["template"]; ok && !hasTemplate {
+		v.throw("%s: template must be a string", fn)
+	}
+	switch {
+	case hasBody && hasTemplate:
+		v.throw("%s: body and template are exclusive; give one", fn)
+	case !hasBody && !hasTemplate:
+		v.throw("%s: give a body or a template", fn)
+	}
+	tplContext := map[string]any{}
+	if c, ok := opts["context"]; ok && c != nil {
+		m, ok := c.(map[string]any)
+		if !ok {
+			v.throw("%s: context must be an object", fn)
+		}
+		tplContext = m
+	}
+	e := rules.Email{
+		To:       to,
+		Cc:       v.addresses(fn, "cc", v.rt.ToValue(opts["cc"]), false),
+		Bcc:      v.addresses(fn, "bcc", v.rt.ToValue(opts["bcc"]), false),
+		Subject:  subject,
+		Body:     body,
+		Template: template,
+	}
+	scope := v.cur.req.Scope
+	if hasTemplate {
+		ok, err := scope.EmailTemplateExists(v.cur.ctx, template)
+		v.check(err)
+		if !ok {
+			panic(v.rt.NewGoError(fmt.Errorf("%s: email template %q does not exist", fn, template)))
+		}
+		c := map[string]any{
+			"event": eventMap(v.cur.req.Event),
+			"user":  v.cur.req.User.EventUser(),
+		}
+		maps.Copy(c, jsonSafe(tplContext))
+		e.Context = c
+	}
+	if err := scope.QueueEmail(v.cur.ctx, e, v.cur.req.Policy); err != nil {
+		panic(v.rt.NewGoError(err))
+	}
+	return v.rt.ToValue(true)
+}
+
+// addresses reads a string or an array of strings.
+func (v *vm) addresses(fn, what string, val goja.Value, required bool) []string {
+	if val == nil || goja.IsUndefined(val) || goja.IsNull(val) {
+		if required {
+			v.throw("%s: missing %s", fn, what)
+		}
+		return nil
+	}
+	switch x := val.Export().(type) {
+	case string:
+		if x == "" {
+			v.throw("%s: %s is empty", fn, what)
+		}
+		return []string{x}
+	case []any:
+		if len(x) == 0 && required {
+			v.throw("%s: %s is an empty list", fn, what)
+		}
+		out := make([]string, len(x))
+		for i, a := range x {
+			s, ok := a.(string)
+			if !ok || s == "" {
+				v.throw("%s: %s must hold non-empty strings", fn, what)
+			}
+			out[i] = s
+		}
+		return out
+	}
+	v.throw("%s: %s must be a string or an array of strings", fn, what)
+	return nil
+}
+
+// jsonSafe keeps only JSON data of exported JavaScript values: functions
+// and other Go values that JSON cannot hold are dropped.
+func jsonSafe(m map[string]any) map[string]any {
+	out := make(map[string]any, len(m))
+	for k, x := range m {
+		if y, ok := plainJSON(x); ok {
+			out[k] = y
+		}
+	}
+	return out
+}
+
+func plainJSON(x any) (any, bool) {
+	switch t := x.(type) {
+	case nil, string, bool, int64, float64, int:
+		return t, true
+	case map[string]any:
+		return jsonSafe(t), true
+	case []any:
+		out := make([]any, 0, len(t))
+		for _, e := range t {
+			if y, ok := plainJSON(e); ok {
+				out = append(out, y)
+			}
+		}
+		return out, true
+	case time.Time:
+		return t.UTC().Format(time.RFC3339Nano), true
+	}
+	return nil, false
+}
+
+// eventMap is ev in its wire form, as template data.
+func eventMap(ev *events.Event) map[string]any {
+	var m map[string]any
+	if b, err := ev.MarshalJSON(); err == nil && json.Unmarshal(b, &m) == nil {
+		return m
+	}
+	return map[string]any{"pk": ev.PK, "action": ev.Action}
+}

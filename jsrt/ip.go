@@ -1,0 +1,117 @@
+package jsrt
+
+import (
+	"fmt"
+	"net/netip"
+
+	"github.com/dop251/goja"
+)
+
+// pythonPrivate are the networks Python's ipaddress calls private.
+var pythonPrivate = mustPrefixes(
+	"0.0.0.0/8", "10.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
+	"192.0.0.0/29", "192.0.0.170/31", "192.0.2.0/24", "192.168.0.0/16", "198.18.0.0/15",
+	"198.51.100.0/24", "203.0.113.0/24", "240.0.0.0/4", "255.255.255.255/32",
+	"::1/128", "::/128", "::ffff:0:0/96", "100::/64", "2001::/23", "2001:db8::/32",
+	"2001:10::/28", "fc00::/7", "fe80::/10",
+)
+
+func mustPrefixes(ss ...string) []netip.Prefix {
+	out := make([]netip.Prefix, len(ss))
+	for i, s := range ss {
+		out[i] = netip.MustParsePrefix(s)
+	}
+	return out
+}
+
+func isPrivate(a netip.Addr) bool {
+	a = a.Unmap()
+	for _, p := range pythonPrivate {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// ipObject is what ip_address returns: version, is_private, is_global,
+// is_loopback, is_multicast, is_link_local, is_unspecified, and toString().
+func (v *vm) ipObject(a netip.Addr) *goja.Object {
+	obj := v.rt.NewObject()
+	version := 4
+	if a.Is6() && !a.Is4In6() {
+		version = 6
+	}
+	_ = obj.Set("version", version)
+	_ = obj.Set("is_private", isPrivate(a))
+	_ = obj.Set("is_global", !isPrivate(a) && !a.IsMulticast() && !(version == 4 && netip.MustParsePrefix("100.64.0.0/10").Contains(a)))
+	_ = obj.Set("is_loopback", a.IsLoopback())
+	_ = obj.Set("is_multicast", a.IsMulticast())
+	_ = obj.Set("is_link_local", a.IsLinkLocalUnicast())
+	_ = obj.Set("is_unspecified", a.IsUnspecified())
+	_ = obj.Set("compressed", a.String())
+	_ = obj.Set("toString", func(goja.FunctionCall) goja.Value { return v.rt.ToValue(a.String()) })
+	_ = obj.Set("toJSON", func(goja.FunctionCall) goja.Value { return v.rt.ToValue(a.String()) })
+	return obj
+}
+
+// ip_address(s): Python's ipaddress.ip_address; a bad address throws.
+func (v *vm) ipAddress(call goja.FunctionCall) goja.Value {
+	s := v.stringArg("ip_address", call, 0, "address")
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		panic(v.rt.NewGoError(fmt.Errorf("ValueError: %q does not appear to be an IPv4 or IPv6 address", s)))
+	}
+	return v.ipObject(a)
+}
+
+// ip_network(s): Python's strict ipaddress.ip_network; host bits set throw.
+func (v *vm) ipNetwork(call goja.FunctionCall) goja.Value {
+	s := v.stringArg("ip_network", call, 0, "network")
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		a, aerr := netip.ParseAddr(s)
+		if aerr != nil {
+			panic(v.rt.NewGoError(fmt.Errorf("ValueError: %q does not appear to be an IPv4 or IPv6 network", s)))
+		}
+		p = netip.PrefixFrom(a, a.BitLen())
+	}
+	if p.Masked() != p {
+		panic(v.rt.NewGoError(fmt.Errorf("ValueError: %s has host bits set", s)))
+	}
+	obj := v.rt.NewObject()
+	version := 4
+	if p.Addr().Is6() {
+		version = 6
+	}
+	_ = obj.Set("version", version)
+	_ = obj.Set("prefixlen", p.Bits())
+	_ = obj.Set("network_address", v.ipObject(p.Addr()))
+	_ = obj.Set("is_private", isPrivate(p.Addr()))
+	_ = obj.Set("contains", func(call goja.FunctionCall) goja.Value {
+		arg := call.Argument(0)
+		var s string
+		if o, ok := arg.(*goja.Object); ok {
+			s = o.String()
+		} else {
+			s = arg.String()
+		}
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return v.rt.ToValue(false)
+		}
+		return v.rt.ToValue(p.Contains(a.Unmap()))
+	})
+	_ = obj.Set("toString", func(goja.FunctionCall) goja.Value { return v.rt.ToValue(p.String()) })
+	_ = obj.Set("toJSON", func(goja.FunctionCall) goja.Value { return v.rt.ToValue(p.String()) })
+	return obj
+}
+
+// clientIP is ak_client_ip: the event's client_ip, or 255.255.255.255.
+func (v *vm) clientIP(ip string) goja.Value {
+	a, err := netip.ParseAddr(ip)
+	if err != nil {
+		a = netip.MustParseAddr("255.255.255.255")
+	}
+	return v.ipObject(a)
+}
