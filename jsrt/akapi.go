@@ -3,9 +3,9 @@ package jsrt
 import (
 	"encoding/json"
 	"errors"
-	"time"
 	"fmt"
 	"maps"
+	"time"
 
 	"github.com/dop251/goja"
 

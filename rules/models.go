@@ -94,7 +94,9 @@ type ModelError struct{ Msg string }
 
 func (e *ModelError) Error() string { return e.Msg }
 
-func modelErr(format string, args ...any) error { return &ModelError{Msg: fmt.Sprintf(format, args...)} }
+func modelErr(format string, args ...any) error {
+	return &ModelError{Msg: fmt.Sprintf(format, args...)}
+}
 
 func (m *Model) field(name string) (field, bool) {
 	if name == "pk" {

@@ -12,7 +12,7 @@ type Statement struct {
 }
 
 // SplitStatements splits a SQL script on the semicolons that end statements.
-// It understands single-quoted strings (including E'' escapes), quoted
+// It understands single-quoted strings (including E” escapes), quoted
 // identifiers, dollar-quoted bodies ($$ … $$, $tag$ … $tag$), and line and
 // block comments, so function bodies and JavaScript policies in seed files
 // stay whole. Statements that hold only whitespace and comments are dropped.

@@ -14,7 +14,6 @@ import (
 	"strings"
 	"time"
 
-
 	"github.com/heraldhq/herald/events"
 	"github.com/heraldhq/herald/jsrt"
 	"github.com/heraldhq/herald/rules"
@@ -302,4 +301,3 @@ func newUUID() string {
 	h := hex.EncodeToString(b[:])
 	return h[:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
 }
-
