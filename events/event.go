@@ -85,12 +85,14 @@ func Decode(data []byte) (Event, error) {
 	if err := field(raw, "action", &ev.Action); err != nil {
 		return Event{}, err
 	}
+	ev.Action = stripNUL(ev.Action)
 	if strings.TrimSpace(ev.Action) == "" {
 		return Event{}, decodeErr(`missing "action"`)
 	}
 	if err := field(raw, "app", &ev.App); err != nil {
 		return Event{}, err
 	}
+	ev.App = stripNUL(ev.App)
 	for _, obj := range []struct {
 		key string
 		dst *map[string]any
@@ -112,7 +114,7 @@ func Decode(data []byte) (Event, error) {
 		if err != nil {
 			return Event{}, decodeErr(`"client_ip": %q is not an IP address`, *ip)
 		}
-		ev.ClientIP = addr.String()
+		ev.ClientIP = addr.WithZone("").String() // PostgreSQL's inet has no zones
 	}
 	var created string
 	if err := field(raw, "created", &created); err != nil {
@@ -123,13 +125,26 @@ func Decode(data []byte) (Event, error) {
 	} else if ev.Created, err = time.Parse(time.RFC3339Nano, created); err != nil {
 		return Event{}, decodeErr(`"created": %q is not an RFC 3339 time`, created)
 	}
+	ev.Created = ev.Created.UTC()
 	for k, v := range raw {
-		if !known[k] {
-			if ev.Extra == nil {
-				ev.Extra = make(map[string]json.RawMessage)
-			}
-			ev.Extra[k] = v
+		if known[k] {
+			continue
 		}
+		// Kept, sanitised like the rest: valid UTF-8, no NUL.
+		var x any
+		dec := json.NewDecoder(bytes.NewReader(v))
+		dec.UseNumber()
+		if err := dec.Decode(&x); err != nil {
+			return Event{}, decodeErr("%q: %v", k, err)
+		}
+		clean, err := json.Marshal(Sanitize(x))
+		if err != nil {
+			return Event{}, decodeErr("%q: %v", k, err)
+		}
+		if ev.Extra == nil {
+			ev.Extra = make(map[string]json.RawMessage)
+		}
+		ev.Extra[stripNUL(k)] = clean
 	}
 	return ev, nil
 }

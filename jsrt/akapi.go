@@ -19,7 +19,7 @@ const maxCallDepth = 8
 // ak_user_by(filters): the first matching user or null. An unknown field
 // gives null, as in authentik.
 func (v *vm) akUserBy(call goja.FunctionCall) goja.Value {
-	filters, ok := call.Argument(0).Export().(map[string]any)
+	filters, ok := exportJSON(call.Argument(0)).(map[string]any)
 	if !ok {
 		v.throw("ak_user_by: want an object of field lookups")
 	}
@@ -45,7 +45,7 @@ func (v *vm) akIsGroupMember(call goja.FunctionCall) goja.Value {
 	}
 	filters := map[string]any{}
 	if f := call.Argument(1); !goja.IsUndefined(f) && !goja.IsNull(f) {
-		if filters, ok = f.Export().(map[string]any); !ok {
+		if filters, ok = exportJSON(f).(map[string]any); !ok {
 			v.throw("ak_is_group_member: want an object of group field lookups, e.g. {name: \"admins\"}")
 		}
 	}
@@ -97,7 +97,7 @@ func (v *vm) akCallPolicy(call goja.FunctionCall) goja.Value {
 	kwargs := map[string]any{}
 	if k := call.Argument(1); !goja.IsUndefined(k) && !goja.IsNull(k) {
 		var ok bool
-		if kwargs, ok = k.Export().(map[string]any); !ok {
+		if kwargs, ok = exportJSON(k).(map[string]any); !ok {
 			v.throw("ak_call_policy: kwargs must be an object")
 		}
 	}
@@ -153,7 +153,7 @@ func (v *vm) akCreateEvent(call goja.FunctionCall) goja.Value {
 	kwargs := map[string]any{}
 	if k := call.Argument(1); !goja.IsUndefined(k) && !goja.IsNull(k) {
 		var ok bool
-		if kwargs, ok = k.Export().(map[string]any); !ok {
+		if kwargs, ok = exportJSON(k).(map[string]any); !ok {
 			v.throw("ak_create_event: kwargs must be an object")
 		}
 	}
@@ -174,7 +174,7 @@ func (v *vm) akSendEmail(call goja.FunctionCall) goja.Value {
 	opts := map[string]any{}
 	if o := call.Argument(2); !goja.IsUndefined(o) && !goja.IsNull(o) {
 		var ok bool
-		if opts, ok = o.Export().(map[string]any); !ok {
+		if opts, ok = exportJSON(o).(map[string]any); !ok {
 			v.throw("%s: the third argument must be an object {body | template, context, cc, bcc}", fn)
 		}
 	}
@@ -260,28 +260,41 @@ func (v *vm) addresses(fn, what string, val goja.Value, required bool) []string 
 	return nil
 }
 
+// maxDataDepth bounds the nesting of data taken out of JavaScript, which
+// also cuts cycles (an object that contains itself).
+const maxDataDepth = 32
+
 // jsonSafe keeps only JSON data of exported JavaScript values: functions
-// and other Go values that JSON cannot hold are dropped.
+// and other Go values that JSON cannot hold are dropped, and nesting deeper
+// than maxDataDepth (a cycle) is cut.
 func jsonSafe(m map[string]any) map[string]any {
-	out := make(map[string]any, len(m))
-	for k, x := range m {
-		if y, ok := plainJSON(x); ok {
-			out[k] = y
-		}
+	out, _ := plainJSON(m, 0)
+	if mm, ok := out.(map[string]any); ok {
+		return mm
 	}
-	return out
+	return map[string]any{}
 }
 
-func plainJSON(x any) (any, bool) {
+// plainJSON returns x as JSON data, and false for a value to drop.
+func plainJSON(x any, depth int) (any, bool) {
+	if depth > maxDataDepth {
+		return "[nested too deep]", true
+	}
 	switch t := x.(type) {
 	case nil, string, bool, int64, float64, int:
 		return t, true
 	case map[string]any:
-		return jsonSafe(t), true
+		out := make(map[string]any, len(t))
+		for k, e := range t {
+			if y, ok := plainJSON(e, depth+1); ok {
+				out[k] = y
+			}
+		}
+		return out, true
 	case []any:
 		out := make([]any, 0, len(t))
 		for _, e := range t {
-			if y, ok := plainJSON(e); ok {
+			if y, ok := plainJSON(e, depth+1); ok {
 				out = append(out, y)
 			}
 		}
@@ -290,6 +303,15 @@ func plainJSON(x any) (any, bool) {
 		return t.UTC().Format(time.RFC3339Nano), true
 	}
 	return nil, false
+}
+
+// exportJSON exports a JavaScript value as JSON data.
+func exportJSON(val goja.Value) any {
+	if val == nil || goja.IsUndefined(val) {
+		return nil
+	}
+	out, _ := plainJSON(val.Export(), 0)
+	return out
 }
 
 // eventMap is ev in its wire form, as template data.

@@ -77,7 +77,7 @@ func (v *vm) logFunc(level string) func(goja.FunctionCall) goja.Value {
 		line := rules.LogLine{Level: level, Message: call.Argument(0).String()}
 		attrs := []slog.Attr{slog.String("policy", v.cur.req.Policy.Name), slog.String("event", v.cur.req.Event.PK)}
 		if f := call.Argument(1); !goja.IsUndefined(f) && !goja.IsNull(f) {
-			if m, ok := f.Export().(map[string]any); ok {
+			if m, ok := exportJSON(f).(map[string]any); ok {
 				line.Fields = m
 				keys := make([]string, 0, len(m))
 				for k := range m {
@@ -132,10 +132,10 @@ func (v *vm) regexReplace(call goja.FunctionCall) goja.Value {
 	return v.rt.ToValue(out)
 }
 
-func (v *vm) regex(fn, pattern string) *regexp {
+func (v *vm) regex(fn, pattern string) *pyRegexp {
 	re, err := compileRegex(pattern)
 	if err != nil {
-		v.throw("%s: invalid regex %q: %s", fn, pattern, strings.TrimPrefix(err.Error(), "error parsing regexp: "))
+		v.throw("%s: invalid regex %q: %s", fn, pattern, strings.TrimPrefix(err.Error(), "error parsing pyRegexp: "))
 	}
 	return re
 }

@@ -46,7 +46,7 @@ func (v *vm) querySet(m *rules.Model, filters map[string]any) *goja.Object {
 	query := func(extra goja.Value) rules.Query {
 		f := maps.Clone(filters)
 		if extra != nil && !goja.IsUndefined(extra) && !goja.IsNull(extra) {
-			more, ok := extra.Export().(map[string]any)
+			more, ok := exportJSON(extra).(map[string]any)
 			if !ok {
 				v.throw("%s.objects.filter: want an object of field lookups, got %s", m.Name, extra.String())
 			}
@@ -136,7 +136,7 @@ func (v *vm) saveFunc(m *rules.Model) func(goja.FunctionCall) goja.Value {
 				values[n] = nil
 				continue
 			}
-			values[n] = val.Export()
+			values[n] = exportJSON(val)
 		}
 		pk := this.Get("pk")
 		if pk == nil || goja.IsUndefined(pk) || goja.IsNull(pk) {

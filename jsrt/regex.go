@@ -10,10 +10,10 @@ import (
 	"github.com/dlclark/regexp2/v2"
 )
 
-// regexp is a compiled Python-style regular expression. regexp2 supports
+// pyRegexp is a compiled Python-style regular expression. regexp2 supports
 // what Python's re does and RE2 does not (backreferences, lookaround) as
 // well as (?P<name>…).
-type regexp = regexp2.Regexp
+type pyRegexp = regexp2.Regexp
 
 // regexMatchTimeout bounds one match: host functions cannot be interrupted,
 // so a catastrophic pattern must stop on its own.
@@ -21,10 +21,10 @@ const regexMatchTimeout = time.Second
 
 var regexCache struct {
 	sync.Mutex
-	m map[string]*regexp
+	m map[string]*pyRegexp
 }
 
-func compileRegex(pattern string) (*regexp, error) {
+func compileRegex(pattern string) (*pyRegexp, error) {
 	regexCache.Lock()
 	defer regexCache.Unlock()
 	if re, ok := regexCache.m[pattern]; ok {
@@ -36,7 +36,7 @@ func compileRegex(pattern string) (*regexp, error) {
 	}
 	re.MatchTimeout = regexMatchTimeout
 	if regexCache.m == nil || len(regexCache.m) >= 256 {
-		regexCache.m = make(map[string]*regexp)
+		regexCache.m = make(map[string]*pyRegexp)
 	}
 	regexCache.m[pattern] = re
 	return re, nil
@@ -45,7 +45,7 @@ func compileRegex(pattern string) (*regexp, error) {
 // pythonSub replaces every match of re in s with repl, expanding repl as
 // Python's re.sub does: \1 … \99, \g<1>, \g<name>, \\ and the escapes \n,
 // \t, \r, \f, \v, \a, \b. An unmatched group expands to "".
-func pythonSub(re *regexp, s, repl string) (string, error) {
+func pythonSub(re *pyRegexp, s, repl string) (string, error) {
 	var expandErr error
 	out, err := re.ReplaceFunc(s, func(m regexp2.Match) string {
 		var b strings.Builder

@@ -2,11 +2,14 @@ package jsrt
 
 import (
 	"context"
+	"regexp"
+	"strconv"
 	"errors"
 	"fmt"
 	"strings"
 
 	"github.com/dop251/goja"
+	"github.com/dop251/goja/parser"
 
 	"github.com/heraldhq/herald/rules"
 )
@@ -110,26 +113,40 @@ func (v *vm) evaluate(ctx context.Context, key string, prog *goja.Program, req *
 		return res
 	}
 	if out != nil && !goja.IsUndefined(out) && !goja.IsNull(out) {
-		res.Raw = out.Export()
+		res.Raw = exportJSON(out)
 		res.Passing = out.ToBoolean()
 	}
 	return res
 }
 
+var parsePosition = regexp.MustCompile(`Line (\d+):(\d+) (.*?)(?: \(and \d+ more errors?\))?$`)
+
 // syntaxError turns a compile error into a PolicyError with the line and
 // column within the expression.
 func syntaxError(name string, err error) *rules.PolicyError {
 	pe := &rules.PolicyError{Policy: name, Kind: "syntax", Message: err.Error()}
-	var se *goja.CompilerSyntaxError
-	if errors.As(err, &se) {
+	var (
+		se   *goja.CompilerSyntaxError
+		list parser.ErrorList
+	)
+	switch {
+	case errors.As(err, &list) && len(list) > 0:
+		pe.Message = "SyntaxError: " + list[0].Message
+		pe.Line, pe.Column = list[0].Position.Line, list[0].Position.Column
+	case errors.As(err, &se):
 		pe.Message = "SyntaxError: " + se.Message
 		if se.File != nil {
 			pos := se.File.Position(se.Offset)
 			pe.Line, pe.Column = pos.Line, pos.Column
-			if pe.Line == 1 {
-				pe.Column = max(pe.Column-len(functionPrefix), 1)
-			}
+		} else if m := parsePosition.FindStringSubmatch(se.Message); m != nil {
+			// Parse errors arrive as text: "<name>: Line L:C <message>".
+			pe.Line, _ = strconv.Atoi(m[1])
+			pe.Column, _ = strconv.Atoi(m[2])
+			pe.Message = "SyntaxError: " + m[3]
 		}
+	}
+	if pe.Line == 1 {
+		pe.Column = max(pe.Column-len(functionPrefix), 1)
 	}
 	return pe
 }

@@ -337,7 +337,7 @@ func (r *eventRun) policyExecution(ctx context.Context, rule *Rule, b *Binding, 
 func jsonValue(v any) any {
 	b, err := json.Marshal(v)
 	if err != nil {
-		return fmt.Sprint(v)
+		return fmt.Sprintf("<not serialisable: %v>", err)
 	}
 	var out any
 	if err := json.Unmarshal(b, &out); err != nil {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/heraldhq/herald/events"
 )
@@ -101,11 +102,20 @@ func Summary(ev *events.Event) string {
 		if s, ok := m.(string); ok {
 			return s
 		}
-		b, _ := json.Marshal(m)
-		return string(b)
+		return compactJSON(m)
 	}
-	b, _ := json.Marshal(orEmpty(ev.Context))
-	return ev.Action + ": " + string(b)
+	return ev.Action + ": " + compactJSON(orEmpty(ev.Context))
+}
+
+// compactJSON encodes v without HTML escaping (the body is text, not HTML).
+func compactJSON(v any) string {
+	var b strings.Builder
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return fmt.Sprint(err)
+	}
+	return strings.TrimSuffix(b.String(), "\n")
 }
 
 func nullString(s string) *string {
