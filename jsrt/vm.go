@@ -2,10 +2,10 @@ package jsrt
 
 import (
 	"context"
-	"regexp"
-	"strconv"
 	"errors"
 	"fmt"
+	"regexp"
+	"strconv"
 	"strings"
 
 	"github.com/dop251/goja"
