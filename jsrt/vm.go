@@ -96,6 +96,11 @@ func (v *vm) evaluate(ctx context.Context, key string, prog *goja.Program, req *
 		_ = v.rt.Set("context", prevContext)
 	}()
 
+	for name, val := range req.Globals {
+		prevVal := v.rt.Get(name)
+		_ = v.rt.Set(name, v.toJS(val))
+		defer func() { _ = v.rt.Set(name, prevVal) }()
+	}
 	request := v.requestObject(req)
 	_ = v.rt.Set("request", request)
 	_ = v.rt.Set("context", request.Get("context"))

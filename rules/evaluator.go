@@ -37,6 +37,9 @@ type PolicyRequest struct {
 	Scope *Scope
 	// Depth counts nested ak_call_policy calls.
 	Depth int
+	// Globals are extra global variables for this evaluation (a webhook
+	// mapping's notification and user).
+	Globals map[string]any
 }
 
 // LogLine is one ak_logger call of a policy.

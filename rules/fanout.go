@@ -124,3 +124,12 @@ func nullString(s string) *string {
 	}
 	return &s
 }
+
+func sortedKeys(m map[string]any) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}

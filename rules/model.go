@@ -145,3 +145,20 @@ func (m JSONMap) Value() (driver.Value, error) {
 
 // ErrNotFound is returned when a looked-up row does not exist.
 var ErrNotFound = errors.New("rules: not found")
+
+// UserMap is u as plain data, the shape of a User model object.
+func UserMap(u *User) map[string]any {
+	if u == nil {
+		return map[string]any{"pk": nil, "username": "AnonymousUser", "name": "", "email": "", "is_anonymous": true, "attributes": map[string]any{}}
+	}
+	var lastLogin any
+	if u.LastLogin != nil {
+		lastLogin = u.LastLogin.UTC().Format(time.RFC3339Nano)
+	}
+	return map[string]any{
+		"pk": u.ID, "id": u.ID, "uuid": u.UUID, "username": u.Username, "name": u.Name, "email": u.Email,
+		"is_active": u.IsActive, "is_superuser": u.IsSuperuser, "is_anonymous": false,
+		"attributes": map[string]any(u.Attributes), "last_login": lastLogin,
+		"created": u.Created.UTC().Format(time.RFC3339Nano), "updated": u.Updated.UTC().Format(time.RFC3339Nano),
+	}
+}

@@ -35,6 +35,10 @@ type config struct {
 	MaxPayload         int           // HERALD_MAX_PAYLOAD
 	MaxAttempts        int           // HERALD_MAX_ATTEMPTS
 	AckWait            time.Duration // HERALD_ACK_WAIT
+	DeliveryAttempts   int           // HERALD_DELIVERY_MAX_ATTEMPTS
+	DeliveryMinBackoff time.Duration // HERALD_DELIVERY_MIN_BACKOFF
+	DeliveryMaxBackoff time.Duration // HERALD_DELIVERY_MAX_BACKOFF
+	WebhookTimeout     time.Duration // HERALD_WEBHOOK_TIMEOUT
 	HTTPAddr           string        // HERALD_HTTP_ADDR; "off": no HTTP server
 	ShutdownTimeout    time.Duration // HERALD_SHUTDOWN_TIMEOUT
 	AutoMigrate        bool          // HERALD_AUTO_MIGRATE
@@ -108,6 +112,10 @@ func loadConfig(getenv func(string) string, fs *flag.FlagSet, args []string) (co
 		MaxPayload:         num("HERALD_MAX_PAYLOAD", 1<<20),
 		MaxAttempts:        num("HERALD_MAX_ATTEMPTS", 10),
 		AckWait:            dur("HERALD_ACK_WAIT", 60*time.Second),
+		DeliveryAttempts:   num("HERALD_DELIVERY_MAX_ATTEMPTS", 6),
+		DeliveryMinBackoff: dur("HERALD_DELIVERY_MIN_BACKOFF", 15*time.Second),
+		DeliveryMaxBackoff: dur("HERALD_DELIVERY_MAX_BACKOFF", time.Hour),
+		WebhookTimeout:     dur("HERALD_WEBHOOK_TIMEOUT", 30*time.Second),
 		HTTPAddr:           str("HERALD_HTTP_ADDR", "127.0.0.1:9464"),
 		ShutdownTimeout:    dur("HERALD_SHUTDOWN_TIMEOUT", 25*time.Second),
 		AutoMigrate:        boolean("HERALD_AUTO_MIGRATE", true),

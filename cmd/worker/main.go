@@ -36,6 +36,7 @@ commands:
   seed       apply SQL seed files in one transaction: worker seed FILE...
   publish    publish events from a file, stdin or flags
   check      compile every policy and report errors
+  deliveries list deliveries (dead and failed first); "deliveries retry ID...|--dead" retries them
   help       show this text
 
 Run "worker <command> -h" for a command's flags.
@@ -58,11 +59,12 @@ func dispatch(ctx context.Context, args []string, getenv func(string) string, st
 		name, args = args[0], args[1:]
 	}
 	commands := map[string]command{
-		"run":     runCommand,
-		"migrate": migrateCommand,
-		"seed":    seedCommand,
-		"publish": publishCommand,
-		"check":   checkCommand,
+		"run":        runCommand,
+		"migrate":    migrateCommand,
+		"seed":       seedCommand,
+		"publish":    publishCommand,
+		"check":      checkCommand,
+		"deliveries": deliveriesCommand,
 	}
 	switch name {
 	case "help", "-h", "-help", "--help":

@@ -96,9 +96,20 @@ func run(ctx context.Context, cfg config, logger *slog.Logger) error {
 		Permanent: permanentMailError,
 		Logger:    logger,
 	})
+	dispatcher := rules.NewDispatcher(db, rules.DispatcherConfig{
+		Transports: map[string]rules.Transporter{
+			rules.ModeWebhook:      &rules.WebhookTransport{DB: db, Mappings: pool, Timeout: cfg.WebhookTimeout},
+			rules.ModeWebhookSlack: &rules.WebhookTransport{DB: db, Mappings: pool, Timeout: cfg.WebhookTimeout, Slack: true},
+			rules.ModeEmail:        &emailTransport{db: db, mail: mail, from: cfg.MailFrom},
+		},
+		MaxAttempts: cfg.DeliveryAttempts,
+		MinBackoff:  cfg.DeliveryMinBackoff,
+		MaxBackoff:  cfg.DeliveryMaxBackoff,
+		Logger:      logger,
+	})
 	engine := rules.NewEngine(db, cache, pool, rules.EngineConfig{
 		MaxEventDepth: cfg.MaxEventDepth,
-		AfterCommit:   outbox.Wake,
+		AfterCommit:   func() { outbox.Wake(); dispatcher.Wake() },
 		Logger:        logger,
 	})
 	sub := events.NewSubscriber(nc.js, engine, rules.NewStore(db), events.SubscriberConfig{
@@ -123,6 +134,7 @@ func run(ctx context.Context, cfg config, logger *slog.Logger) error {
 		}
 	})
 	bg.Go(func() { _ = outbox.Run(bgCtx) })
+	bg.Go(func() { _ = dispatcher.Run(bgCtx) })
 
 	var srv *http.Server
 	if cfg.HTTPAddr != "" {

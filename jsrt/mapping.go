@@ -1,0 +1,31 @@
+package jsrt
+
+import (
+	"context"
+
+	"github.com/heraldhq/herald/rules"
+)
+
+var _ rules.MappingEvaluator = (*Pool)(nil)
+
+// EvaluateMapping implements [rules.MappingEvaluator]: it runs a webhook
+// mapping expression with `notification`, `user` (the recipient) and
+// `request` ({user, context: {notification}}) and returns its result as
+// JSON data.
+func (p *Pool) EvaluateMapping(ctx context.Context, m rules.MappingRequest) (any, error) {
+	notification := m.Notification
+	user := rules.UserMap(m.User)
+	req := &rules.PolicyRequest{
+		Policy:  &rules.Policy{Name: m.Name, Expression: m.Expression, Kind: rules.KindExpression},
+		Event:   m.Event,
+		User:    m.User,
+		Timeout: m.Timeout,
+		Context: map[string]any{"notification": notification},
+		Globals: map[string]any{"notification": notification, "user": user},
+	}
+	res := p.Evaluate(ctx, req)
+	if res.Err != nil {
+		return nil, res.Err
+	}
+	return res.Raw, nil
+}

@@ -1,0 +1,385 @@
+package rules
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/jmoiron/sqlx"
+
+	"github.com/heraldhq/herald/events"
+)
+
+// Delivery is one (notification, transport) pair to carry out, with what
+// its transport needs.
+type Delivery struct {
+	ID       string `db:"id"`
+	Attempts int    `db:"attempts"`
+
+	NotificationID string  `db:"notification_id"`
+	Severity       string  `db:"severity"`
+	Body           string  `db:"body"`
+	Hyperlink      *string `db:"hyperlink"`
+	HyperlinkLabel *string `db:"hyperlink_label"`
+	RuleName       string  `db:"rule_name"`
+
+	Transport Transport `db:"transport"`
+	// User is the recipient.
+	User User `db:"recipient"`
+	// EventJSON is the notification's event in wire form (null if deleted).
+	EventJSON []byte `db:"event_json"`
+	// Event is EventJSON decoded, nil when the event is gone.
+	Event *events.Event `db:"-"`
+}
+
+// DeliveryResult is what a transport reports for one delivery.
+type DeliveryResult struct {
+	// Skipped means there was nothing to do (e.g. a user without email);
+	// the delivery is recorded as skipped, not failed.
+	Skipped bool
+	// Note is recorded in last_error for skipped deliveries.
+	Note string
+}
+
+// Transporter carries out deliveries of one transport mode.
+type Transporter interface {
+	Deliver(ctx context.Context, d *Delivery) (DeliveryResult, error)
+}
+
+// PermanentError marks a delivery failure that retrying cannot fix; the
+// delivery is declared dead at once.
+type PermanentError struct{ Err error }
+
+func (e *PermanentError) Error() string { return e.Err.Error() }
+func (e *PermanentError) Unwrap() error { return e.Err }
+
+// DispatcherConfig configures a [Dispatcher]. The zero value of each field
+// means its default.
+type DispatcherConfig struct {
+	// Transports by mode (webhook, webhook_slack, email). Deliveries of a
+	// mode without a transporter stay pending.
+	Transports map[string]Transporter
+	// MaxAttempts before a failing delivery is dead. Defaults to 6, as
+	// authentik's 5 retries.
+	MaxAttempts int
+	// MinBackoff after the first failure, doubled per attempt with jitter up
+	// to MaxBackoff. Default 15s and 1h (authentik's Dramatiq settings).
+	MinBackoff, MaxBackoff time.Duration
+	// Lease is how long a claimed delivery is reserved for its worker; a
+	// worker that dies mid-delivery delays it by at most this. Default 5m.
+	Lease time.Duration
+	// Concurrency is how many deliveries run at once. Defaults to 4.
+	Concurrency int
+	// PollInterval between looks for due deliveries. Defaults to 1s.
+	PollInterval time.Duration
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+}
+
+func (c DispatcherConfig) withDefaults() DispatcherConfig {
+	if c.MaxAttempts <= 0 {
+		c.MaxAttempts = 6
+	}
+	if c.MinBackoff <= 0 {
+		c.MinBackoff = 15 * time.Second
+	}
+	if c.MaxBackoff <= 0 {
+		c.MaxBackoff = time.Hour
+	}
+	if c.Lease <= 0 {
+		c.Lease = 5 * time.Minute
+	}
+	if c.Concurrency <= 0 {
+		c.Concurrency = 4
+	}
+	if c.PollInterval <= 0 {
+		c.PollInterval = time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return c
+}
+
+// Dispatcher carries out pending deliveries after their event committed.
+// Deliveries move pending → sent, or failed (with attempts, last_error and
+// next_attempt_at) → … → dead after MaxAttempts. Several workers may run
+// dispatchers on the same database: a delivery is claimed with FOR UPDATE
+// SKIP LOCKED and leased, so only one worker carries it out at a time.
+type Dispatcher struct {
+	db   *sqlx.DB
+	cfg  DispatcherConfig
+	log  *slog.Logger
+	wake chan struct{}
+}
+
+// NewDispatcher returns a Dispatcher on db.
+func NewDispatcher(db *sqlx.DB, cfg DispatcherConfig) *Dispatcher {
+	cfg = cfg.withDefaults()
+	return &Dispatcher{db: db, cfg: cfg, log: cfg.Logger, wake: make(chan struct{}, 1)}
+}
+
+// Wake makes the dispatcher look for due deliveries now. It never blocks.
+func (d *Dispatcher) Wake() {
+	select {
+	case d.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Run dispatches until ctx is done.
+func (d *Dispatcher) Run(ctx context.Context) error {
+	t := time.NewTicker(d.cfg.PollInterval)
+	defer t.Stop()
+	for {
+		for {
+			n, err := d.DispatchOnce(ctx)
+			if err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				d.log.WarnContext(ctx, "delivery dispatch", slog.Any("error", err))
+				break
+			}
+			if n == 0 {
+				break
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-d.wake:
+		case <-t.C:
+		}
+	}
+}
+
+const claimDeliveries = `UPDATE deliveries SET attempts = attempts + 1, next_attempt_at = now() + $2 * interval '1 millisecond', updated = now()
+WHERE id IN (
+    SELECT d.id FROM deliveries d JOIN notification_transports t ON t.id = d.transport_id
+    WHERE d.status IN ('pending', 'failed') AND d.next_attempt_at <= now() AND t.mode = ANY($3)
+    ORDER BY d.next_attempt_at
+    LIMIT $1
+    FOR UPDATE OF d SKIP LOCKED)
+RETURNING id`
+
+const selectDelivery = `SELECT d.id, d.attempts, n.id AS notification_id, n.severity, n.body, n.hyperlink, n.hyperlink_label,
+    coalesce(r.name, '') AS rule_name,
+    t.id AS "transport.id", t.name AS "transport.name", t.mode AS "transport.mode", t.send_once AS "transport.send_once",
+    t.webhook_url AS "transport.webhook_url", t.webhook_mapping_body_id AS "transport.webhook_mapping_body_id",
+    t.webhook_mapping_headers_id AS "transport.webhook_mapping_headers_id",
+    t.email_subject_prefix AS "transport.email_subject_prefix", t.email_template AS "transport.email_template",
+    u.id AS "recipient.id", u.uuid AS "recipient.uuid", u.username AS "recipient.username", u.name AS "recipient.name",
+    u.email AS "recipient.email", u.is_active AS "recipient.is_active", u.is_superuser AS "recipient.is_superuser",
+    u.attributes AS "recipient.attributes", u.last_login AS "recipient.last_login",
+    u.created AS "recipient.created", u.updated AS "recipient.updated",
+    CASE WHEN e.id IS NULL THEN 'null'::jsonb ELSE jsonb_build_object(
+        'pk', e.id, 'action', e.action, 'app', e.app, 'user', e."user", 'context', e.context,
+        'client_ip', host(e.client_ip), 'created', e.created, 'brand', e.brand) END AS event_json
+FROM deliveries d
+JOIN notifications n ON n.id = d.notification_id
+JOIN notification_transports t ON t.id = d.transport_id
+JOIN users u ON u.id = n.user_id
+LEFT JOIN notification_rules r ON r.id = n.rule_id
+LEFT JOIN events e ON e.id = n.event_id
+WHERE d.id = $1`
+
+// DispatchOnce claims the deliveries due now, carries them out and
+// records the outcomes. It returns how many it claimed.
+func (d *Dispatcher) DispatchOnce(ctx context.Context) (int, error) {
+	modes := make([]string, 0, len(d.cfg.Transports))
+	for m := range d.cfg.Transports {
+		modes = append(modes, m)
+	}
+	var ids []string
+	if err := d.db.SelectContext(ctx, &ids, claimDeliveries, d.cfg.Concurrency*4, d.cfg.Lease.Milliseconds(), stringArray(modes)); err != nil {
+		return 0, fmt.Errorf("claim deliveries: %w", err)
+	}
+	sem := make(chan struct{}, d.cfg.Concurrency)
+	done := make(chan struct{})
+	for _, id := range ids {
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; done <- struct{}{} }()
+			d.deliver(ctx, id)
+		}()
+	}
+	for range ids {
+		<-done
+	}
+	return len(ids), nil
+}
+
+func (d *Dispatcher) deliver(ctx context.Context, id string) {
+	var del Delivery
+	if err := d.db.GetContext(ctx, &del, selectDelivery, id); err != nil {
+		d.log.WarnContext(ctx, "load delivery", slog.String("delivery", id), slog.Any("error", err))
+		return // the lease runs out and it is tried again
+	}
+	if string(del.EventJSON) != "null" {
+		if ev, err := events.Decode(del.EventJSON); err == nil {
+			del.Event = &ev
+		}
+	}
+	t := d.cfg.Transports[del.Transport.Mode]
+	res, err := t.Deliver(ctx, &del)
+	if ctx.Err() != nil {
+		return // shutting down: the lease runs out and it is tried again
+	}
+	if err := d.record(ctx, &del, res, err); err != nil {
+		d.log.WarnContext(ctx, "record delivery", slog.String("delivery", id), slog.Any("error", err))
+	}
+}
+
+func (d *Dispatcher) record(ctx context.Context, del *Delivery, res DeliveryResult, sendErr error) error {
+	log := d.log.With(slog.String("delivery", del.ID), slog.String("transport", del.Transport.Name),
+		slog.String("user", del.User.Username), slog.Int("attempt", del.Attempts))
+	switch {
+	case sendErr == nil && res.Skipped:
+		log.InfoContext(ctx, "delivery skipped", slog.String("reason", res.Note))
+		_, err := d.db.ExecContext(ctx, `UPDATE deliveries SET status = 'skipped', last_error = $2, updated = now() WHERE id = $1`, del.ID, res.Note)
+		return err
+	case sendErr == nil:
+		log.InfoContext(ctx, "delivery sent")
+		_, err := d.db.ExecContext(ctx, `UPDATE deliveries SET status = 'sent', sent_at = now(), last_error = '', updated = now() WHERE id = $1`, del.ID)
+		return err
+	}
+	var perm *PermanentError
+	status := DeliveryFailed
+	if del.Attempts >= d.cfg.MaxAttempts || errors.As(sendErr, &perm) {
+		status = DeliveryDead
+	}
+	delay := Backoff(del.Attempts, d.cfg.MinBackoff, d.cfg.MaxBackoff)
+	log.WarnContext(ctx, "delivery failed", slog.String("status", status), slog.Duration("retry_in", delay), slog.Any("error", sendErr))
+	_, err := d.db.ExecContext(ctx, `UPDATE deliveries SET status = $2, last_error = $3,
+    next_attempt_at = now() + $4 * interval '1 millisecond', updated = now() WHERE id = $1`,
+		del.ID, status, truncate(sendErr.Error(), 2000), delay.Milliseconds())
+	return err
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
+
+// CreateEventAfter stores an event that Herald creates outside of a policy
+// (email_sent, property_mapping_exception), caused by cause (which may be
+// nil), and queues it for publishing.
+func CreateEventAfter(ctx context.Context, db *sqlx.DB, cause *events.Event, action, app string, user, evContext map[string]any, key string) error {
+	c := events.Cleanse(events.Sanitize(evContext).(map[string]any))
+	causePK := ""
+	depth := 1
+	var brand map[string]any
+	if cause != nil {
+		causePK, depth, brand = cause.PK, EventDepth(cause)+1, cause.Brand
+	}
+	c["caused_by"] = map[string]any{"event": causePK, "depth": int64(depth)}
+	if user == nil {
+		user = map[string]any{}
+	}
+	ev := events.Event{
+		PK:      derivedUUID(causePK, action, key),
+		Action:  action,
+		App:     app,
+		User:    events.Sanitize(user).(map[string]any),
+		Context: c,
+		Created: time.Now().UTC(),
+		Brand:   brand,
+	}
+	tx, err := db.BeginTxx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("begin %s event: %w", action, err)
+	}
+	defer tx.Rollback() //nolint:errcheck // a no-op after Commit
+	if err := insertCreatedEvent(ctx, tx, &ev); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+// RetryDeliveries puts the deliveries with the given ids (or, with dead,
+// every dead delivery) back to pending with a fresh attempt count. It
+// returns how many it changed.
+func RetryDeliveries(ctx context.Context, db *sqlx.DB, ids []string, dead bool) (int64, error) {
+	var res sql.Result
+	var err error
+	if dead {
+		res, err = db.ExecContext(ctx, `UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = now(), updated = now() WHERE status = 'dead'`)
+	} else {
+		res, err = db.ExecContext(ctx, `UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = now(), updated = now()
+WHERE id::text = ANY($1) AND status <> 'sent'`, stringArray(ids))
+	}
+	if err != nil {
+		return 0, fmt.Errorf("retry deliveries: %w", err)
+	}
+	return res.RowsAffected()
+}
+
+// DeliveryRow is a line of `worker deliveries`.
+type DeliveryRow struct {
+	ID            string     `db:"id"`
+	Status        string     `db:"status"`
+	Attempts      int        `db:"attempts"`
+	LastError     string     `db:"last_error"`
+	NextAttemptAt time.Time  `db:"next_attempt_at"`
+	SentAt        *time.Time `db:"sent_at"`
+	Transport     string     `db:"transport"`
+	Mode          string     `db:"mode"`
+	Username      string     `db:"username"`
+	Rule          string     `db:"rule"`
+	Created       time.Time  `db:"created"`
+}
+
+// ListDeliveries returns deliveries, dead and failed first, then pending,
+// skipped and sent, newest first within each; status filters when not empty.
+func ListDeliveries(ctx context.Context, db *sqlx.DB, status string, limit int) ([]DeliveryRow, error) {
+	var rows []DeliveryRow
+	err := db.SelectContext(ctx, &rows, `SELECT d.id, d.status, d.attempts, d.last_error, d.next_attempt_at, d.sent_at,
+    t.name AS transport, t.mode, u.username, coalesce(r.name, '') AS rule, d.created
+FROM deliveries d
+JOIN notification_transports t ON t.id = d.transport_id
+JOIN notifications n ON n.id = d.notification_id
+JOIN users u ON u.id = n.user_id
+LEFT JOIN notification_rules r ON r.id = n.rule_id
+WHERE $1 = '' OR d.status = $1
+ORDER BY array_position(ARRAY['dead','failed','pending','skipped','sent'], d.status), d.updated DESC
+LIMIT $2`, status, limit)
+	if err != nil {
+		return nil, fmt.Errorf("list deliveries: %w", err)
+	}
+	return rows, nil
+}
+
+// EmailTemplateData is the data of a notification email, as authentik's
+// email transport builds it: key_value (recipient and event user, and every
+// top-level string of the event context), body, title, link and, for
+// superusers, source.
+func EmailTemplateData(d *Delivery) map[string]any {
+	kv := map[string]any{"user_email": d.User.Email, "user_username": d.User.Username}
+	title := cut(d.Body, 75)
+	if d.Event != nil {
+		title = d.Event.Action
+		if len(d.Event.User) > 0 {
+			kv["event_user_email"] = d.Event.User["email"]
+			kv["event_user_username"] = d.Event.User["username"]
+		}
+		for k, v := range d.Event.Context {
+			if s, ok := v.(string); ok {
+				kv[k] = s
+			}
+		}
+	}
+	data := map[string]any{"key_value": kv, "body": d.Body, "title": title}
+	if d.Hyperlink != nil {
+		data["link"] = map[string]any{"target": *d.Hyperlink, "label": derefOr(d.HyperlinkLabel)}
+	}
+	if d.User.IsSuperuser {
+		data["source"] = map[string]any{"from": d.Transport.Name}
+	}
+	return data
+}

@@ -1,0 +1,264 @@
+package rules
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/jmoiron/sqlx"
+
+	"github.com/heraldhq/herald/events"
+)
+
+// MappingEvaluator runs webhook mapping expressions. Package jsrt
+// implements it.
+type MappingEvaluator interface {
+	EvaluateMapping(ctx context.Context, m MappingRequest) (any, error)
+}
+
+// MappingRequest is one evaluation of a webhook mapping.
+type MappingRequest struct {
+	Name, Expression string
+	Notification     map[string]any
+	User             *User // the recipient
+	Event            *events.Event
+	Timeout          time.Duration
+}
+
+// WebhookTransport delivers the webhook and webhook_slack modes with
+// authentik's payloads.
+type WebhookTransport struct {
+	DB       *sqlx.DB
+	Mappings MappingEvaluator
+	// Client defaults to an http.Client with Timeout.
+	Client *http.Client
+	// Timeout bounds one POST. Defaults to 30s.
+	Timeout time.Duration
+	// UserAgent defaults to "herald".
+	UserAgent string
+	// Slack selects the Slack/Discord attachment format.
+	Slack bool
+}
+
+var _ Transporter = (*WebhookTransport)(nil)
+
+// Deliver implements [Transporter].
+func (w *WebhookTransport) Deliver(ctx context.Context, d *Delivery) (DeliveryResult, error) {
+	if d.Transport.WebhookURL == "" {
+		return DeliveryResult{}, &PermanentError{fmt.Errorf("transport %q has no webhook_url", d.Transport.Name)}
+	}
+	var (
+		body    any
+		headers = map[string]string{}
+		err     error
+	)
+	if w.Slack {
+		body = SlackBody(d)
+	} else {
+		body, headers, err = w.mapped(ctx, d)
+		if err != nil {
+			return DeliveryResult{}, err
+		}
+	}
+	payload, err := json.Marshal(body)
+	if err != nil {
+		return DeliveryResult{}, &PermanentError{fmt.Errorf("encode webhook body: %w", err)}
+	}
+	return DeliveryResult{}, w.post(ctx, d, payload, headers)
+}
+
+func (w *WebhookTransport) post(ctx context.Context, d *Delivery, payload []byte, headers map[string]string) error {
+	timeout := w.Timeout
+	if timeout <= 0 {
+		timeout = 30 * time.Second
+	}
+	client := w.Client
+	if client == nil {
+		client = &http.Client{Timeout: timeout}
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, d.Transport.WebhookURL, bytes.NewReader(payload))
+	if err != nil {
+		return &PermanentError{fmt.Errorf("webhook request: %w", err)}
+	}
+	for k, v := range headers {
+		req.Header.Set(k, v)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if req.Header.Get("User-Agent") == "" {
+		req.Header.Set("User-Agent", orDefault(w.UserAgent, "herald"))
+	}
+	// The same key on every attempt lets the receiver drop repeats.
+	req.Header.Set("Idempotency-Key", d.ID)
+	resp, err := client.Do(req)
+	if err != nil {
+		return fmt.Errorf("POST %s: %w", d.Transport.WebhookURL, err)
+	}
+	defer resp.Body.Close()
+	text, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		return fmt.Errorf("HTTP %d from %s: %s", resp.StatusCode, d.Transport.WebhookURL, strings.TrimSpace(string(text)))
+	}
+	return nil
+}
+
+// mapped returns the webhook body and headers: authentik's default body,
+// or what the transport's mapping expressions return.
+func (w *WebhookTransport) mapped(ctx context.Context, d *Delivery) (any, map[string]string, error) {
+	headers := map[string]string{}
+	var body any = DefaultWebhookBody(d)
+	if id := d.Transport.WebhookMappingBodyID; id != nil {
+		v, err := w.runMapping(ctx, d, *id)
+		if err != nil {
+			return nil, nil, err
+		}
+		body = v
+	}
+	if id := d.Transport.WebhookMappingHeadersID; id != nil {
+		v, err := w.runMapping(ctx, d, *id)
+		if err != nil {
+			return nil, nil, err
+		}
+		m, ok := v.(map[string]any)
+		if v != nil && !ok {
+			return nil, nil, fmt.Errorf("headers mapping returned %T, want an object", v)
+		}
+		for k, x := range m {
+			if s, ok := x.(string); ok {
+				headers[k] = s
+			} else {
+				headers[k] = fmt.Sprint(x)
+			}
+		}
+	}
+	return body, headers, nil
+}
+
+// runMapping evaluates one mapping. A failing expression records a
+// property_mapping_exception event (as authentik does, on every attempt)
+// and fails the delivery, which is then retried.
+func (w *WebhookTransport) runMapping(ctx context.Context, d *Delivery, id string) (any, error) {
+	var m struct {
+		Name       string `db:"name"`
+		Expression string `db:"expression"`
+	}
+	if err := w.DB.GetContext(ctx, &m, `SELECT name, expression FROM webhook_mappings WHERE id = $1`, id); err != nil {
+		return nil, fmt.Errorf("load webhook mapping %s: %w", id, err)
+	}
+	v, err := w.Mappings.EvaluateMapping(ctx, MappingRequest{
+		Name: m.Name, Expression: m.Expression, Notification: NotificationMap(d), User: &d.User, Event: d.Event, Timeout: 30 * time.Second,
+	})
+	if err == nil {
+		return v, nil
+	}
+	c := map[string]any{
+		"message":    "Failed to execute property mapping",
+		"mapping":    m.Name,
+		"expression": m.Expression,
+		"exception":  err.Error(),
+		"delivery":   d.ID,
+	}
+	if cerr := CreateEventAfter(ctx, w.DB, d.Event, "property_mapping_exception", "authentik.core.expression.evaluator",
+		d.User.EventUser(), c, fmt.Sprintf("%s/%d", d.ID, d.Attempts)); cerr != nil {
+		return nil, fmt.Errorf("mapping %q: %w (and recording it: %v)", m.Name, err, cerr)
+	}
+	return nil, fmt.Errorf("mapping %q: %w", m.Name, err)
+}
+
+// NotificationMap is the notification as mappings see it.
+func NotificationMap(d *Delivery) map[string]any {
+	n := map[string]any{
+		"pk": d.NotificationID, "severity": d.Severity, "body": d.Body,
+		"hyperlink": derefOr(d.Hyperlink), "hyperlink_label": derefOr(d.HyperlinkLabel),
+		"user": UserMap(&d.User), "rule": d.RuleName,
+	}
+	if d.Event != nil {
+		var ev map[string]any
+		if b, err := d.Event.MarshalJSON(); err == nil && json.Unmarshal(b, &ev) == nil {
+			n["event"] = ev
+		}
+	}
+	return n
+}
+
+func derefOr(s *string) any {
+	if s == nil {
+		return nil
+	}
+	return *s
+}
+
+func orDefault(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+// DefaultWebhookBody is authentik's default webhook payload.
+func DefaultWebhookBody(d *Delivery) map[string]any {
+	b := map[string]any{
+		"body":          d.Body,
+		"severity":      d.Severity,
+		"user_email":    d.User.Email,
+		"user_username": d.User.Username,
+	}
+	if d.Event != nil && len(d.Event.User) > 0 {
+		b["event_user_email"] = d.Event.User["email"]
+		b["event_user_username"] = d.Event.User["username"]
+	}
+	return b
+}
+
+// slackFieldLimit is Discord's limit on attachment fields, which authentik
+// applies to both Slack and Discord.
+const slackFieldLimit = 25
+
+// SlackBody is authentik's Slack/Discord attachment payload.
+func SlackBody(d *Delivery) map[string]any {
+	title := d.Body
+	if d.Event != nil {
+		title = d.Event.Action
+	}
+	fields := []any{
+		map[string]any{"title": "Severity", "value": d.Severity, "short": true},
+		map[string]any{"title": "Dispatched for user", "value": d.User.Username, "short": true},
+	}
+	if d.Event != nil {
+		if u, ok := d.Event.User["username"].(string); ok {
+			fields = append(fields, map[string]any{"title": "Event user", "value": u, "short": true})
+		}
+		for _, k := range sortedKeys(d.Event.Context) {
+			if len(fields) >= slackFieldLimit {
+				break
+			}
+			if s, ok := d.Event.Context[k].(string); ok {
+				fields = append(fields, map[string]any{"title": cut(k, 256), "value": cut(s, 1024)})
+			}
+		}
+	}
+	return map[string]any{
+		"username": "herald",
+		"icon_url": "",
+		"attachments": []any{map[string]any{
+			"author_name": "herald",
+			"title":       title,
+			"color":       "#fd4b2d",
+			"fields":      fields,
+			"footer":      "herald",
+		}},
+	}
+}
+
+// cut shortens s to n runes.
+func cut(s string, n int) string {
+	if utf8.RuneCountInString(s) <= n {
+		return s
+	}
+	return string([]rune(s)[:n])
+}
