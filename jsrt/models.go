@@ -175,7 +175,11 @@ func userPK(x goja.Value) (int64, bool) {
 		return 0, false
 	}
 	if obj, ok := x.(*goja.Object); ok {
-		return events.Int64(obj.Get("pk").Export())
+		pk := obj.Get("pk") // nil when the object has no pk, e.g. an anonymous event's user {}
+		if pk == nil {
+			return 0, false
+		}
+		return events.Int64(pk.Export())
 	}
 	return events.Int64(x.Export())
 }

@@ -1,0 +1,882 @@
+package rules_test
+
+// Tests of the JavaScript policy API (DESIGN.md §6) against PostgreSQL,
+// driven through the real engine and runtime: each policy runs for a stored
+// event inside the event's transaction, and its effects are read back from
+// the database. The bundle and its helpers are those of engine_test.go.
+
+import (
+	"encoding/json"
+	"fmt"
+	"maps"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/heraldhq/herald/events"
+)
+
+// outcome is what one policy did for one event, as recorded in the events
+// that the engine creates: policy_execution (execution_logging is on for
+// probes) or policy_exception.
+type outcome struct {
+	Ran       bool // a policy_execution event exists: the policy returned
+	Passing   bool
+	Raw       any // result.raw_result, decoded from JSON
+	Messages  []any
+	Logs      []any
+	Exception string // context.exception of the policy_exception event
+}
+
+// probes inserts one policy with execution_logging per entry of exprs
+// (named by its key) and binds them all to one rule without transports, so
+// each runs for every event, in the order of their names, and records what
+// it returned or threw.
+func (b *testBundle) probes(t *testing.T, exprs map[string]string) {
+	t.Helper()
+	r := b.rule(t, rule{Name: "probes"})
+	order := 0
+	for _, name := range slices.Sorted(maps.Keys(exprs)) {
+		b.bind(t, r, binding{Policy: b.loggedPolicy(t, name, exprs[name]), Order: order})
+		order++
+	}
+	b.reload(t)
+}
+
+// probe is probes with a single policy.
+func (b *testBundle) probe(t *testing.T, name, expr string) {
+	t.Helper()
+	b.probes(t, map[string]string{name: expr})
+}
+
+// outcomes returns what each policy did for the event pk, by policy name.
+func (b *testBundle) outcomes(t *testing.T, pk string) map[string]outcome {
+	t.Helper()
+	var rows []struct {
+		Action  string `db:"action"`
+		Context string `db:"context"`
+	}
+	require.NoError(t, b.db.SelectContext(t.Context(), &rows, `SELECT action, context::text AS context FROM events
+WHERE action IN ('policy_execution', 'policy_exception') AND context->'caused_by'->>'event' = $1`, pk))
+	out := map[string]outcome{}
+	for _, r := range rows {
+		var c map[string]any
+		require.NoError(t, json.Unmarshal([]byte(r.Context), &c))
+		name, _ := path(t, c, "policy", "name").(string)
+		o := out[name]
+		if r.Action == "policy_execution" {
+			o.Ran = true
+			o.Passing = path(t, c, "result", "passing") == true
+			o.Raw = path(t, c, "result", "raw_result")
+			o.Messages, _ = path(t, c, "result", "messages").([]any)
+			o.Logs, _ = c["logs"].([]any)
+		} else {
+			o.Exception, _ = c["exception"].(string)
+		}
+		out[name] = o
+	}
+	return out
+}
+
+// result returns the outcome of the policy name for event pk and requires
+// that it returned without throwing.
+func (b *testBundle) result(t *testing.T, pk, name string) outcome {
+	t.Helper()
+	o := b.outcomes(t, pk)[name]
+	require.Empty(t, o.Exception, "policy %q threw", name)
+	require.True(t, o.Ran, "policy %q has no policy_execution event for %s", name, pk)
+	return o
+}
+
+// thrown returns the exception message of the policy name for event pk and
+// requires that it threw.
+func (b *testBundle) thrown(t *testing.T, pk, name string) string {
+	t.Helper()
+	o := b.outcomes(t, pk)[name]
+	require.False(t, o.Ran, "policy %q returned (raw result %v) instead of throwing", name, o.Raw)
+	require.NotEmpty(t, o.Exception, "policy %q has no policy_exception event for %s", name, pk)
+	return o.Exception
+}
+
+// requireJSON compares got, as JSON, with the JSON text want.
+func requireJSON(t *testing.T, want string, got any, msgAndArgs ...any) {
+	t.Helper()
+	b, err := json.Marshal(got)
+	require.NoError(t, err)
+	require.JSONEq(t, want, string(b), msgAndArgs...)
+}
+
+// login handles a login event of user (0: anonymous) and returns it.
+func (b *testBundle) login(t *testing.T, user int64) events.Event {
+	t.Helper()
+	ev := userEvent(t, "login", user, nil)
+	b.handle(t, ev)
+	return ev
+}
+
+// jsonColumn reads one jsonb value, decoded.
+func (b *testBundle) jsonColumn(t *testing.T, query string, args ...any) any {
+	t.Helper()
+	var raw string
+	require.NoError(t, b.db.GetContext(t.Context(), &raw, query, args...), "query: %s", query)
+	var v any
+	require.NoError(t, json.Unmarshal([]byte(raw), &v))
+	return v
+}
+
+// ---------------------------------------------------------------------------
+// X.objects: filter, first, exists, count, all, get.
+
+func TestAPIModelQueries(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	jane := b.user(t, "jane")
+	alice, bob, carol := b.user(t, "alice"), b.user(t, "bob"), b.user(t, "carol")
+	b.db.MustExec(t, `UPDATE users SET is_active = false WHERE id = $1`, bob)
+	b.db.MustExec(t, `UPDATE users SET name = 'Alice A.', attributes = '{"team": "blue", "tags": ["t1"]}' WHERE id = $1`, alice)
+	ops := b.group(t, "ops", "", alice, bob)
+	dev := b.group(t, "dev", "")
+	b.group(t, "qa", "")
+	grafana := b.insert(t, `INSERT INTO applications (slug, name) VALUES ('grafana', 'Grafana') RETURNING id`)
+	b.insert(t, `INSERT INTO applications (slug, name) VALUES ('wiki', 'Wiki') RETURNING id`)
+	b.insert(t, `INSERT INTO policy_bindings (target_application_id, group_id) VALUES ($1, $2) RETURNING id`, grafana, ops)
+	for range 2 {
+		b.handle(t, userEvent(t, "login", jane, nil)) // earlier events, before the probes exist
+	}
+	b.handle(t, userEvent(t, "logout", jane, nil))
+
+	b.probes(t, map[string]string{
+		"first": fmt.Sprintf(`const u = User.objects.filter({username: "alice"}).first();
+return {pk: u.pk, id: u.id, username: u.username, name: u.name, email: u.email, is_active: u.is_active,
+        team: u.attributes.team, tags: u.attributes.tags, is_same: u.pk === %d};`, alice),
+		"first-none": `return User.objects.filter({username: "nobody"}).first() === null;`,
+		"exists": `return {bob: User.objects.filter({username: "bob"}).exists(),
+        nobody: User.objects.filter({username: "nobody"}).exists()};`,
+		"count": `return {all: User.objects.filter({}).count(), active: User.objects.filter({is_active: true}).count(),
+        chained: User.objects.filter({is_active: true}).filter({username__startswith: "a"}).count(),
+        inactive: User.objects.filter({is_active: false}).count()};`,
+		"all":       fmt.Sprintf(`return User.objects.filter({pk__in: [%d, %d, 999999]}).all().map(u => u.username);`, carol, alice),
+		"pk":        fmt.Sprintf(`return User.objects.filter({pk: %d}).first().username;`, bob),
+		"get":       `const u = User.objects.get({username: "carol"}); return u.username + "/" + u.email;`,
+		"get-by-pk": fmt.Sprintf(`return User.objects.get({pk: %d}).username;`, alice),
+		"get-none":  `return User.objects.get({username: "nobody"});`,
+		"get-many":  `return User.objects.get({is_active: true});`,
+		"group": fmt.Sprintf(`const g = Group.objects.filter({name: "ops"}).first();
+return {pk: g.pk, name: g.name, parent: g.parent, attributes: g.attributes, same: g.pk === %q};`, ops),
+		"group-pk":    fmt.Sprintf(`return Group.objects.filter({pk: %q}).first().name;`, strings.ReplaceAll(dev, "-", "")),
+		"group-pk-in": fmt.Sprintf(`return Group.objects.filter({pk__in: [%q, %q]}).all().map(g => g.name).sort();`, ops, dev),
+		"application": `const a = Application.objects.filter({slug: "grafana"}).first(); return a.name + "/" + a.slug;`,
+		"binding-target": `return {
+  grafana: PolicyBinding.objects.filter({target: Application.objects.get({slug: "grafana"})}).exists(),
+  wiki: PolicyBinding.objects.filter({target: Application.objects.get({slug: "wiki"})}).exists(),
+  grafana_count: PolicyBinding.objects.filter({target: Application.objects.get({slug: "grafana"})}).count(),
+};`,
+		"event": `const ev = request.context.event;
+return {logins: Event.objects.filter({action: "login"}).count(),
+        logouts: Event.objects.filter({action: "logout"}).count(),
+        self: Event.objects.filter({pk: ev.pk}).first().action,
+        self_get: Event.objects.get({pk: ev.pk}).pk === ev.pk};`,
+	})
+
+	ev := b.login(t, jane)
+
+	first := b.result(t, ev.PK, "first")
+	requireJSON(t, fmt.Sprintf(`{"pk": %d, "id": %d, "username": "alice", "name": "Alice A.", "email": "alice@example.com",
+		"is_active": true, "team": "blue", "tags": ["t1"], "is_same": true}`, alice, alice), first.Raw)
+	require.True(t, b.result(t, ev.PK, "first-none").Passing)
+	requireJSON(t, `{"bob": true, "nobody": false}`, b.result(t, ev.PK, "exists").Raw)
+	requireJSON(t, `{"all": 4, "active": 3, "chained": 1, "inactive": 1}`, b.result(t, ev.PK, "count").Raw)
+	requireJSON(t, `["alice", "carol"]`, b.result(t, ev.PK, "all").Raw, "ordered by pk, unknown pks ignored")
+	require.Equal(t, "bob", b.result(t, ev.PK, "pk").Raw)
+	require.Equal(t, "carol/carol@example.com", b.result(t, ev.PK, "get").Raw)
+	require.Equal(t, "alice", b.result(t, ev.PK, "get-by-pk").Raw)
+	require.Contains(t, b.thrown(t, ev.PK, "get-none"), "User matching query does not exist")
+	require.Contains(t, b.thrown(t, ev.PK, "get-many"), "more than one User")
+	requireJSON(t, fmt.Sprintf(`{"pk": %q, "name": "ops", "parent": null, "attributes": {}, "same": true}`, ops), b.result(t, ev.PK, "group").Raw)
+	require.Equal(t, "dev", b.result(t, ev.PK, "group-pk").Raw, "a dashless UUID is accepted")
+	requireJSON(t, `["dev", "ops"]`, b.result(t, ev.PK, "group-pk-in").Raw)
+	require.Equal(t, "Grafana/grafana", b.result(t, ev.PK, "application").Raw)
+	requireJSON(t, `{"grafana": true, "wiki": false, "grafana_count": 1}`, b.result(t, ev.PK, "binding-target").Raw)
+	// The event being evaluated is stored before the policies run.
+	requireJSON(t, `{"logins": 3, "logouts": 1, "self": "login", "self_get": true}`, b.result(t, ev.PK, "event").Raw)
+}
+
+// A PolicyBinding's target matches bindings of a rule as well as of an
+// application, and bindings of other targets do not count.
+func TestAPIPolicyBindingTargetRule(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	jane := b.user(t, "jane")
+	other := b.rule(t, rule{Name: "other"})
+	b.bind(t, other, binding{Policy: b.policy(t, "p1", "return false;"), Order: 1})
+	b.bind(t, other, binding{Policy: b.policy(t, "p2", "return false;"), Order: 2})
+	b.probe(t, "rule-bindings", fmt.Sprintf(`return {
+  other: PolicyBinding.objects.filter({target: %q}).count(),
+  other_obj: PolicyBinding.objects.filter({target: {pk: %q}}).count(),
+  ordered: PolicyBinding.objects.filter({target: %q, order: 2}).count(),
+  enabled: PolicyBinding.objects.filter({target: %q, enabled: true}).all().length,
+};`, other, other, other, other))
+
+	ev := b.login(t, jane)
+	requireJSON(t, `{"other": 2, "other_obj": 2, "ordered": 1, "enabled": 2}`, b.result(t, ev.PK, "rule-bindings").Raw)
+}
+
+// A filter on a field that does not exist, a lookup on a JSON field, or a
+// value of the wrong type throws an error that names the field.
+func TestAPIModelFilterErrors(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	jane := b.user(t, "jane")
+	b.probes(t, map[string]string{
+		"unknown-field":      `return User.objects.filter({nope: 1}).first();`,
+		"unknown-in-count":   `return Group.objects.filter({colour: "red"}).count();`,
+		"unknown-in-get":     `return Application.objects.get({title: "x"});`,
+		"json-field":         `return User.objects.filter({attributes: {}}).exists();`,
+		"bad-uuid":           `return Group.objects.filter({pk: "not-a-uuid"}).first();`,
+		"bad-bigint":         `return User.objects.filter({pk: "twelve"}).first();`,
+		"bad-bool":           `return User.objects.filter({is_active: "yes"}).count();`,
+		"bad-in":             `return User.objects.filter({pk__in: 12}).all();`,
+		"bad-in-item":        `return Group.objects.filter({pk__in: ["not-a-uuid"]}).all();`,
+		"not-an-object":      `return User.objects.filter("username").first();`,
+		"bad-binding-target": `return PolicyBinding.objects.filter({target: "nope"}).exists();`,
+	})
+
+	ev := b.login(t, jane)
+	for name, want := range map[string][]string{
+		"unknown-field":      {`unknown field "nope"`, "User"},
+		"unknown-in-count":   {`unknown field "colour"`, "Group"},
+		"unknown-in-get":     {`unknown field "title"`, "Application"},
+		"json-field":         {`"attributes"`},
+		"bad-uuid":           {"pk", "not-a-uuid"},
+		"bad-bigint":         {"pk", "twelve"},
+		"bad-bool":           {"is_active", "yes"},
+		"bad-in":             {"pk__in"},
+		"bad-in-item":        {"pk__in", "not-a-uuid"},
+		"not-an-object":      {"filter"},
+		"bad-binding-target": {"target", "nope"},
+	} {
+		msg := b.thrown(t, ev.PK, name)
+		for _, w := range want {
+			require.Contains(t, msg, w, "policy %s", name)
+		}
+	}
+}
+
+// A policy whose query fails, by validation or in PostgreSQL, fails alone:
+// the event's transaction goes on and the other rules still notify.
+func TestAPIFailedQueryDoesNotAbortTheEvent(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	jane := b.user(t, "jane")
+	// Rules run in name order: the failing ones come first.
+	b.alertRule(t, "a-bad-value", binding{Policy: b.policy(t, "bad-value", `return Group.objects.filter({pk: "not-a-uuid"}).exists();`)})
+	// Valid for the validation (an integer) but out of range for the
+	// integer column: PostgreSQL itself rejects it.
+	b.alertRule(t, "a-sql-error", binding{Policy: b.policy(t, "sql-error", `return PolicyBinding.objects.filter({order: 1000000000000}).exists();`)})
+	good := b.alertRule(t, "b-good", binding{Policy: b.policy(t, "good", `return User.objects.filter({username: "jane"}).exists();`)})
+	b.reload(t)
+
+	ev := b.login(t, jane)
+	require.Equal(t, []string{"jane"}, b.notified(t, good, ev.PK))
+	require.Equal(t, 1, b.count(t, `SELECT count(*) FROM notifications`))
+	excs := map[string]string{}
+	for _, c := range b.createdEvents(t, "policy_exception") {
+		excs[path(t, c, "policy", "name").(string)] = c["exception"].(string)
+	}
+	require.Contains(t, excs["bad-value"], "not-a-uuid")
+	require.Contains(t, excs, "sql-error")
+}
+
+// A policy may catch the error of a failed query and go on. A query that
+// PostgreSQL rejected has aborted the transaction, though: the policy must
+// still not take the whole event down with it (it would be retried and end
+// as a dead letter), and the other rules must still notify.
+func TestAPICaughtSQLErrorDoesNotPoisonTheEvent(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	jane := b.user(t, "jane")
+	b.alertRule(t, "a-catches", binding{Policy: b.policy(t, "catches", `try {
+  PolicyBinding.objects.filter({order: 1000000000000}).exists();
+} catch (e) {
+  ak_logger.warning("query failed", {error: String(e)});
+}
+return false;`)})
+	good := b.alertRule(t, "b-good", binding{Policy: b.policy(t, "good", `return User.objects.filter({username: "jane"}).exists();`)})
+	b.reload(t)
+
+	ev := userEvent(t, "login", jane, nil)
+	require.NoError(t, b.engine.HandleEvents(t.Context(), []events.Event{ev}),
+		"a policy that caught a database error made the event fail")
+	require.Equal(t, 1, b.count(t, `SELECT count(*) FROM events WHERE id = $1`, ev.PK))
+	require.Equal(t, []string{"jane"}, b.notified(t, good, ev.PK))
+}
+
+// ---------------------------------------------------------------------------
+// obj.save({update_fields}).
+
+func TestAPISave(t *testing.T) {
+	t.Parallel()
+
+	type saveCase struct {
+		name string
+		expr string // %d is alice's pk
+		// want are SQL expressions over alice's users row and their values.
+		want      map[string]string
+		exception string // "" when the policy must not throw
+	}
+	cases := []saveCase{
+		{name: "UpdateFieldsAttributes", expr: `const u = User.objects.get({pk: %d});
+u.attributes.team = "red";
+u.attributes.keys = [];
+u.name = "not saved";
+u.save({update_fields: ["attributes"]});
+return true;`,
+			want: map[string]string{"attributes::text": `{"keys": [], "team": "red"}`, "name": "Alice"}},
+		{name: "AllWritableFields", expr: `const u = User.objects.get({pk: %d});
+u.name = "Alice B.";
+u.is_active = false;
+u.save();
+return true;`,
+			want: map[string]string{"name": "Alice B.", "is_active::text": "false", "attributes::text": `{"team": "blue"}`}},
+		{name: "SetsUpdated", expr: `const u = User.objects.get({pk: %d}); u.save({update_fields: ["name"]}); return true;`,
+			want: map[string]string{"(updated > created)::text": "true"}},
+		{name: "UnknownField", expr: `const u = User.objects.get({pk: %d});
+u.name = "x";
+u.save({update_fields: ["name", "nickname"]});
+return true;`,
+			exception: `unknown field "nickname"`, want: map[string]string{"name": "Alice"}},
+		{name: "ReadOnlyField", expr: `const u = User.objects.get({pk: %d}); u.created = "2020-01-01T00:00:00Z"; u.save({update_fields: ["created"]}); return true;`,
+			exception: `"created" cannot be written`},
+		{name: "WrongType", expr: `const u = User.objects.get({pk: %d}); u.is_active = "no"; u.save({update_fields: ["is_active"]}); return true;`,
+			exception: "is_active", want: map[string]string{"is_active::text": "true"}},
+		{name: "AttributesNotAnObject", expr: `const u = User.objects.get({pk: %d}); u.attributes = [1]; u.save({update_fields: ["attributes"]}); return true;`,
+			exception: "attributes", want: map[string]string{"attributes::text": `{"team": "blue"}`}},
+		{name: "ThrowAfterSave", expr: `const u = User.objects.get({pk: %d});
+u.attributes.team = "red";
+u.name = "changed";
+u.save();
+throw new Error("after save");`,
+			exception: "after save", want: map[string]string{"attributes::text": `{"team": "blue"}`, "name": "Alice"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			b := setup(t)
+			jane := b.user(t, "jane")
+			alice := b.user(t, "alice")
+			b.db.MustExec(t, `UPDATE users SET name = 'Alice', attributes = '{"team": "blue"}', created = now() - interval '1 day', updated = now() - interval '1 day' WHERE id = $1`, alice)
+			b.probe(t, "saver", fmt.Sprintf(tc.expr, alice))
+
+			ev := b.login(t, jane)
+			if tc.exception == "" {
+				require.True(t, b.result(t, ev.PK, "saver").Passing)
+			} else {
+				require.Contains(t, b.thrown(t, ev.PK, "saver"), tc.exception)
+			}
+			for expr, want := range tc.want {
+				var got string
+				require.NoError(t, b.db.GetContext(t.Context(), &got, `SELECT `+expr+` FROM users WHERE id = $1`, alice))
+				if strings.HasPrefix(want, "{") {
+					require.JSONEq(t, want, got, expr)
+				} else {
+					require.Equal(t, want, got, expr)
+				}
+			}
+		})
+	}
+}
+
+// Groups and applications save too, and a failed policy's writes are undone
+// without undoing those of the policies around it.
+func TestAPISaveGroupsApplicationsAndRollback(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	jane := b.user(t, "jane")
+	ops := b.group(t, "ops", "")
+	parent := b.group(t, "staff", "")
+	app := b.insert(t, `INSERT INTO applications (slug, name) VALUES ('grafana', 'Grafana') RETURNING id`)
+	rl := b.rule(t, rule{Name: "savers"})
+	b.bind(t, rl, binding{Order: 1, Policy: b.policy(t, "a-group", fmt.Sprintf(`const g = Group.objects.get({pk: %q});
+g.attributes.seen = (g.attributes.seen || 0) + 1;
+g.parent = %q;
+g.save({update_fields: ["attributes", "parent"]});
+return false;`, ops, parent))})
+	b.bind(t, rl, binding{Order: 2, Policy: b.policy(t, "b-throws", fmt.Sprintf(`const g = Group.objects.get({pk: %q});
+g.attributes.lost = true;
+g.save({update_fields: ["attributes"]});
+const a = Application.objects.get({slug: "grafana"});
+a.name = "lost";
+a.save({update_fields: ["name"]});
+throw new Error("undo my writes");`, ops))})
+	b.bind(t, rl, binding{Order: 3, Policy: b.policy(t, "c-application", `const a = Application.objects.get({slug: "grafana"});
+a.attributes.owner = "ops";
+a.save({update_fields: ["attributes"]});
+return false;`)})
+	b.reload(t)
+
+	b.login(t, jane)
+	requireJSON(t, `{"seen": 1}`, b.jsonColumn(t, `SELECT attributes::text FROM groups WHERE id = $1`, ops))
+	var gotParent string
+	require.NoError(t, b.db.GetContext(t.Context(), &gotParent, `SELECT parent_id FROM groups WHERE id = $1`, ops))
+	require.Equal(t, parent, gotParent)
+	requireJSON(t, `{"owner": "ops"}`, b.jsonColumn(t, `SELECT attributes::text FROM applications WHERE id = $1`, app))
+	require.Equal(t, 1, b.count(t, `SELECT count(*) FROM applications WHERE id = $1 AND name = 'Grafana'`, app))
+	require.Len(t, b.createdEvents(t, "policy_exception"), 1)
+
+	// A second event sees the first one's committed writes.
+	b.login(t, jane)
+	requireJSON(t, `{"seen": 2}`, b.jsonColumn(t, `SELECT attributes::text FROM groups WHERE id = $1`, ops))
+}
+
+// ---------------------------------------------------------------------------
+// ak_user_by, ak_is_group_member, ak_user_has_authenticator.
+
+func TestAPIAkUserBy(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	jane := b.user(t, "jane")
+	alice := b.user(t, "alice")
+	b.probes(t, map[string]string{
+		"by-username": `const u = ak_user_by({username: "alice"}); return {pk: u.pk, email: u.email, attrs: u.attributes};`,
+		"by-pk":       fmt.Sprintf(`return ak_user_by({pk: %d}).username;`, alice),
+		"by-lookup":   `return ak_user_by({email__icontains: "ALICE@"}).username;`,
+		"none":        `return ak_user_by({username: "nobody"}) === null;`,
+		// authentik returns None for a field that does not exist.
+		"unknown-field": `return ak_user_by({nope: "x"}) === null;`,
+		"z-save":        `const u = ak_user_by({username: "alice"}); u.attributes.via = "ak_user_by"; u.save({update_fields: ["attributes"]}); return true;`,
+	})
+
+	ev := b.login(t, jane)
+	requireJSON(t, fmt.Sprintf(`{"pk": %d, "email": "alice@example.com", "attrs": {}}`, alice), b.result(t, ev.PK, "by-username").Raw)
+	require.Equal(t, "alice", b.result(t, ev.PK, "by-pk").Raw)
+	require.Equal(t, "alice", b.result(t, ev.PK, "by-lookup").Raw)
+	require.True(t, b.result(t, ev.PK, "none").Passing)
+	require.True(t, b.result(t, ev.PK, "unknown-field").Passing)
+	require.True(t, b.result(t, ev.PK, "z-save").Passing)
+	requireJSON(t, `{"via": "ak_user_by"}`, b.jsonColumn(t, `SELECT attributes::text FROM users WHERE id = $1`, alice))
+}
+
+func TestAPIAkIsGroupMember(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	jane, bob := b.user(t, "jane"), b.user(t, "bob")
+	carol := b.user(t, "carol")
+	// company > staff > ops; jane is in ops, carol in staff only.
+	company := b.group(t, "company", "")
+	staff := b.group(t, "staff", company, carol)
+	b.group(t, "ops", staff, jane)
+	b.group(t, "unrelated", "", bob)
+	b.probe(t, "membership", fmt.Sprintf(`const me = request.user;
+const evUser = request.context.event.user;
+const carol = User.objects.get({pk: %d});
+return {
+  direct: ak_is_group_member(me, {name: "ops"}),
+  parent: ak_is_group_member(me, {name: "staff"}),
+  grandparent: ak_is_group_member(me, {name: "company"}),
+  unrelated: ak_is_group_member(me, {name: "unrelated"}),
+  missing: ak_is_group_member(me, {name: "nope"}),
+  lookup: ak_is_group_member(me, {name__startswith: "comp"}),
+  by_pk: ak_is_group_member(me, {pk: %q}),
+  event_user_dict: ak_is_group_member(evUser, {name: "company"}),
+  any_group: ak_is_group_member(me),
+  child_not_counted: ak_is_group_member(carol, {name: "ops"}),
+  carol_staff: ak_is_group_member(carol, {name: "staff"}),
+  no_groups: ak_is_group_member(ak_user_by({username: "nobody"}), {name: "ops"}),
+};`, carol, company))
+	b.probe2(t, "anonymous", `return ak_is_group_member(request.user, {name: "ops"});`)
+	b.probe2(t, "bad-filter", `return ak_is_group_member(request.user, {colour: "red"});`)
+
+	ev := b.login(t, jane)
+	requireJSON(t, `{"direct": true, "parent": true, "grandparent": true, "unrelated": false, "missing": false,
+		"lookup": true, "by_pk": true, "event_user_dict": true, "any_group": true,
+		"child_not_counted": false, "carol_staff": true, "no_groups": false}`, b.result(t, ev.PK, "membership").Raw)
+	require.Contains(t, b.thrown(t, ev.PK, "bad-filter"), `unknown field "colour"`)
+
+	anon := b.login(t, 0)
+	o := b.result(t, anon.PK, "anonymous")
+	require.False(t, o.Passing)
+	require.Equal(t, false, o.Raw)
+}
+
+// probe2 adds one more probe policy on a rule of its own (probes makes one
+// rule per call, named "probes"; this one is named after the policy).
+func (b *testBundle) probe2(t *testing.T, name, expr string) {
+	t.Helper()
+	r := b.rule(t, rule{Name: "probe-" + name})
+	b.bind(t, r, binding{Policy: b.loggedPolicy(t, name, expr)})
+	b.reload(t)
+}
+
+func TestAPIAkUserHasAuthenticator(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	jane := b.user(t, "jane")
+	bob, carol := b.user(t, "bob"), b.user(t, "carol")
+	b.db.MustExec(t, `INSERT INTO authenticator_devices (user_id, kind, name, confirmed) VALUES
+		($1, 'totp', 'phone', true), ($1, 'webauthn', 'key (unconfirmed)', false),
+		($2, 'static', 'codes (unconfirmed)', false)`, jane, bob)
+	b.probe(t, "authenticators", fmt.Sprintf(`const me = request.user;
+const bob = User.objects.get({pk: %d});
+const carol = User.objects.get({pk: %d});
+return {
+  any: ak_user_has_authenticator(me),
+  totp: ak_user_has_authenticator(me, "totp"),
+  web_unconfirmed: ak_user_has_authenticator(me, "webauthn"),
+  duo: ak_user_has_authenticator(me, "duo"),
+  event_user_dict: ak_user_has_authenticator(request.context.event.user, "totp"),
+  bob_unconfirmed_only: ak_user_has_authenticator(bob),
+  bob_static: ak_user_has_authenticator(bob, "static"),
+  carol_none: ak_user_has_authenticator(carol),
+};`, bob, carol))
+
+	ev := b.login(t, jane)
+	requireJSON(t, `{"any": true, "totp": true, "web_unconfirmed": false, "duo": false, "event_user_dict": true,
+		"bob_unconfirmed_only": false, "bob_static": false, "carol_none": false}`, b.result(t, ev.PK, "authenticators").Raw)
+
+	// The anonymous user has no authenticators.
+	anon := b.login(t, 0)
+	raw := b.result(t, anon.PK, "authenticators").Raw.(map[string]any)
+	require.Equal(t, false, raw["any"])
+	require.Equal(t, false, raw["event_user_dict"])
+}
+
+// A user object without a pk (an anonymous event's user is {}) is nobody:
+// not a member of any group and without authenticators. Passing one must
+// not crash the worker (it did: a nil pointer in jsrt.userPK).
+func TestAPIUserWithoutPK(t *testing.T) {
+	t.Parallel()
+	inChildProcess(t, func(t *testing.T, b *testBundle) {
+		jane := b.user(t, "jane")
+		b.group(t, "ops", "", jane)
+		b.probe(t, "no-pk", `return {
+  member: ak_is_group_member({}, {name: "ops"}),
+  member_event_user: ak_is_group_member(request.context.event.user, {name: "ops"}),
+  devices: ak_user_has_authenticator({}),
+  devices_kind: ak_user_has_authenticator(request.context.event.user, "totp"),
+};`)
+
+		ev := b.login(t, 0)
+		requireJSON(t, `{"member": false, "member_event_user": false, "devices": false, "devices_kind": false}`,
+			b.result(t, ev.PK, "no-pk").Raw)
+	})
+}
+
+// ---------------------------------------------------------------------------
+// ak_call_policy.
+
+func TestAPIAkCallPolicy(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	jane := b.user(t, "jane")
+	// Callees bound to no rule.
+	b.policy(t, "callee", `ak_message("from callee");
+return {foo: request.context.foo, n: request.context.n, action: request.context.event.action,
+        user: request.user.username, same_context: context === request.context};`)
+	b.policy(t, "callee-fails", `ak_message("about to fail"); return false;`)
+	b.policy(t, "callee-throws", `throw new Error("callee boom");`)
+	b.policy(t, "callee-mutates", `request.context.foo = "changed by callee"; request.context.added = 1; return true;`)
+	b.matcher(t, "callee-matcher", matcher{Action: "login"})
+	b.probes(t, map[string]string{
+		"caller": `const r = ak_call_policy("callee", {foo: "bar", n: 2});
+return {passing: r.passing, messages: r.messages, raw_result: r.raw_result};`,
+		"caller-no-kwargs": `const r = ak_call_policy("callee"); return {passing: r.passing, foo: r.raw_result.foo == null ? "none" : r.raw_result.foo};`,
+		"caller-context": `request.context.mine = "kept";
+ak_call_policy("callee", {foo: "bar"});
+ak_call_policy("callee-mutates", {foo: "bar"});
+return {foo: request.context.foo === undefined, added: request.context.added === undefined,
+        mine: request.context.mine, event: request.context.event.action, context_foo: context.foo === undefined};`,
+		"caller-fails":   `const r = ak_call_policy("callee-fails"); return {passing: r.passing, messages: r.messages, raw_result: r.raw_result};`,
+		"caller-throws":  `const r = ak_call_policy("callee-throws"); return {passing: r.passing, messages: r.messages};`,
+		"caller-matcher": `return ak_call_policy("callee-matcher").passing;`,
+		"caller-unknown": `return ak_call_policy("x");`,
+	})
+
+	ev := b.login(t, jane)
+	requireJSON(t, `{"passing": true, "messages": ["from callee"],
+		"raw_result": {"foo": "bar", "n": 2, "action": "login", "user": "jane", "same_context": true}}`, b.result(t, ev.PK, "caller").Raw)
+	requireJSON(t, `{"passing": true, "foo": "none"}`, b.result(t, ev.PK, "caller-no-kwargs").Raw)
+	requireJSON(t, `{"foo": true, "added": true, "mine": "kept", "event": "login", "context_foo": true}`,
+		b.result(t, ev.PK, "caller-context").Raw, "the caller's request.context is not changed by the call")
+	requireJSON(t, `{"passing": false, "messages": ["about to fail"], "raw_result": false}`, b.result(t, ev.PK, "caller-fails").Raw)
+	require.True(t, b.result(t, ev.PK, "caller-matcher").Passing)
+	require.Contains(t, b.thrown(t, ev.PK, "caller-unknown"), "Policy 'x' not found.")
+
+	// A callee that throws: a false result carrying the error, and a
+	// policy_exception event about the callee.
+	throws := b.result(t, ev.PK, "caller-throws")
+	raw, ok := throws.Raw.(map[string]any)
+	require.True(t, ok, "raw result %v", throws.Raw)
+	require.Equal(t, false, raw["passing"])
+	require.Len(t, raw["messages"], 1)
+	require.Contains(t, raw["messages"].([]any)[0], "callee boom")
+	require.Contains(t, b.outcomes(t, ev.PK)["callee-throws"].Exception, "callee boom")
+}
+
+// A policy that calls itself is stopped at a fixed depth instead of
+// overflowing the Go stack.
+func TestAPIAkCallPolicyRecursion(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	jane := b.user(t, "jane")
+	b.policy(t, "recurse", `const n = (request.context.n || 0) + 1;
+return ak_call_policy("recurse", {n: n}).passing || n;`)
+	b.probe(t, "recursion", `const r = ak_call_policy("recurse"); return {passing: r.passing, messages: r.messages};`)
+
+	ev := b.login(t, jane)
+	o := b.result(t, ev.PK, "recursion")
+	require.Equal(t, true, path(t, o.Raw.(map[string]any), "passing"), "the innermost call fails, the outer ones return n")
+	require.NotEmpty(t, b.outcomes(t, ev.PK)["recurse"].Exception, "the call that was too deep is recorded")
+}
+
+// ---------------------------------------------------------------------------
+// ak_create_event and ak_send_email: written in the event's transaction and
+// queued in the outbox.
+
+func TestAPIAkCreateEvent(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	jane := b.user(t, "jane")
+	rl := b.rule(t, rule{Name: "creator"})
+	policy := b.policy(t, "creator", `ak_create_event("thing", {foo: "bar", n: 2, nested: {list: [1, "a"]}, user_name: request.user.username});
+ak_create_event("bare");
+return false;`)
+	b.bind(t, rl, binding{Policy: policy})
+	b.reload(t)
+
+	ev := b.login(t, jane)
+
+	var created []struct {
+		ID        string `db:"id"`
+		App       string `db:"app"`
+		User      string `db:"user"`
+		Context   string `db:"context"`
+		Processed bool   `db:"processed"`
+		Outbox    string `db:"outbox"`
+		Status    string `db:"status"`
+	}
+	require.NoError(t, b.db.SelectContext(t.Context(), &created, `SELECT e.id, e.app, e."user"::text AS "user", e.context::text AS context,
+       e.processed, o.payload::text AS outbox, o.status
+FROM events e JOIN outbox o ON o.key = 'event:' || e.id AND o.kind = 'event'
+WHERE e.action = 'custom_thing'`))
+	require.Len(t, created, 1, "one custom_thing event, queued in the outbox")
+	c := created[0]
+	require.Equal(t, "creator", c.App, "app is the policy's name, as in authentik")
+	require.JSONEq(t, `{}`, c.User)
+	require.False(t, c.Processed, "stored unprocessed until it is consumed back from the stream")
+	require.Equal(t, "pending", c.Status)
+	require.JSONEq(t, fmt.Sprintf(`{"foo": "bar", "n": 2, "nested": {"list": [1, "a"]}, "user_name": "jane",
+		"caused_by": {"event": %q, "rule": "creator", "policy": "creator", "depth": 1}}`, ev.PK), c.Context,
+		"only the kwargs and caused_by")
+
+	// The outbox payload is the event in its wire form.
+	pub, err := events.Decode([]byte(c.Outbox))
+	require.NoError(t, err)
+	require.Equal(t, c.ID, pub.PK)
+	require.Equal(t, "custom_thing", pub.Action)
+	require.Equal(t, "bar", pub.Context["foo"])
+
+	bare := b.createdEvents(t, "custom_bare")
+	require.Len(t, bare, 1)
+	require.Equal(t, []string{"caused_by"}, keys(bare[0]), "no kwargs: only caused_by")
+	require.Equal(t, 2, b.count(t, `SELECT count(*) FROM outbox WHERE kind = 'event'`))
+
+	// Consumed back: depth 1 is evaluated, and its own events are depth 2.
+	b.handle(t, pub)
+	require.Equal(t, 1, b.count(t, `SELECT count(*) FROM events WHERE id = $1 AND processed`, pub.PK))
+	require.Equal(t, 1, b.count(t, `SELECT count(*) FROM events WHERE action = 'custom_thing'
+		AND context->'caused_by'->>'event' = $1 AND (context->'caused_by'->>'depth')::int = 2`, pub.PK))
+}
+
+func keys(m map[string]any) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}
+
+func TestAPIAkSendEmail(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	jane := b.user(t, "jane")
+	b.db.MustExec(t, `INSERT INTO email_templates (name, subject, text) VALUES ('welcome', 'Welcome', 'Hello {{ .user.username }}')`)
+	b.probes(t, map[string]string{
+		"body":               `return ak_send_email("one@example.com", "Plain", {body: "Hello\nthere"});`,
+		"list":               `return ak_send_email(["a@example.com", "Bee <b@example.com>"], "List", {body: "x", cc: "c@example.com", bcc: ["d@example.com"]});`,
+		"builtin-template":   `return ak_send_email("t@example.com", "Builtin", {template: "event_notification", context: {extra: "value"}});`,
+		"row-template":       `return ak_send_email("w@example.com", "Row", {template: "welcome"});`,
+		"both":               `return ak_send_email("x@example.com", "Both", {body: "b", template: "event_notification"});`,
+		"neither":            `return ak_send_email("x@example.com", "Neither", {});`,
+		"no-options":         `return ak_send_email("x@example.com", "No options");`,
+		"unknown-template":   `return ak_send_email("x@example.com", "Unknown", {template: "no-such-template"});`,
+		"empty-list":         `return ak_send_email([], "Empty", {body: "b"});`,
+		"empty-address":      `return ak_send_email("", "Empty", {body: "b"});`,
+		"no-address":         `return ak_send_email(null, "None", {body: "b"});`,
+		"queued-then-throws": `ak_send_email("lost@example.com", "Lost", {body: "b"}); throw new Error("after sending");`,
+	})
+
+	ev := b.login(t, jane)
+	for _, name := range []string{"body", "list", "builtin-template", "row-template"} {
+		o := b.result(t, ev.PK, name)
+		require.True(t, o.Passing, "%s returns true once queued", name)
+	}
+	for name, want := range map[string]string{
+		"both":               "exclusive",
+		"neither":            "body or a template",
+		"no-options":         "body or a template",
+		"unknown-template":   "no-such-template",
+		"empty-list":         "empty",
+		"empty-address":      "empty",
+		"no-address":         "address",
+		"queued-then-throws": "after sending",
+	} {
+		require.Contains(t, b.thrown(t, ev.PK, name), want, name)
+	}
+
+	var rows []struct {
+		Key     string `db:"key"`
+		Payload string `db:"payload"`
+		Status  string `db:"status"`
+	}
+	require.NoError(t, b.db.SelectContext(t.Context(), &rows, `SELECT key, payload::text AS payload, status FROM outbox WHERE kind = 'email'`))
+	bySubject := map[string]map[string]any{}
+	for _, r := range rows {
+		var p map[string]any
+		require.NoError(t, json.Unmarshal([]byte(r.Payload), &p))
+		require.Equal(t, "pending", r.Status)
+		require.True(t, strings.HasPrefix(r.Key, "email:"), r.Key)
+		require.Equal(t, r.Key, p["key"])
+		bySubject[p["subject"].(string)] = p
+	}
+	require.Len(t, bySubject, 4, "only the four valid emails are queued: %v", keysOf(bySubject))
+
+	requireJSON(t, `["one@example.com"]`, bySubject["Plain"]["to"])
+	require.Equal(t, "Hello\nthere", bySubject["Plain"]["body"])
+	require.Nil(t, bySubject["Plain"]["template"])
+
+	requireJSON(t, `["a@example.com", "Bee <b@example.com>"]`, bySubject["List"]["to"])
+	requireJSON(t, `["c@example.com"]`, bySubject["List"]["cc"])
+	requireJSON(t, `["d@example.com"]`, bySubject["List"]["bcc"])
+
+	builtin := bySubject["Builtin"]
+	require.Equal(t, "event_notification", builtin["template"])
+	require.Nil(t, builtin["body"])
+	require.Equal(t, "value", path(t, builtin, "context", "extra"))
+	require.Equal(t, ev.PK, path(t, builtin, "context", "event", "pk"), "the template sees the event")
+	require.Equal(t, "jane", path(t, builtin, "context", "user", "username"))
+	require.Equal(t, "welcome", bySubject["Row"]["template"])
+}
+
+func keysOf[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}
+
+// ---------------------------------------------------------------------------
+// IP helpers, regex_replace and execution logging.
+
+func TestAPIIPHelpers(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	jane := b.user(t, "jane")
+	b.probes(t, map[string]string{
+		"ip": `const a = ip_address("10.0.0.1");
+return {private: a.is_private, version: a.version, text: String(a), loopback: ip_address("127.0.0.1").is_loopback,
+        public: ip_address("8.8.8.8").is_private, v6: ip_address("2001:db8::1").version};`,
+		"network": `const n = ip_network("10.0.0.0/8");
+return {in: n.contains(ip_address("10.1.2.3")), out: n.contains(ip_address("11.0.0.1")), text: String(n),
+        string_arg: n.contains("10.9.9.9"), single: ip_network("192.0.2.7").contains(ip_address("192.0.2.7"))};`,
+		"host-bits":  `return ip_network("10.0.0.1/8");`,
+		"bad-ip":     `return ip_address("10.0.0.256");`,
+		"client-ip":  `return {text: String(ak_client_ip), private: ak_client_ip.is_private, in_doc_net: ip_network("192.0.2.0/24").contains(ak_client_ip)};`,
+		"regex-name": `return regex_replace("jane.doe@example.com", "(?P<local>[^@]+)@(?P<domain>.+)", "\\g<domain>/\\g<local>/\\1");`,
+	})
+
+	withIP := event(t, map[string]any{"action": "login", "client_ip": "192.0.2.10", "user": map[string]any{"pk": jane, "username": "jane"}})
+	withoutIP := userEvent(t, "login", jane, nil)
+	b.handle(t, withIP, withoutIP)
+
+	requireJSON(t, `{"private": true, "version": 4, "text": "10.0.0.1", "loopback": true, "public": false, "v6": 6}`, b.result(t, withIP.PK, "ip").Raw)
+	requireJSON(t, `{"in": true, "out": false, "text": "10.0.0.0/8", "string_arg": true, "single": true}`, b.result(t, withIP.PK, "network").Raw)
+	require.Contains(t, b.thrown(t, withIP.PK, "host-bits"), "host bits set")
+	require.Contains(t, b.thrown(t, withIP.PK, "bad-ip"), "10.0.0.256")
+	requireJSON(t, `{"text": "192.0.2.10", "private": true, "in_doc_net": true}`, b.result(t, withIP.PK, "client-ip").Raw)
+	requireJSON(t, `{"text": "255.255.255.255", "private": true, "in_doc_net": false}`, b.result(t, withoutIP.PK, "client-ip").Raw)
+	require.Equal(t, "example.com/jane.doe/jane.doe", b.result(t, withIP.PK, "regex-name").Raw)
+}
+
+func TestAPIExecutionLoggingRecordsLogs(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	jane := b.user(t, "jane")
+	b.probe(t, "logger", `ak_logger.debug("starting");
+ak_logger.info("user", {username: request.user.username, n: 3});
+ak_logger.error("bad", {nested: {ok: true}});
+ak_message("done");
+return "raw";`)
+
+	ev := b.login(t, jane)
+	o := b.result(t, ev.PK, "logger")
+	require.True(t, o.Passing)
+	require.Equal(t, "raw", o.Raw)
+	requireJSON(t, `["done"]`, o.Messages)
+	requireJSON(t, `[
+		{"level": "debug", "message": "starting", "fields": null},
+		{"level": "info", "message": "user", "fields": {"username": "jane", "n": 3}},
+		{"level": "error", "message": "bad", "fields": {"nested": {"ok": true}}}]`, o.Logs)
+}
+
+// The date in group-user-history's entries has second precision, as in
+// the example (Python's isoformat(timespec="seconds") without the offset).
+var historyEntry = regexp.MustCompile(`^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2} - Added user: (\S+)$`)
+
+// TestAPIGroupUserHistory runs the group-user-history example of DESIGN.md
+// §7 through the engine: pk__in, all() and a save of a group.
+func TestAPIGroupUserHistory(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	jane := b.user(t, "jane")
+	alice, bob := b.user(t, "alice"), b.user(t, "bob")
+	devs := b.group(t, "devs", "")
+	b.db.MustExec(t, `UPDATE groups SET attributes = '{"UserAddedHistory": ["old entry"]}' WHERE id = $1`, devs)
+	rl := b.rule(t, rule{Name: "group-user-history"})
+	b.bind(t, rl, binding{Policy: b.policy(t, "group-user-history", `const event = request.context.event;
+if (!event || event.action !== "model_updated") return false;
+const model = event.context.model || {};
+if (model.app !== "authentik_core" || model.model_name !== "group") return false;
+const group = Group.objects.filter({pk: model.pk}).first();
+if (!group) return false;
+const added = ((event.context.diff || {}).users || {}).add || [];
+if (added.length === 0) return false;
+group.attributes.UserAddedHistory = group.attributes.UserAddedHistory || [];
+const now = new Date().toISOString().slice(0, 19);
+for (const u of User.objects.filter({pk__in: added}).all()) {
+  group.attributes.UserAddedHistory.push(`+"`${now} - Added user: ${u.username}`"+`);
+}
+group.save({update_fields: ["attributes"]});
+return false;`)})
+	b.reload(t)
+
+	model := map[string]any{"app": "authentik_core", "model_name": "group", "pk": strings.ReplaceAll(devs, "-", ""), "name": "devs"}
+	b.handle(t, userEvent(t, "model_updated", jane, map[string]any{"model": model, "diff": map[string]any{"users": map[string]any{"add": []any{alice, bob}}}}))
+	b.handle(t, userEvent(t, "model_updated", jane, map[string]any{"model": model, "diff": map[string]any{"name": map[string]any{"previous_value": "d", "new_value": "devs"}}}))
+
+	history, ok := path(t, b.jsonColumn(t, `SELECT attributes::text FROM groups WHERE id = $1`, devs).(map[string]any), "UserAddedHistory").([]any)
+	require.True(t, ok)
+	require.Len(t, history, 3)
+	require.Equal(t, "old entry", history[0])
+	var added []string
+	for _, h := range history[1:] {
+		m := historyEntry.FindStringSubmatch(h.(string))
+		require.NotNil(t, m, "entry %q", h)
+		added = append(added, m[1])
+	}
+	require.ElementsMatch(t, []string{"alice", "bob"}, added)
+	require.Zero(t, b.count(t, `SELECT count(*) FROM events WHERE action = 'policy_exception'`))
+}
