@@ -166,6 +166,9 @@ func (v *vm) check(err error) {
 	if errors.As(err, &me) {
 		v.throw("%s", me.Msg)
 	}
+	// A database error aborts the event's transaction: the policy fails
+	// even if it catches the exception, so that its savepoint is rolled back.
+	v.cur.dbErr = err
 	panic(v.rt.NewGoError(err))
 }
 

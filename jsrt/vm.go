@@ -32,6 +32,8 @@ type evaluation struct {
 	req      *rules.PolicyRequest
 	messages []string
 	logs     []rules.LogLine
+	// dbErr is a database error a host function met; it fails the policy.
+	dbErr error
 }
 
 func newVM(p *Pool) *vm {
@@ -113,6 +115,12 @@ func (v *vm) evaluate(ctx context.Context, key string, prog *goja.Program, req *
 	}
 	res.Messages = ev.messages
 	res.Logs = ev.logs
+	if err == nil && ev.dbErr != nil {
+		err = ev.dbErr
+	}
+	if prev != nil && ev.dbErr != nil {
+		prev.dbErr = ev.dbErr // the transaction is the caller's too
+	}
 	if err != nil {
 		res.Err = runtimeError(req.Policy.Name, err)
 		return res

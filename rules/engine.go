@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/jmoiron/sqlx"
+	"github.com/lib/pq"
 
 	"github.com/heraldhq/herald/events"
 )
@@ -25,9 +26,9 @@ type EngineConfig struct {
 	// MaxEventDepth: an event created by Herald more than this many steps
 	// away from an outside event is stored but matches no rule. Defaults to 3.
 	MaxEventDepth int
-	// AfterCommit is called after each committed batch, e.g. to wake the
+	// AfterCommit is called with each committed batch, e.g. to wake the
 	// outbox dispatcher. Optional.
-	AfterCommit func()
+	AfterCommit func(evs []events.Event)
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 }
@@ -74,8 +75,10 @@ func NewEngine(db *sqlx.DB, rules RuleSource, eval Evaluator, cfg EngineConfig) 
 // Stats returns the engine's running totals.
 func (e *Engine) Stats() *EngineStats { return &e.stats }
 
-// HandleEvents implements [events.Handler]: it stores each event, evaluates
-// the rules for the ones not seen before, and commits once for the batch.
+// HandleEvents implements [events.Handler]: it stores the events in one
+// statement, evaluates the rules for the ones not seen before, writes the
+// resulting notifications and deliveries in one statement each, and
+// commits once for the batch.
 func (e *Engine) HandleEvents(ctx context.Context, evs []events.Event) error {
 	rs := e.rules.Current()
 	tx, err := e.db.BeginTxx(ctx, nil)
@@ -83,26 +86,63 @@ func (e *Engine) HandleEvents(ctx context.Context, evs []events.Event) error {
 		return fmt.Errorf("begin event transaction: %w", err)
 	}
 	defer tx.Rollback() //nolint:errcheck // a no-op after Commit
-	for i := range evs {
-		if err := e.processEvent(ctx, tx, rs, &evs[i]); err != nil {
+
+	fresh, err := StoreEvents(ctx, tx, evs)
+	if err != nil {
+		return err
+	}
+	e.stats.EventsDuplicate.Add(int64(len(evs) - len(fresh)))
+	users, err := e.loadUsers(ctx, tx, fresh)
+	if err != nil {
+		return err
+	}
+	out := &batchWriter{}
+	for _, ev := range fresh {
+		if err := e.processEvent(ctx, tx, rs, ev, users, out); err != nil {
 			return err
 		}
+	}
+	if err := out.flush(ctx, tx); err != nil {
+		return err
 	}
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("commit events: %w", err)
 	}
 	if e.cfg.AfterCommit != nil {
-		e.cfg.AfterCommit()
+		e.cfg.AfterCommit(evs)
 	}
 	return nil
 }
 
+// loadUsers reads the users rows of the events' users in one query.
+func (e *Engine) loadUsers(ctx context.Context, tx *sqlx.Tx, evs []*events.Event) (map[int64]*User, error) {
+	ids := make([]int64, 0, len(evs))
+	for _, ev := range evs {
+		if pk, ok := ev.UserPK(); ok {
+			ids = append(ids, pk)
+		}
+	}
+	users := make(map[int64]*User, len(ids))
+	if len(ids) == 0 {
+		return users, nil
+	}
+	var rows []*User
+	if err := tx.SelectContext(ctx, &rows, selectUsers, pq.Array(ids)); err != nil {
+		return nil, fmt.Errorf("load event users: %w", err)
+	}
+	for _, u := range rows {
+		users[u.ID] = u
+	}
+	return users, nil
+}
+
 // eventRun is the processing of one event inside its transaction.
 type eventRun struct {
-	e  *Engine
-	tx *sqlx.Tx
-	rs *RuleSet
-	ev *events.Event
+	e   *Engine
+	tx  *sqlx.Tx
+	rs  *RuleSet
+	ev  *events.Event
+	out *batchWriter
 
 	user       *User // nil: anonymous or unknown
 	groups     map[string]bool
@@ -112,16 +152,7 @@ type eventRun struct {
 	createdEvents int
 }
 
-func (e *Engine) processEvent(ctx context.Context, tx *sqlx.Tx, rs *RuleSet, ev *events.Event) error {
-	fresh, err := storeConsumedEvent(ctx, tx, ev)
-	if err != nil {
-		return err
-	}
-	if !fresh {
-		e.stats.EventsDuplicate.Add(1)
-		e.log.DebugContext(ctx, "event already processed", slog.String("event", ev.PK))
-		return nil
-	}
+func (e *Engine) processEvent(ctx context.Context, tx *sqlx.Tx, rs *RuleSet, ev *events.Event, users map[int64]*User, out *batchWriter) error {
 	e.stats.EventsProcessed.Add(1)
 	if reason := e.guard(rs, ev); reason != "" {
 		e.stats.EventsGuarded.Add(1)
@@ -129,17 +160,14 @@ func (e *Engine) processEvent(ctx context.Context, tx *sqlx.Tx, rs *RuleSet, ev 
 			slog.String("action", ev.Action), slog.String("reason", reason))
 		return nil
 	}
-	r := &eventRun{e: e, tx: tx, rs: rs, ev: ev}
+	r := &eventRun{e: e, tx: tx, rs: rs, ev: ev, out: out}
 	if pk, ok := ev.UserPK(); ok {
-		u, err := LoadUser(ctx, tx, pk)
-		switch {
-		case err == nil:
-			r.user = u
-		case err != ErrNotFound:
-			return err
-		}
+		r.user = users[pk]
 	}
 	for _, rule := range rs.Rules {
+		if !rule.CanMatch(ev.Action) {
+			continue
+		}
 		e.stats.RuleEvaluations.Add(1)
 		passing, err := r.evalRule(ctx, rule)
 		if err != nil {

@@ -19,9 +19,9 @@ const (
 	DeliverySkipped = "skipped"
 )
 
-// fanOut writes the notifications and deliveries of a fired rule: for each
-// transport, in order, one delivery per destination user (only the first
-// with send_once). It returns how many deliveries it wrote.
+// fanOut queues the notifications and deliveries of a fired rule: for
+// each transport, in order, one delivery per destination user (only the
+// first with send_once). It returns how many deliveries it queued.
 func (r *eventRun) fanOut(ctx context.Context, rule *Rule) (int, error) {
 	if len(rule.Transports) == 0 {
 		return 0, nil
@@ -39,20 +39,19 @@ func (r *eventRun) fanOut(ctx context.Context, rule *Rule) (int, error) {
 		for _, uid := range users {
 			nid, ok := notified[uid]
 			if !ok {
-				if err := r.tx.GetContext(ctx, &nid, upsertNotification,
-					rule.ID, r.ev.PK, uid, rule.Severity, body, nullString(link), nullString(label)); err != nil {
-					return n, fmt.Errorf("insert notification for user %d: %w", uid, err)
-				}
+				nid = derivedUUID(r.ev.PK, rule.ID, fmt.Sprint(uid))
 				notified[uid] = nid
+				r.out.notifications = append(r.out.notifications, pendingNotification{
+					id: nid, ruleID: rule.ID, eventID: r.ev.PK, userID: uid,
+					severity: rule.Severity, body: body, hyperlink: link, hyperlinkLabel: label,
+				})
 				r.e.stats.Notifications.Add(1)
 			}
 			status := DeliveryPending
 			if t.Mode == ModeLocal {
 				status = DeliverySent // the notification row is the inbox entry
 			}
-			if _, err := r.tx.ExecContext(ctx, insertDelivery, nid, t.ID, status); err != nil {
-				return n, fmt.Errorf("insert delivery for user %d, transport %q: %w", uid, t.Name, err)
-			}
+			r.out.deliveries = append(r.out.deliveries, pendingDelivery{notificationID: nid, transportID: t.ID, status: status})
 			n++
 			if t.SendOnce {
 				break
@@ -61,15 +60,6 @@ func (r *eventRun) fanOut(ctx context.Context, rule *Rule) (int, error) {
 	}
 	return n, nil
 }
-
-const upsertNotification = `INSERT INTO notifications (rule_id, event_id, user_id, severity, body, hyperlink, hyperlink_label)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
-ON CONFLICT (event_id, rule_id, user_id) DO UPDATE SET seen = notifications.seen
-RETURNING id`
-
-const insertDelivery = `INSERT INTO deliveries (notification_id, transport_id, status, sent_at)
-VALUES ($1, $2, $3, CASE WHEN $3 = 'sent' THEN now() END)
-ON CONFLICT (notification_id, transport_id) DO NOTHING`
 
 const selectGroupMembers = `SELECT user_id FROM group_members WHERE group_id = $1 ORDER BY user_id`
 
@@ -118,12 +108,6 @@ func compactJSON(v any) string {
 	return strings.TrimSuffix(b.String(), "\n")
 }
 
-func nullString(s string) *string {
-	if s == "" {
-		return nil
-	}
-	return &s
-}
 
 func sortedKeys(m map[string]any) []string {
 	keys := make([]string, 0, len(m))

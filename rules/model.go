@@ -80,6 +80,31 @@ type Rule struct {
 
 	Bindings   []*Binding   `db:"-"`
 	Transports []*Transport `db:"-"`
+
+	// actions, when not nil, are the only actions the rule can fire for
+	// (see index); other events skip it without evaluating anything.
+	actions map[string]bool
+}
+
+// CanMatch reports whether an event with action may make the rule fire or
+// cause a side effect; false means evaluating it would do nothing.
+func (r *Rule) CanMatch(action string) bool {
+	return r.actions == nil || r.actions[action]
+}
+
+// index works out which actions the rule can fire for: when every binding
+// is an event matcher with match_action set, no negate and no execution
+// logging, only those actions. A rule without bindings never fires.
+func (r *Rule) index() {
+	r.actions = map[string]bool{}
+	for _, b := range r.Bindings {
+		p := b.Policy
+		if p == nil || p.Kind != KindEventMatcher || p.MatchAction == nil || b.Negate || p.ExecutionLogging {
+			r.actions = nil
+			return
+		}
+		r.actions[*p.MatchAction] = true
+	}
 }
 
 // User is a row of users.

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"math"
 	"slices"
 	"sort"
 	"strings"
@@ -276,8 +277,12 @@ func convert(f field, v any) (any, error) {
 		case int64, float64:
 			return fmt.Sprint(t), nil
 		}
-	case colBigint, colInt:
+	case colBigint:
 		if n, ok := events.Int64(v); ok {
+			return n, nil
+		}
+	case colInt:
+		if n, ok := events.Int64(v); ok && n >= math.MinInt32 && n <= math.MaxInt32 {
 			return n, nil
 		}
 	case colUUID:

@@ -111,6 +111,7 @@ func LoadRuleSet(ctx context.Context, db *sqlx.DB) (*RuleSet, error) {
 	}
 	for _, r := range rules {
 		slices.SortStableFunc(r.Bindings, func(a, b *Binding) int { return cmp.Compare(a.Order, b.Order) })
+		r.index()
 	}
 	for i := range transports {
 		if r := ruleByID[transports[i].RuleID]; r != nil {

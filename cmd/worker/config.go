@@ -44,6 +44,9 @@ type config struct {
 	AutoMigrate        bool          // HERALD_AUTO_MIGRATE
 	LogLevel           slog.Level    // HERALD_LOG_LEVEL
 	LogFormat          string        // HERALD_LOG_FORMAT: text or json
+
+	// afterCommit observes committed batches (the bench command).
+	afterCommit func([]events.Event)
 }
 
 const defaultDatabaseURL = "postgres://postgres@127.0.0.1:5432/herald?sslmode=disable"

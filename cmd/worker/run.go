@@ -109,8 +109,14 @@ func run(ctx context.Context, cfg config, logger *slog.Logger) error {
 	})
 	engine := rules.NewEngine(db, cache, pool, rules.EngineConfig{
 		MaxEventDepth: cfg.MaxEventDepth,
-		AfterCommit:   func() { outbox.Wake(); dispatcher.Wake() },
-		Logger:        logger,
+		AfterCommit: func(evs []events.Event) {
+			outbox.Wake()
+			dispatcher.Wake()
+			if cfg.afterCommit != nil {
+				cfg.afterCommit(evs)
+			}
+		},
+		Logger: logger,
 	})
 	sub := events.NewSubscriber(nc.js, engine, rules.NewStore(db), events.SubscriberConfig{
 		Stream:        cfg.Stream,

@@ -1,0 +1,159 @@
+package rules
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/jmoiron/sqlx"
+	"github.com/lib/pq"
+
+	"github.com/heraldhq/herald/events"
+)
+
+// insertEvents stores a batch of consumed events in one statement. An
+// event Herald created itself is stored unprocessed; consuming it marks it
+// processed. Only the rows inserted or marked are returned.
+const insertEvents = `INSERT INTO events (id, action, app, "user", context, client_ip, created, brand, extra, processed)
+SELECT t.id::uuid, t.action, t.app, t.u::jsonb, t.c::jsonb, NULLIF(t.ip, '')::inet, t.cr::timestamptz, t.b::jsonb, t.x::jsonb, true
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[])
+    AS t(id, action, app, u, c, ip, cr, b, x)
+ON CONFLICT (id) DO UPDATE SET processed = true WHERE NOT events.processed
+RETURNING id`
+
+// StoreEvents stores consumed events and returns those seen for the first
+// time, in their batch order (an event repeated within the batch counts
+// once). Events stored before (a redelivery or a re-publish) are left out:
+// nothing more is done for them.
+func StoreEvents(ctx context.Context, tx *sqlx.Tx, evs []events.Event) ([]*events.Event, error) {
+	n := len(evs)
+	cols := make([][]string, 9)
+	for i := range cols {
+		cols[i] = make([]string, 0, n)
+	}
+	seen := make(map[string]bool, n)
+	unique := make([]*events.Event, 0, n)
+	for i := range evs {
+		ev := &evs[i]
+		if seen[ev.PK] {
+			continue
+		}
+		seen[ev.PK] = true
+		unique = append(unique, ev)
+		user, err := marshalObject(ev.User)
+		if err != nil {
+			return nil, fmt.Errorf("encode user of event %s: %w", ev.PK, err)
+		}
+		c, err := marshalObject(ev.Context)
+		if err != nil {
+			return nil, fmt.Errorf("encode context of event %s: %w", ev.PK, err)
+		}
+		brand, err := marshalObject(ev.Brand)
+		if err != nil {
+			return nil, fmt.Errorf("encode brand of event %s: %w", ev.PK, err)
+		}
+		extra := "{}"
+		if len(ev.Extra) > 0 {
+			b, err := json.Marshal(ev.Extra)
+			if err != nil {
+				return nil, fmt.Errorf("encode extra keys of event %s: %w", ev.PK, err)
+			}
+			extra = string(b)
+		}
+		cols[0] = append(cols[0], ev.PK)
+		cols[1] = append(cols[1], ev.Action)
+		cols[2] = append(cols[2], ev.App)
+		cols[3] = append(cols[3], user)
+		cols[4] = append(cols[4], c)
+		cols[5] = append(cols[5], ev.ClientIP)
+		cols[6] = append(cols[6], ev.Created.UTC().Format(time.RFC3339Nano))
+		cols[7] = append(cols[7], brand)
+		cols[8] = append(cols[8], extra)
+	}
+	args := make([]any, len(cols))
+	for i, c := range cols {
+		args[i] = pq.StringArray(c)
+	}
+	var ids []string
+	if err := tx.SelectContext(ctx, &ids, insertEvents, args...); err != nil {
+		return nil, fmt.Errorf("insert %d events: %w", len(unique), err)
+	}
+	stored := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		stored[id] = true
+	}
+	fresh := make([]*events.Event, 0, len(ids))
+	for _, ev := range unique {
+		if stored[ev.PK] {
+			fresh = append(fresh, ev)
+		}
+	}
+	return fresh, nil
+}
+
+func marshalObject(m map[string]any) (string, error) {
+	if len(m) == 0 {
+		return "{}", nil
+	}
+	b, err := json.Marshal(m)
+	return string(b), err
+}
+
+const selectUsers = `SELECT id, uuid, username, name, email, is_active, is_superuser, attributes,
+       last_login, created, updated
+FROM users WHERE id = ANY($1::bigint[])`
+
+// batchWriter collects the notifications and deliveries of a batch and
+// writes them in one statement each.
+type batchWriter struct {
+	notifications []pendingNotification
+	deliveries    []pendingDelivery
+}
+
+type pendingNotification struct {
+	id, ruleID, eventID       string
+	userID                    int64
+	severity, body            string
+	hyperlink, hyperlinkLabel string
+}
+
+type pendingDelivery struct {
+	notificationID, transportID, status string
+}
+
+const insertNotifications = `INSERT INTO notifications (id, rule_id, event_id, user_id, severity, body, hyperlink, hyperlink_label)
+SELECT t.id, t.rule_id, t.event_id, t.user_id, t.severity, t.body, NULLIF(t.link, ''), NULLIF(t.label, '')
+FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[])
+    AS t(id, rule_id, event_id, user_id, severity, body, link, label)
+ON CONFLICT (event_id, rule_id, user_id) DO NOTHING`
+
+const insertDeliveries = `INSERT INTO deliveries (notification_id, transport_id, status, sent_at)
+SELECT t.nid, t.tid, t.status, CASE WHEN t.status = 'sent' THEN now() END
+FROM unnest($1::uuid[], $2::uuid[], $3::text[]) AS t(nid, tid, status)
+ON CONFLICT (notification_id, transport_id) DO NOTHING`
+
+func (w *batchWriter) flush(ctx context.Context, tx *sqlx.Tx) error {
+	if n := len(w.notifications); n > 0 {
+		ids, rules, evs, sev, body, link, label := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+		users := make([]int64, n)
+		for i, p := range w.notifications {
+			ids[i], rules[i], evs[i], users[i] = p.id, p.ruleID, p.eventID, p.userID
+			sev[i], body[i], link[i], label[i] = p.severity, p.body, p.hyperlink, p.hyperlinkLabel
+		}
+		if _, err := tx.ExecContext(ctx, insertNotifications, pq.StringArray(ids), pq.StringArray(rules), pq.StringArray(evs),
+			pq.Int64Array(users), pq.StringArray(sev), pq.StringArray(body), pq.StringArray(link), pq.StringArray(label)); err != nil {
+			return fmt.Errorf("insert %d notifications: %w", n, err)
+		}
+	}
+	if n := len(w.deliveries); n > 0 {
+		nids, tids, status := make([]string, n), make([]string, n), make([]string, n)
+		for i, d := range w.deliveries {
+			nids[i], tids[i], status[i] = d.notificationID, d.transportID, d.status
+		}
+		if _, err := tx.ExecContext(ctx, insertDeliveries, pq.StringArray(nids), pq.StringArray(tids), pq.StringArray(status)); err != nil {
+			return fmt.Errorf("insert %d deliveries: %w", n, err)
+		}
+	}
+	return nil
+}
