@@ -290,6 +290,24 @@ func TestExampleGroupUserHistory(t *testing.T) {
 	require.Zero(t, s.count(t, `SELECT count(*) FROM events WHERE action = 'policy_exception'`))
 }
 
+// pkSpelling writes the UUID pk in one of the four forms authentik and
+// publishers use (dashed or dashless, lower or upper case), chosen by i. The
+// worker may route events by the object they are about; varying the
+// spelling makes sure that events about the same row still end up in
+// concurrent transactions, so that the tests below exercise the row locks
+// and not only the routing.
+func pkSpelling(pk string, i int) string {
+	switch i % 4 {
+	case 1:
+		return strings.ReplaceAll(pk, "-", "")
+	case 2:
+		return strings.ToUpper(pk)
+	case 3:
+		return strings.ToUpper(strings.ReplaceAll(pk, "-", ""))
+	}
+	return pk
+}
+
 // Many events updating the same group at once, in concurrent batches, lose
 // none of each other's writes (DESIGN.md §6).
 func TestExampleGroupUserHistoryConcurrent(t *testing.T) {
@@ -308,8 +326,8 @@ func TestExampleGroupUserHistoryConcurrent(t *testing.T) {
 	// All events are in the stream before the worker starts, so that it
 	// takes full batches and runs them side by side.
 	var lines strings.Builder
-	for _, id := range ids {
-		b, err := json.Marshal(coreModelEvent("model_updated", "group", devs,
+	for i, id := range ids {
+		b, err := json.Marshal(coreModelEvent("model_updated", "group", pkSpelling(devs, i),
 			map[string]any{"diff": map[string]any{"users": map[string]any{"add": []any{id}}}}))
 		require.NoError(t, err)
 		lines.Write(b)
@@ -384,4 +402,50 @@ func TestCreatedEventChainStopsAtMaxDepth(t *testing.T) {
 func waitOutboxDrained(t *testing.T, s *stack) {
 	t.Helper()
 	s.waitCount(t, 0, `SELECT count(*) FROM outbox WHERE status <> 'sent'`)
+}
+
+// Concurrent batches that update the same two groups in different orders
+// lock the groups in different orders, and PostgreSQL breaks the deadlock
+// by failing one of them. That failure is transient: the event must be
+// retried, not recorded as a failed policy with its write lost.
+func TestExampleGroupUserHistoryTwoGroupsConcurrent(t *testing.T) {
+	t.Parallel()
+	const users = 100
+	s := newStack(t)
+	s.cli(t, "", "seed", "../../schema/examples/group-user-history.sql")
+	s.env["HERALD_CONCURRENCY"] = "4"
+	s.env["HERALD_BATCH_SIZE"] = "20"
+	groups := []string{s.newGroup(t, "devs"), s.newGroup(t, "ops")}
+	s.db.MustExec(t, `INSERT INTO users (username) SELECT 'user' || i FROM generate_series(1, $1::int) i`, users)
+	var ids []int64
+	require.NoError(t, s.db.Select(&ids, `SELECT id FROM users ORDER BY id`))
+
+	// Every user is added to both groups; the order of the groups varies
+	// from one pair of events to the next (a fixed pattern, not random).
+	var lines strings.Builder
+	for i, id := range ids {
+		order := []string{groups[0], groups[1]}
+		if i%3 == 1 {
+			order = []string{groups[1], groups[0]}
+		}
+		for _, g := range order {
+			b, err := json.Marshal(coreModelEvent("model_updated", "group", pkSpelling(g, i),
+				map[string]any{"diff": map[string]any{"users": map[string]any{"add": []any{id}}}}))
+			require.NoError(t, err)
+			lines.Write(b)
+			lines.WriteByte('\n')
+		}
+	}
+	require.Len(t, strings.Fields(s.cli(t, lines.String(), "publish", "-f", "-")), 2*users)
+	s.start(t)
+
+	s.waitCount(t, 2*users, `SELECT count(*) FROM events WHERE action = 'model_updated'`)
+	s.settle(t)
+	var failures []string
+	require.NoError(t, s.db.Select(&failures, `SELECT context->>'exception' FROM events WHERE action = 'policy_exception' LIMIT 3`))
+	require.Empty(t, failures, "no policy may fail because of a concurrent batch")
+	for _, g := range groups {
+		require.Len(t, s.userAddedHistory(t, g), users, "group %s", g)
+	}
+	require.Zero(t, s.count(t, `SELECT count(*) FROM dead_letters`))
 }
