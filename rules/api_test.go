@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -296,22 +297,38 @@ func TestAPIFailedQueryDoesNotAbortTheEvent(t *testing.T) {
 // as a dead letter), and the other rules must still notify.
 func TestAPICaughtSQLErrorDoesNotPoisonTheEvent(t *testing.T) {
 	t.Parallel()
-	b := setup(t)
-	jane := b.user(t, "jane")
-	b.alertRule(t, "a-catches", binding{Policy: b.policy(t, "catches", `try {
-  PolicyBinding.objects.filter({order: 1000000000000}).exists();
+
+	// Each statement makes PostgreSQL reject a write or a query; NUL
+	// characters cannot be stored in text columns nor in jsonb.
+	for name, statement := range map[string]string{
+		"Query":            `PolicyBinding.objects.filter({order: 1000000000000}).exists();`,
+		"Save":             `const u = User.objects.get({username: "jane"}); u.name = "a\u0000b"; u.save({update_fields: ["name"]});`,
+		"Authenticator":    `ak_user_has_authenticator(request.user, "to\u0000tp");`,
+		"CreateEventNUL":   `ak_create_event("a\u0000b");`,
+		"SendEmailSubject": `ak_send_email("x@example.com", "a\u0000b", {body: "b"});`,
+		"SendEmailTo":      `ak_send_email("x\u0000@example.com", "s", {body: "b"});`,
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			b := setup(t)
+			jane := b.user(t, "jane")
+			b.alertRule(t, "a-catches", binding{Policy: b.policy(t, "catches", `try {
+  `+statement+`
 } catch (e) {
-  ak_logger.warning("query failed", {error: String(e)});
+  ak_logger.warning("failed", {error: String(e)});
 }
 return false;`)})
-	good := b.alertRule(t, "b-good", binding{Policy: b.policy(t, "good", `return User.objects.filter({username: "jane"}).exists();`)})
-	b.reload(t)
+			good := b.alertRule(t, "b-good", binding{Policy: b.policy(t, "good", `return User.objects.filter({username: "jane"}).exists();`)})
+			b.reload(t)
 
-	ev := userEvent(t, "login", jane, nil)
-	require.NoError(t, b.engine.HandleEvents(t.Context(), []events.Event{ev}),
-		"a policy that caught a database error made the event fail")
-	require.Equal(t, 1, b.count(t, `SELECT count(*) FROM events WHERE id = $1`, ev.PK))
-	require.Equal(t, []string{"jane"}, b.notified(t, good, ev.PK))
+			ev := userEvent(t, "login", jane, nil)
+			require.NoError(t, b.engine.HandleEvents(t.Context(), []events.Event{ev}),
+				"a policy that caught a database error made the event fail")
+			require.Equal(t, 1, b.count(t, `SELECT count(*) FROM events WHERE id = $1`, ev.PK))
+			require.Equal(t, []string{"jane"}, b.notified(t, good, ev.PK))
+			require.Equal(t, 1, b.count(t, `SELECT count(*) FROM users WHERE name = ''`), "nothing of the failed write is left")
+		})
+	}
 }
 
 // ---------------------------------------------------------------------------
@@ -429,6 +446,34 @@ return false;`)})
 	// A second event sees the first one's committed writes.
 	b.login(t, jane)
 	requireJSON(t, `{"seen": 2}`, b.jsonColumn(t, `SELECT attributes::text FROM groups WHERE id = $1`, ops))
+}
+
+// Saving the same object twice in one policy (e.g. inside a loop) keeps
+// both changes; it is not a conflict with another transaction.
+func TestAPISaveSameObjectTwice(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	jane := b.user(t, "jane")
+	ops := b.group(t, "ops", "")
+	alice := b.user(t, "alice")
+	b.probe(t, "twice", fmt.Sprintf(`const g = Group.objects.get({pk: %q});
+g.attributes.a = 1;
+g.save({update_fields: ["attributes"]});
+g.attributes.b = 2;
+g.save({update_fields: ["attributes"]});
+const u = User.objects.filter({pk__in: [%d]}).all()[0];
+u.attributes.x = 1;
+u.save({update_fields: ["attributes"]});
+u.name = "Alice";
+u.save({update_fields: ["name"]});
+return true;`, ops, alice))
+
+	ev := userEvent(t, "login", jane, nil)
+	require.NoError(t, b.engine.HandleEvents(t.Context(), []events.Event{ev}))
+	require.True(t, b.result(t, ev.PK, "twice").Passing)
+	requireJSON(t, `{"a": 1, "b": 2}`, b.jsonColumn(t, `SELECT attributes::text FROM groups WHERE id = $1`, ops))
+	requireJSON(t, `{"x": 1}`, b.jsonColumn(t, `SELECT attributes::text FROM users WHERE id = $1`, alice))
+	require.Equal(t, 1, b.count(t, `SELECT count(*) FROM users WHERE id = $1 AND name = 'Alice'`, alice))
 }
 
 // ---------------------------------------------------------------------------
@@ -879,4 +924,43 @@ return false;`)})
 	}
 	require.ElementsMatch(t, []string{"alice", "bob"}, added)
 	require.Zero(t, b.count(t, `SELECT count(*) FROM events WHERE action = 'policy_exception'`))
+}
+
+// A policy waiting for a row lock that another transaction holds is still
+// bound by its timeout: it fails as timed out, and the event goes on.
+func TestAPIPolicyBlockedOnRowLockTimesOut(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.db.SetMaxOpenConns(6)
+	jane := b.user(t, "jane")
+	alice := b.user(t, "alice")
+	slow := b.policy(t, "waits-for-lock", fmt.Sprintf(`const u = User.objects.get({pk: %d});
+u.attributes.touched = true;
+u.save({update_fields: ["attributes"]});
+return true;`, alice))
+	b.alertRule(t, "a-waits", binding{Policy: slow, Timeout: 1})
+	good := b.alertRule(t, "b-good", binding{Policy: b.policy(t, "good", `return true;`)})
+	b.reload(t)
+
+	// Another transaction holds alice's row for longer than the timeout.
+	holder, err := b.db.BeginTxx(t.Context(), nil)
+	require.NoError(t, err)
+	defer holder.Rollback() //nolint:errcheck
+	_, err = holder.ExecContext(t.Context(), `SELECT 1 FROM users WHERE id = $1 FOR UPDATE`, alice)
+	require.NoError(t, err)
+	go func() {
+		time.Sleep(8 * time.Second)
+		_ = holder.Rollback()
+	}()
+
+	ev := userEvent(t, "login", jane, nil)
+	start := time.Now()
+	require.NoError(t, b.engine.HandleEvents(t.Context(), []events.Event{ev}))
+	require.Less(t, time.Since(start), 5*time.Second, "the 1s timeout did not stop the wait for the lock")
+	require.Equal(t, []string{"jane"}, b.notified(t, good, ev.PK))
+	excs := b.createdEvents(t, "policy_exception")
+	require.Len(t, excs, 1)
+	require.Equal(t, "waits-for-lock", path(t, excs[0], "policy", "name"))
+	require.Equal(t, "timeout", path(t, excs[0], "error", "kind"), "error: %v", excs[0]["error"])
+	require.Zero(t, b.count(t, `SELECT count(*) FROM users WHERE attributes ? 'touched'`))
 }
