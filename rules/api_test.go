@@ -964,3 +964,77 @@ return true;`, alice))
 	require.Equal(t, "timeout", path(t, excs[0], "error", "kind"), "error: %v", excs[0]["error"])
 	require.Zero(t, b.count(t, `SELECT count(*) FROM users WHERE attributes ? 'touched'`))
 }
+
+// Lookups on events and times, and escaping of LIKE patterns.
+func TestAPIModelLookups(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	jane := b.user(t, "jane")
+	b.user(t, "per%cent")
+	b.user(t, "under_score")
+	b.db.MustExec(t, `UPDATE users SET last_login = now() - interval '1 hour' WHERE username = 'jane'`)
+	b.handle(t, event(t, map[string]any{"action": "login", "client_ip": "192.0.2.10", "user": map[string]any{"pk": jane}}))
+	b.handle(t, event(t, map[string]any{"action": "login", "client_ip": "2001:db8::1"}))
+	b.probe(t, "lookups", `return {
+  ip: Event.objects.filter({client_ip: "192.0.2.10"}).count(),
+  ip6: Event.objects.filter({client_ip: "2001:db8::1"}).count(),
+  ip_in: Event.objects.filter({client_ip__in: ["192.0.2.10", "2001:db8::1"]}).count(),
+  no_ip: Event.objects.filter({client_ip__isnull: true}).count(),
+  recent: Event.objects.filter({created__gte: new Date(Date.now() - 3600e3).toISOString(), action: "login"}).count(),
+  future: Event.objects.filter({created__gt: new Date(Date.now() + 3600e3).toISOString()}).count(),
+  logged_in: User.objects.filter({last_login__isnull: false}).all().map(u => u.username),
+  percent: User.objects.filter({username__contains: "%"}).count(),
+  underscore: User.objects.filter({username__contains: "_"}).count(),
+  iexact: User.objects.filter({username__iexact: "JANE"}).count(),
+  starts: User.objects.filter({username__startswith: "per%"}).count(),
+};`)
+
+	ev := b.login(t, 0) // anonymous, no client_ip
+	requireJSON(t, `{"ip": 1, "ip6": 1, "ip_in": 2, "no_ip": 1, "recent": 3, "future": 0, "logged_in": ["jane"],
+		"percent": 1, "underscore": 1, "iexact": 1, "starts": 1}`, b.result(t, ev.PK, "lookups").Raw)
+}
+
+// A policy that calls a policy that never returns is stopped by the
+// caller's timeout.
+func TestAPIAkCallPolicyTimeout(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	jane := b.user(t, "jane")
+	b.policy(t, "spin", `while (true) {}`)
+	caller := b.policy(t, "calls-spin", `const r = ak_call_policy("spin"); return r.passing;`)
+	b.alertRule(t, "a-caller", binding{Policy: caller, Timeout: 1, FailureResult: true})
+	good := b.alertRule(t, "b-good", binding{Policy: b.policy(t, "good", `return true;`)})
+	b.reload(t)
+
+	ev := userEvent(t, "login", jane, nil)
+	start := time.Now()
+	b.handle(t, ev)
+	require.Less(t, time.Since(start), 5*time.Second)
+	require.Equal(t, []string{"jane"}, b.notified(t, good, ev.PK))
+	excs := map[string]map[string]any{}
+	for _, c := range b.createdEvents(t, "policy_exception") {
+		excs[path(t, c, "policy", "name").(string)] = c
+	}
+	require.Contains(t, excs, "calls-spin")
+	require.Equal(t, "timeout", path(t, excs["calls-spin"], "error", "kind"), "error: %v", excs["calls-spin"]["error"])
+	require.True(t, b.fired(t, b.rules(t)["a-caller"], ev.PK), "failure_result true")
+
+	// The runtime is usable afterwards.
+	next := b.login(t, jane)
+	require.Equal(t, []string{"jane"}, b.notified(t, good, next.PK))
+}
+
+// rules returns the ids of the rules by name.
+func (b *testBundle) rules(t *testing.T) map[string]string {
+	t.Helper()
+	var rows []struct {
+		ID   string `db:"id"`
+		Name string `db:"name"`
+	}
+	require.NoError(t, b.db.SelectContext(t.Context(), &rows, `SELECT id, name FROM notification_rules`))
+	out := map[string]string{}
+	for _, r := range rows {
+		out[r.Name] = r.ID
+	}
+	return out
+}
