@@ -73,7 +73,8 @@ func (v *vm) eventObject(ev *events.Event) *goja.Object {
 	return obj
 }
 
-// userObject is a users row as a plain object, or the anonymous user.
+// userObject is a users row as a model object (with save), or the anonymous
+// user (a plain object).
 func (v *vm) userObject(u *rules.User) *goja.Object {
 	obj := v.rt.NewObject()
 	if u == nil {
@@ -87,6 +88,8 @@ func (v *vm) userObject(u *rules.User) *goja.Object {
 		_ = obj.Set("attributes", v.rt.NewObject())
 		return obj
 	}
+	// A model object like those of User.objects: it has save().
+	_ = obj.SetPrototype(v.protos["User"])
 	_ = obj.Set("pk", u.ID)
 	_ = obj.Set("id", u.ID)
 	_ = obj.Set("uuid", u.UUID)

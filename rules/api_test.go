@@ -1038,3 +1038,54 @@ func (b *testBundle) rules(t *testing.T) map[string]string {
 	}
 	return out
 }
+
+// request.user is a model object (DESIGN.md §6): it can be saved like one
+// that User.objects returns.
+func TestAPIRequestUserIsAModelObject(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	jane := b.user(t, "jane")
+	b.probe(t, "request-user", `const u = request.user;
+u.attributes.last_event = request.context.event.action;
+u.save({update_fields: ["attributes"]});
+return u.username;`)
+
+	ev := b.login(t, jane)
+	require.Equal(t, "jane", b.result(t, ev.PK, "request-user").Raw)
+	requireJSON(t, `{"last_event": "login"}`, b.jsonColumn(t, `SELECT attributes::text FROM users WHERE id = $1`, jane))
+}
+
+// A policy that throws after ak_create_event leaves neither the event nor
+// its outbox row behind.
+func TestAPIAkCreateEventRolledBackWhenThePolicyFails(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	jane := b.user(t, "jane")
+	rl := b.rule(t, rule{Name: "creator"})
+	b.bind(t, rl, binding{Order: 1, Policy: b.policy(t, "a-throws", `ak_create_event("lost", {n: 1}); throw new Error("no");`)})
+	b.bind(t, rl, binding{Order: 2, Policy: b.policy(t, "b-creates", `ak_create_event("kept", {n: 2}); return false;`)})
+	b.reload(t)
+
+	b.login(t, jane)
+	require.Empty(t, b.createdEvents(t, "custom_lost"))
+	require.Len(t, b.createdEvents(t, "custom_kept"), 1)
+	require.Equal(t, 1, b.count(t, `SELECT count(*) FROM outbox o JOIN events e ON o.key = 'event:' || e.id WHERE e.action = 'custom_kept'`))
+	require.Zero(t, b.count(t, `SELECT count(*) FROM outbox WHERE payload->>'action' = 'custom_lost'`))
+}
+
+// The loop guard counts from the outside event: an event that claims a
+// negative depth does not buy a longer chain of created events.
+func TestAPICreatedEventDepthStartsAtOne(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	jane := b.user(t, "jane")
+	rl := b.rule(t, rule{Name: "echo"})
+	b.bind(t, rl, binding{Policy: b.policy(t, "echo", `ak_create_event("echo"); return false;`)})
+	b.reload(t)
+
+	b.handle(t, userEvent(t, "login", jane, map[string]any{"caused_by": map[string]any{"event": newPK(t), "depth": -10}}))
+	created := b.createdEvents(t, "custom_echo")
+	require.Len(t, created, 1)
+	depth, _ := path(t, created[0], "caused_by", "depth").(float64)
+	require.GreaterOrEqual(t, depth, float64(1), "caused_by: %v", created[0]["caused_by"])
+}
