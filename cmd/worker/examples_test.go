@@ -449,3 +449,32 @@ func TestExampleGroupUserHistoryTwoGroupsConcurrent(t *testing.T) {
 	}
 	require.Zero(t, s.count(t, `SELECT count(*) FROM dead_letters`))
 }
+
+// ak_send_email with a template of the email_templates table: the worker
+// renders it with the policy's context (and the event and user) and sends
+// it through SMTP.
+func TestSendEmailWithTemplateFromPolicy(t *testing.T) {
+	t.Parallel()
+	smtpURL, api := testinfra.Mailpit(t)
+	s := newStack(t)
+	s.env["SMTP_URL"] = smtpURL
+	address := "template." + s.db.Schema + "@herald.test"
+	s.db.MustExec(t, `INSERT INTO email_templates (name, subject, text, html) VALUES ('login-notice', 'unused',
+		'Hi {{.user.username}}, you logged in from {{.event.client_ip}} ({{.where}}).',
+		'<p>Hi {{.user.username}}, from <b>{{.where}}</b></p>')`)
+	s.db.MustExec(t, `INSERT INTO users (id, username, email) VALUES (12, 'jane', $1)`, address)
+	s.db.MustExec(t, `INSERT INTO policies (name, expression) VALUES ('notice', $1)`,
+		`ak_send_email(request.user.email, "New login", {template: "login-notice", context: {where: "Amsterdam <NL>"}}); return false;`)
+	s.db.MustExec(t, `INSERT INTO notification_rules (name) VALUES ('notice')`)
+	s.db.MustExec(t, `INSERT INTO policy_bindings (target_rule_id, policy_id)
+		SELECT r.id, p.id FROM notification_rules r, policies p WHERE r.name = 'notice' AND p.name = 'notice'`)
+	s.start(t)
+
+	s.publishEvent(t, map[string]any{"action": "login", "client_ip": "198.51.100.23",
+		"user": map[string]any{"pk": 12, "username": "jane", "email": address}})
+	msgs := exampleMailTo(t, api, address)
+	require.Len(t, msgs, 1)
+	require.Equal(t, "New login", msgs[0].Subject)
+	require.Equal(t, "Hi jane, you logged in from 198.51.100.23 (Amsterdam <NL>).", strings.TrimSpace(strings.ReplaceAll(msgs[0].Text, "\r\n", "\n")))
+	s.waitCount(t, 1, `SELECT count(*) FROM outbox WHERE kind = 'email' AND status = 'sent'`)
+}
