@@ -5,6 +5,8 @@ import (
 	"math"
 	"regexp"
 	"strings"
+	"sync"
+	"sync/atomic"
 )
 
 // Sanitize returns v as authentik stores event data (its sanitize_item):
@@ -97,6 +99,22 @@ func Cleanse(m map[string]any) map[string]any {
 	return out
 }
 
+// secretKeys caches hiddenKey decisions: the same keys recur in every event.
+var secretKeys sync.Map // string -> bool
+
+func secretKey(key string) bool {
+	if v, ok := secretKeys.Load(key); ok {
+		return v.(bool)
+	}
+	secret := hiddenKey.MatchString(key) && !allowedKey.MatchString(key)
+	if len(key) <= 64 && secretKeysCount.Add(1) <= 10000 {
+		secretKeys.Store(key, secret)
+	}
+	return secret
+}
+
+var secretKeysCount atomic.Int64
+
 func cleanseItem(key string, v any) any {
 	switch t := v.(type) {
 	case map[string]any:
@@ -108,7 +126,7 @@ func cleanseItem(key string, v any) any {
 		}
 		return out
 	}
-	if hiddenKey.MatchString(key) && !allowedKey.MatchString(key) {
+	if secretKey(key) {
 		return CleansedValue
 	}
 	return v

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"runtime"
 	"sync"
@@ -70,6 +71,9 @@ type SubscriberConfig struct {
 	// RetryDelay is the first redelivery delay after a failure; it doubles
 	// with each delivery up to 5 minutes. Defaults to 1s.
 	RetryDelay time.Duration
+	// PartitionKey routes events to workers: events with the same key are
+	// handled by the same worker, in order. Defaults to [DefaultPartitionKey].
+	PartitionKey func(*Event) string
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 }
@@ -101,6 +105,9 @@ func (c SubscriberConfig) withDefaults() SubscriberConfig {
 	}
 	if c.RetryDelay <= 0 {
 		c.RetryDelay = time.Second
+	}
+	if c.PartitionKey == nil {
+		c.PartitionKey = DefaultPartitionKey
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -168,11 +175,24 @@ func (s *Subscriber) Run(ctx, stopCtx context.Context) error {
 		}
 	}()
 
+	// Each worker has a queue of its own; messages are decoded as they
+	// arrive and routed by partition key, so that events about the same
+	// object go to the same worker, one batch after another, instead of
+	// contending for its row locks in two open transactions.
 	stopping := make(chan struct{})
-	msgs := make(chan jetstream.Msg, s.cfg.BatchSize*s.cfg.Concurrency)
+	queues := make([]chan item, s.cfg.Concurrency)
+	for i := range queues {
+		queues[i] = make(chan item, s.cfg.BatchSize)
+	}
 	cc, err := cons.Consume(func(m jetstream.Msg) {
+		it := item{msg: m}
+		it.ev, it.err = s.decode(m)
+		q := queues[0]
+		if it.err == nil {
+			q = queues[partition(s.cfg.PartitionKey(&it.ev), len(queues))]
+		}
 		select {
-		case msgs <- m:
+		case q <- it:
 		case <-stopping:
 			_ = m.NakWithDelay(shutdownRedelivery)
 		}
@@ -186,19 +206,19 @@ func (s *Subscriber) Run(ctx, stopCtx context.Context) error {
 	}
 
 	var wg sync.WaitGroup
-	for range s.cfg.Concurrency {
+	for _, q := range queues {
 		wg.Go(func() {
 			for {
 				select {
 				case <-stopping:
 					return
-				case m := <-msgs:
-					batch := []jetstream.Msg{m}
+				case it := <-q:
+					batch := []item{it}
 				fill:
 					for len(batch) < s.cfg.BatchSize {
 						select {
-						case m := <-msgs:
-							batch = append(batch, m)
+						case it := <-q:
+							batch = append(batch, it)
 						default:
 							break fill
 						}
@@ -217,32 +237,62 @@ func (s *Subscriber) Run(ctx, stopCtx context.Context) error {
 	cc.Drain()
 	wg.Wait()
 	<-cc.Closed()
-	for {
-		select {
-		case m := <-msgs:
-			_ = m.NakWithDelay(shutdownRedelivery)
-		default:
-			return nil
+	for _, q := range queues {
+	drain:
+		for {
+			select {
+			case it := <-q:
+				_ = it.msg.NakWithDelay(shutdownRedelivery)
+			default:
+				break drain
+			}
 		}
 	}
+	return nil
 }
 
-// process decodes a batch, dead-letters what cannot be decoded, hands the
-// rest to the handler and settles every message.
-func (s *Subscriber) process(ctx context.Context, batch []jetstream.Msg) {
+// item is a message and what decoding it gave.
+type item struct {
+	msg jetstream.Msg
+	ev  Event
+	err error
+}
+
+// DefaultPartitionKey routes an event by the object it is about:
+// context.model.pk, else the user's pk, else its own pk.
+func DefaultPartitionKey(ev *Event) string {
+	if m, ok := ev.Context["model"].(map[string]any); ok {
+		if pk, ok := m["pk"]; ok && pk != nil {
+			return fmt.Sprint(pk)
+		}
+	}
+	if pk, ok := ev.User["pk"]; ok && pk != nil {
+		return fmt.Sprint(pk)
+	}
+	return ev.PK
+}
+
+func partition(key string, n int) int {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(key))
+	return int(h.Sum32() % uint32(n))
+}
+
+// process dead-letters what could not be decoded, hands the rest of the
+// batch to the handler and settles every message.
+func (s *Subscriber) process(ctx context.Context, batch []item) {
 	stopProgress := s.keepAlive(batch)
 	defer stopProgress()
 
 	evs := make([]Event, 0, len(batch))
 	msgs := make([]jetstream.Msg, 0, len(batch))
-	for _, m := range batch {
-		ev, err := s.decode(m)
-		if err != nil {
-			s.deadLetter(ctx, m, err.Error())
+	for _, it := range batch {
+		if it.err != nil {
+			s.deadLetter(ctx, it.msg, it.err.Error())
 			continue
 		}
-		evs = append(evs, ev)
-		msgs = append(msgs, m)
+		evs = append(evs, it.ev)
+		msgs = append(msgs, it.msg)
 	}
 	if len(evs) == 0 {
 		return
@@ -332,7 +382,7 @@ func (s *Subscriber) deadLetter(ctx context.Context, m jetstream.Msg, reason str
 
 // keepAlive sends progress acks for the batch's messages while it is being
 // processed, so that a batch with slow policies is not redelivered.
-func (s *Subscriber) keepAlive(batch []jetstream.Msg) (stop func()) {
+func (s *Subscriber) keepAlive(batch []item) (stop func()) {
 	done := make(chan struct{})
 	t := time.NewTicker(s.cfg.AckWait / 3)
 	go func() {
@@ -342,8 +392,8 @@ func (s *Subscriber) keepAlive(batch []jetstream.Msg) (stop func()) {
 			case <-done:
 				return
 			case <-t.C:
-				for _, m := range batch {
-					_ = m.InProgress()
+				for _, it := range batch {
+					_ = it.msg.InProgress()
 				}
 			}
 		}

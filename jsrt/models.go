@@ -56,9 +56,12 @@ func (v *vm) querySet(m *rules.Model, filters map[string]any) *goja.Object {
 		}
 		return rules.Query{Model: m, Filters: f}
 	}
-	find := func(q rules.Query, limit int) []map[string]any {
+	// first() and get() lock the row they return until the event commits
+	// (the usual read, change, save); all() does not, and save() of such an
+	// object checks that it was not changed meanwhile.
+	find := func(q rules.Query, limit int, lock bool) []map[string]any {
 		tx := v.db()
-		rows, err := rules.Find(v.cur.ctx, tx, q, limit, true)
+		rows, err := rules.Find(v.cur.ctx, tx, q, limit, lock)
 		v.check(err)
 		return rows
 	}
@@ -66,14 +69,14 @@ func (v *vm) querySet(m *rules.Model, filters map[string]any) *goja.Object {
 		return v.querySet(m, query(call.Argument(0)).Filters)
 	})
 	_ = qs.Set("first", func(goja.FunctionCall) goja.Value {
-		rows := find(query(nil), 1)
+		rows := find(query(nil), 1, true)
 		if len(rows) == 0 {
 			return goja.Null()
 		}
 		return v.modelObject(m, rows[0])
 	})
 	_ = qs.Set("all", func(goja.FunctionCall) goja.Value {
-		rows := find(query(nil), maxAllRows)
+		rows := find(query(nil), maxAllRows, false)
 		items := make([]any, len(rows))
 		for i, r := range rows {
 			items[i] = v.modelObject(m, r)
@@ -81,7 +84,7 @@ func (v *vm) querySet(m *rules.Model, filters map[string]any) *goja.Object {
 		return v.rt.NewArray(items...)
 	})
 	_ = qs.Set("get", func(call goja.FunctionCall) goja.Value {
-		rows := find(query(call.Argument(0)), 2)
+		rows := find(query(call.Argument(0)), 2, true)
 		switch len(rows) {
 		case 0:
 			panic(v.rt.NewGoError(fmt.Errorf("%s matching query does not exist", m.Name)))
@@ -142,7 +145,11 @@ func (v *vm) saveFunc(m *rules.Model) func(goja.FunctionCall) goja.Value {
 		if pk == nil || goja.IsUndefined(pk) || goja.IsNull(pk) {
 			v.throw("%s.save: the object has no pk", m.Name)
 		}
-		v.check(rules.Save(v.cur.ctx, v.db(), m, pk.Export(), values))
+		var readAt any
+		if u := this.Get("updated"); u != nil && !goja.IsUndefined(u) {
+			readAt = u.Export()
+		}
+		v.check(rules.Save(v.cur.ctx, v.db(), m, pk.Export(), readAt, values))
 		return goja.Undefined()
 	}
 }

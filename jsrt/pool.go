@@ -129,6 +129,9 @@ func (p *Pool) Evaluate(ctx context.Context, req *rules.PolicyRequest) rules.Pol
 	if c.err != nil {
 		return rules.PolicyResult{Err: c.err}
 	}
+	if v, ok := ctx.Value(pinKey{p}).(*vm); ok {
+		return v.evaluate(ctx, key, c.prog, req)
+	}
 	var v *vm
 	select {
 	case v = <-p.vms:
@@ -138,4 +141,22 @@ func (p *Pool) Evaluate(ctx context.Context, req *rules.PolicyRequest) rules.Pol
 	}
 	defer func() { p.vms <- v }()
 	return v.evaluate(ctx, key, c.prog, req)
+}
+
+type pinKey struct{ p *Pool }
+
+var _ rules.Binder = (*Pool)(nil)
+
+// Bind implements [rules.Binder]: it dedicates one runtime to the caller
+// until release is called. Evaluations with the returned context run on
+// it, one after another, and share the per-event objects (request,
+// context, ak_client_ip) of consecutive policies of the same event. If
+// no runtime is free before ctx ends, evaluations acquire one each.
+func (p *Pool) Bind(ctx context.Context) (context.Context, func()) {
+	select {
+	case v := <-p.vms:
+		return context.WithValue(ctx, pinKey{p}, v), func() { v.cache = eventCache{}; p.vms <- v }
+	case <-ctx.Done():
+		return ctx, func() {}
+	}
 }

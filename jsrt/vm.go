@@ -11,6 +11,7 @@ import (
 	"github.com/dop251/goja"
 	"github.com/dop251/goja/parser"
 
+	"github.com/heraldhq/herald/events"
 	"github.com/heraldhq/herald/rules"
 )
 
@@ -24,6 +25,17 @@ type vm struct {
 	cur *evaluation
 	// protos holds the prototype (with save) of each model's objects.
 	protos map[string]*goja.Object
+	// cache holds the objects built for the last event evaluated here.
+	cache eventCache
+}
+
+// eventCache keeps the objects of one event, shared by the policies that
+// evaluate it one after another (as authentik shares one request).
+type eventCache struct {
+	event    *events.Event
+	user     *rules.User
+	request  *goja.Object
+	clientIP goja.Value
 }
 
 // evaluation is the state of one policy run that host functions touch.
@@ -103,10 +115,18 @@ func (v *vm) evaluate(ctx context.Context, key string, prog *goja.Program, req *
 		_ = v.rt.Set(name, v.toJS(val))
 		defer func() { _ = v.rt.Set(name, prevVal) }()
 	}
-	request := v.requestObject(req)
+	plain := req.Context == nil && req.Globals == nil
+	if !plain || v.cache.event != req.Event || v.cache.user != req.User || v.cache.request == nil {
+		c := eventCache{event: req.Event, user: req.User, request: v.requestObject(req), clientIP: v.clientIP(req.Event.ClientIP)}
+		if !plain {
+			c.event = nil // not shared with plain evaluations
+		}
+		v.cache = c
+	}
+	request := v.cache.request
 	_ = v.rt.Set("request", request)
 	_ = v.rt.Set("context", request.Get("context"))
-	_ = v.rt.Set("ak_client_ip", v.clientIP(req.Event.ClientIP))
+	_ = v.rt.Set("ak_client_ip", v.cache.clientIP)
 
 	fn, err := v.function(key, prog)
 	var out goja.Value
@@ -115,6 +135,10 @@ func (v *vm) evaluate(ctx context.Context, key string, prog *goja.Program, req *
 	}
 	res.Messages = ev.messages
 	res.Logs = ev.logs
+	if ev.dbErr != nil && rules.Transient(ev.dbErr) {
+		res.Retry = ev.dbErr
+		return res
+	}
 	if err == nil && ev.dbErr != nil {
 		err = ev.dbErr
 	}

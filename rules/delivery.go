@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/jmoiron/sqlx"
@@ -105,10 +106,11 @@ func (c DispatcherConfig) withDefaults() DispatcherConfig {
 }
 
 // Dispatcher carries out pending deliveries after their event committed.
-// Deliveries move pending → sent, or failed (with attempts, last_error and
-// next_attempt_at) → … → dead after MaxAttempts. Several workers may run
-// dispatchers on the same database: a delivery is claimed with FOR UPDATE
-// SKIP LOCKED and leased, so only one worker carries it out at a time.
+// Deliveries move pending → sending → sent, or failed (with attempts,
+// last_error and next_attempt_at) → … → dead after MaxAttempts. Several
+// workers may run dispatchers on the same database: a delivery is claimed
+// with FOR UPDATE SKIP LOCKED and leased (status sending until the lease
+// ends), so only one worker carries it out at a time.
 type Dispatcher struct {
 	db   *sqlx.DB
 	cfg  DispatcherConfig
@@ -130,39 +132,54 @@ func (d *Dispatcher) Wake() {
 	}
 }
 
-// Run dispatches until ctx is done.
+// Run dispatches until ctx is done: Concurrency workers each claim one due
+// delivery at a time, so a slow receiver holds up only its own delivery.
+// Deliveries in progress when ctx ends are released for the next run.
 func (d *Dispatcher) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	for range d.cfg.Concurrency {
+		wg.Go(func() { d.work(ctx) })
+	}
+	wg.Wait()
+	return nil
+}
+
+func (d *Dispatcher) work(ctx context.Context) {
 	t := time.NewTicker(d.cfg.PollInterval)
 	defer t.Stop()
 	for {
 		for {
-			n, err := d.DispatchOnce(ctx)
+			ok, err := d.DispatchOne(ctx)
 			if err != nil {
-				if ctx.Err() != nil {
-					return nil
+				if ctx.Err() == nil {
+					d.log.WarnContext(ctx, "delivery dispatch", slog.Any("error", err))
 				}
-				d.log.WarnContext(ctx, "delivery dispatch", slog.Any("error", err))
 				break
 			}
-			if n == 0 {
+			if !ok {
 				break
 			}
 		}
 		select {
 		case <-ctx.Done():
-			return nil
+			return
 		case <-d.wake:
 		case <-t.C:
 		}
 	}
 }
 
-const claimDeliveries = `UPDATE deliveries SET attempts = attempts + 1, next_attempt_at = now() + $2 * interval '1 millisecond', updated = now()
-WHERE id IN (
+// claimDelivery leases one due delivery: it is marked sending until the
+// lease ends, so no other worker takes it, and a worker that dies while
+// sending only delays it.
+const claimDelivery = `UPDATE deliveries SET status = 'sending', attempts = attempts + 1,
+    next_attempt_at = now() + $1 * interval '1 millisecond', updated = now()
+WHERE id = (
     SELECT d.id FROM deliveries d JOIN notification_transports t ON t.id = d.transport_id
-    WHERE d.status IN ('pending', 'failed') AND d.next_attempt_at <= now() AND t.mode = ANY($3)
+    WHERE (d.status IN ('pending', 'failed') OR d.status = 'sending') AND d.next_attempt_at <= now()
+      AND t.mode = ANY($2)
     ORDER BY d.next_attempt_at
-    LIMIT $1
+    LIMIT 1
     FOR UPDATE OF d SKIP LOCKED)
 RETURNING id`
 
@@ -187,30 +204,23 @@ LEFT JOIN notification_rules r ON r.id = n.rule_id
 LEFT JOIN events e ON e.id = n.event_id
 WHERE d.id = $1`
 
-// DispatchOnce claims the deliveries due now, carries them out and
-// records the outcomes. It returns how many it claimed.
-func (d *Dispatcher) DispatchOnce(ctx context.Context) (int, error) {
+// DispatchOne claims one due delivery, carries it out and records the
+// outcome. It reports whether there was one.
+func (d *Dispatcher) DispatchOne(ctx context.Context) (bool, error) {
 	modes := make([]string, 0, len(d.cfg.Transports))
 	for m := range d.cfg.Transports {
 		modes = append(modes, m)
 	}
-	var ids []string
-	if err := d.db.SelectContext(ctx, &ids, claimDeliveries, d.cfg.Concurrency*4, d.cfg.Lease.Milliseconds(), stringArray(modes)); err != nil {
-		return 0, fmt.Errorf("claim deliveries: %w", err)
+	var id string
+	err := d.db.GetContext(ctx, &id, claimDelivery, d.cfg.Lease.Milliseconds(), stringArray(modes))
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, nil
 	}
-	sem := make(chan struct{}, d.cfg.Concurrency)
-	done := make(chan struct{})
-	for _, id := range ids {
-		sem <- struct{}{}
-		go func() {
-			defer func() { <-sem; done <- struct{}{} }()
-			d.deliver(ctx, id)
-		}()
+	if err != nil {
+		return false, fmt.Errorf("claim delivery: %w", err)
 	}
-	for range ids {
-		<-done
-	}
-	return len(ids), nil
+	d.deliver(ctx, id)
+	return true, nil
 }
 
 func (d *Dispatcher) deliver(ctx context.Context, id string) {
@@ -227,7 +237,15 @@ func (d *Dispatcher) deliver(ctx context.Context, id string) {
 	t := d.cfg.Transports[del.Transport.Mode]
 	res, err := t.Deliver(ctx, &del)
 	if ctx.Err() != nil {
-		return // shutting down: the lease runs out and it is tried again
+		// Shutting down mid-delivery: give the attempt back so that the
+		// next start (or another worker) tries again at once.
+		_, rerr := d.db.ExecContext(context.WithoutCancel(ctx), `UPDATE deliveries SET
+    status = CASE WHEN attempts > 1 THEN 'failed' ELSE 'pending' END, attempts = attempts - 1,
+    next_attempt_at = now(), updated = now() WHERE id = $1 AND status = 'sending'`, id)
+		if rerr != nil {
+			d.log.WarnContext(ctx, "release delivery", slog.String("delivery", id), slog.Any("error", rerr))
+		}
+		return
 	}
 	if err := d.record(ctx, &del, res, err); err != nil {
 		d.log.WarnContext(ctx, "record delivery", slog.String("delivery", id), slog.Any("error", err))
@@ -311,8 +329,9 @@ func RetryDeliveries(ctx context.Context, db *sqlx.DB, ids []string, dead bool) 
 	if dead {
 		res, err = db.ExecContext(ctx, `UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = now(), updated = now() WHERE status = 'dead'`)
 	} else {
+		// Not sent ones, and not one being sent right now.
 		res, err = db.ExecContext(ctx, `UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = now(), updated = now()
-WHERE id::text = ANY($1) AND status <> 'sent'`, stringArray(ids))
+WHERE id::text = ANY($1) AND status IN ('failed', 'dead', 'skipped', 'pending')`, stringArray(ids))
 	}
 	if err != nil {
 		return 0, fmt.Errorf("retry deliveries: %w", err)
@@ -347,7 +366,7 @@ JOIN notifications n ON n.id = d.notification_id
 JOIN users u ON u.id = n.user_id
 LEFT JOIN notification_rules r ON r.id = n.rule_id
 WHERE $1 = '' OR d.status = $1
-ORDER BY array_position(ARRAY['dead','failed','pending','skipped','sent'], d.status), d.updated DESC
+ORDER BY array_position(ARRAY['dead','failed','sending','pending','skipped','sent'], d.status), d.updated DESC
 LIMIT $2`, status, limit)
 	if err != nil {
 		return nil, fmt.Errorf("list deliveries: %w", err)

@@ -96,6 +96,11 @@ func (e *Engine) HandleEvents(ctx context.Context, evs []events.Event) error {
 	if err != nil {
 		return err
 	}
+	if b, ok := e.eval.(Binder); ok {
+		var release func()
+		ctx, release = b.Bind(ctx)
+		defer release()
+	}
 	out := &batchWriter{}
 	for _, ev := range fresh {
 		if err := e.processEvent(ctx, tx, rs, ev, users, out); err != nil {
@@ -248,6 +253,9 @@ func (r *eventRun) evalBinding(ctx context.Context, rule *Rule, b *Binding) (boo
 		r.e.stats.PolicyEvaluations.Add(1)
 		if err := ctx.Err(); err != nil {
 			return false, fmt.Errorf("evaluate policy %q: %w", p.Name, context.Cause(ctx))
+		}
+		if res.Retry != nil {
+			return false, fmt.Errorf("evaluate policy %q: %w", p.Name, res.Retry)
 		}
 		if err := scope.finish(ctx, res.Err != nil); err != nil {
 			return false, err

@@ -2,8 +2,11 @@ package rules
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
+
+	"github.com/lib/pq"
 
 	"github.com/heraldhq/herald/events"
 )
@@ -18,6 +21,13 @@ type Evaluator interface {
 	// Check compiles p's expression and reports a [*PolicyError] if it
 	// does not compile.
 	Check(p *Policy) error
+}
+
+// Binder is implemented by evaluators that can dedicate a runtime to a
+// caller: the engine binds one for each batch, so that the policies of an
+// event run on one runtime and share what it built for the event.
+type Binder interface {
+	Bind(ctx context.Context) (context.Context, func())
 }
 
 // PolicyRequest is one evaluation of a policy for an event.
@@ -59,6 +69,30 @@ type PolicyResult struct {
 	Logs []LogLine
 	// Err is set when the policy did not run to completion.
 	Err *PolicyError
+	// Retry is set when the policy met a transient database conflict (a
+	// deadlock, a lock timeout, a concurrent change of an object it saves):
+	// the event must be processed again, not recorded as failed.
+	Retry error
+}
+
+// ErrConflict reports that an object a policy saves was changed by another
+// transaction since the policy read it.
+var ErrConflict = errors.New("rules: object changed concurrently")
+
+// Transient reports whether err is a database conflict that processing the
+// event again can resolve.
+func Transient(err error) bool {
+	if errors.Is(err, ErrConflict) {
+		return true
+	}
+	var pqErr *pq.Error
+	if errors.As(err, &pqErr) {
+		switch pqErr.Code {
+		case "40001", "40P01", "55P03": // serialization failure, deadlock, lock not available
+			return true
+		}
+	}
+	return false
 }
 
 // PolicyError reports a policy that failed to compile, threw, ran past its

@@ -13,6 +13,7 @@ import (
 // Delivery statuses.
 const (
 	DeliveryPending = "pending"
+	DeliverySending = "sending"
 	DeliverySent    = "sent"
 	DeliveryFailed  = "failed"
 	DeliveryDead    = "dead"

@@ -423,9 +423,12 @@ func fromColumn(f field, v any) any {
 	}
 }
 
-// Save writes the given fields of the object with pk. Unknown or read-only
-// fields and values of the wrong type are a [*ModelError].
-func Save(ctx context.Context, db sqlx.ExecerContext, m *Model, pk any, values map[string]any) error {
+// Save writes the given fields of the object with pk. readAt is the
+// object's updated value when it was read (nil to skip the check): if the
+// row changed since, Save fails with [ErrConflict] instead of overwriting
+// the other change. Unknown or read-only fields and values of the wrong
+// type are a [*ModelError].
+func Save(ctx context.Context, db sqlx.ExecerContext, m *Model, pk any, readAt any, values map[string]any) error {
 	if len(m.fields) == 0 || !m.hasUpdated {
 		return modelErr("%s objects are read-only", m.Name)
 	}
@@ -467,10 +470,21 @@ func Save(ctx context.Context, db sqlx.ExecerContext, m *Model, pk any, values m
 	if len(sets) == 0 {
 		return nil
 	}
-	sets = append(sets, "updated = now()")
+	// clock_timestamp, not now(): two saves in one transaction must differ.
+	sets = append(sets, "updated = clock_timestamp()")
 	sql := "UPDATE " + m.table + " SET " + strings.Join(sets, ", ") + " WHERE " + m.pk + " = $1"
-	if _, err := db.ExecContext(ctx, sql, args...); err != nil {
+	if s, ok := readAt.(string); ok {
+		if ts, err := time.Parse(time.RFC3339Nano, s); err == nil {
+			args = append(args, ts)
+			sql += fmt.Sprintf(" AND updated = $%d", len(args))
+		}
+	}
+	res, err := db.ExecContext(ctx, sql, args...)
+	if err != nil {
 		return fmt.Errorf("save %s: %w", m.Name, err)
+	}
+	if n, err := res.RowsAffected(); err == nil && n == 0 {
+		return fmt.Errorf("save %s %v: %w", m.Name, pk, ErrConflict)
 	}
 	return nil
 }

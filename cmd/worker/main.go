@@ -36,6 +36,7 @@ commands:
   seed       apply SQL seed files in one transaction: worker seed FILE...
   publish    publish events from a file, stdin or flags
   check      compile every policy and report errors
+  bench      measure throughput and latency against the floor of the same run
   deliveries list deliveries (dead and failed first); "deliveries retry ID...|--dead" retries them
   help       show this text
 
@@ -65,6 +66,7 @@ func dispatch(ctx context.Context, args []string, getenv func(string) string, st
 		"publish":    publishCommand,
 		"check":      checkCommand,
 		"deliveries": deliveriesCommand,
+		"bench":      benchCommand,
 	}
 	switch name {
 	case "help", "-h", "-help", "--help":

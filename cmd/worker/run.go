@@ -65,7 +65,8 @@ func run(ctx context.Context, cfg config, logger *slog.Logger) error {
 		return err
 	}
 
-	pool := jsrt.New(jsrt.Config{Size: cfg.Concurrency, Logger: logger})
+	// A runtime per batch worker, and spare ones for webhook mappings.
+	pool := jsrt.New(jsrt.Config{Size: cfg.Concurrency + 2, Logger: logger})
 	cache, err := rules.NewRuleCache(ctx, db, cfg.DatabaseURL, logger)
 	if err != nil {
 		return err

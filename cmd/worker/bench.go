@@ -1,0 +1,618 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net/url"
+	"os"
+	"runtime"
+	"runtime/pprof"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/jmoiron/sqlx"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/heraldhq/herald/events"
+	"github.com/heraldhq/herald/rules"
+	"github.com/heraldhq/herald/schema"
+)
+
+// benchResult is what `worker bench` measures. Rates are events per second.
+type benchResult struct {
+	Machine     string  `json:"machine"`
+	Events      int     `json:"events"`
+	Rules       int     `json:"rules"`
+	BatchSize   int     `json:"batch_size"`
+	Concurrency int     `json:"concurrency"`
+	PublishRate float64 `json:"publish_rate"` // 0: the events were a backlog when the worker started
+	Seconds     float64 `json:"seconds"`
+	Rate        float64 `json:"events_per_second"`
+	LatencyP50  float64 `json:"latency_p50_ms"`
+	LatencyP95  float64 `json:"latency_p95_ms"`
+	LatencyP99  float64 `json:"latency_p99_ms"`
+	CPUPerEvent float64 `json:"cpu_us_per_event"`
+	PeakRSSMB   float64 `json:"peak_rss_mb"`
+	Fired       int64   `json:"rules_fired"`
+	Notified    int64   `json:"notifications"`
+
+	FloorJetStream float64 `json:"floor_jetstream_consume_ack_per_second"`
+	FloorInsert    float64 `json:"floor_batched_insert_per_second"`
+	Floor          float64 `json:"floor_per_second"`
+	RatioToFloor   float64 `json:"ratio_to_floor"`
+}
+
+func benchCommand(ctx context.Context, e env, args []string) error {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	n := fs.Int("n", 20000, "events to publish")
+	nRules := fs.Int("rules", 10, "rules in the workload (multiples of the standard 10 repeat it)")
+	batch := fs.Int("batch-size", 0, "events per transaction (default HERALD_BATCH_SIZE)")
+	conc := fs.Int("concurrency", 0, "batches at once (default HERALD_CONCURRENCY)")
+	rate := fs.Float64("rate", 0, "publish at this many events/s while the worker runs (0: publish a backlog first)")
+	users := fs.Int("users", 1000, "users in the workload")
+	asJSON := fs.Bool("json", false, "print the result as JSON")
+	keep := fs.Bool("keep", false, "keep the bench schema and stream")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the worker phase to `FILE`")
+	fs.Usage = func() {
+		fmt.Fprintln(e.stderr, "usage: worker bench [flags]\n\nMeasures Herald end to end on a fresh schema and stream, with the floor of the same run.")
+		fs.PrintDefaults()
+	}
+	cfg, err := loadConfig(e.getenv, fs, args)
+	if err != nil {
+		return err
+	}
+	if *batch > 0 {
+		cfg.BatchSize = *batch
+	}
+	if *conc > 0 {
+		cfg.Concurrency = *conc
+	}
+	b := &bench{cfg: cfg, n: *n, cpuProfile: *cpuProfile, rules: *nRules, users: *users, rate: *rate, progress: e.stderr,
+		id: fmt.Sprintf("bench_%d", time.Now().UnixNano()%1e9)}
+	res, err := b.run(ctx, *keep)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		enc := json.NewEncoder(e.stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(res)
+	}
+	printBench(e.stdout, res)
+	return nil
+}
+
+type bench struct {
+	cfg      config
+	n        int
+	rules    int
+	users    int
+	rate     float64
+	id       string
+	progress io.Writer
+
+	cpuProfile string
+}
+
+func (b *bench) logf(format string, args ...any) {
+	fmt.Fprintf(b.progress, "bench: "+format+"\n", args...)
+}
+
+func (b *bench) run(ctx context.Context, keep bool) (*benchResult, error) {
+	logger := slog.New(slog.NewTextHandler(b.progress, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	// NATS: the configured server, or an embedded one started here.
+	nc, err := connectNATS(b.cfg, true, b.cfg.logger(b.progress))
+	if err != nil {
+		return nil, err
+	}
+	defer nc.close()
+	b.cfg.NATSURL = nc.nc.ConnectedUrl()
+	b.cfg.Stream = strings.ToUpper(b.id)
+	b.cfg.SubjectPrefix = b.id + ".events"
+	b.cfg.Consumer = b.id + "-worker"
+	b.cfg.HTTPAddr = ""
+	b.cfg.LogLevel = slog.LevelError
+
+	// PostgreSQL: a schema of its own.
+	admin, err := openDB(ctx, b.cfg.DatabaseURL, logger)
+	if err != nil {
+		return nil, err
+	}
+	defer admin.Close()
+	if _, err := admin.ExecContext(ctx, "CREATE SCHEMA "+b.id); err != nil {
+		return nil, fmt.Errorf("create bench schema: %w", err)
+	}
+	if b.cfg.DatabaseURL, err = withSearchPath(b.cfg.DatabaseURL, b.id); err != nil {
+		return nil, err
+	}
+	if !keep {
+		defer func() {
+			_, _ = admin.ExecContext(context.Background(), "DROP SCHEMA "+b.id+" CASCADE")
+			_ = nc.js.DeleteStream(context.Background(), b.cfg.Stream)
+		}()
+	}
+	db, err := openDB(ctx, b.cfg.DatabaseURL, logger)
+	if err != nil {
+		return nil, err
+	}
+	defer db.Close()
+	if _, err := schema.Migrate(ctx, db); err != nil {
+		return nil, err
+	}
+	if err := b.seed(ctx, db); err != nil {
+		return nil, err
+	}
+	if _, err := events.EnsureStream(ctx, nc.js, events.StreamConfig{Name: b.cfg.Stream, SubjectPrefix: b.cfg.SubjectPrefix}); err != nil {
+		return nil, err
+	}
+	evs := b.workload()
+
+	res := &benchResult{
+		Machine: machine(), Events: b.n, Rules: b.rules, BatchSize: b.cfg.BatchSize,
+		Concurrency: b.cfg.Concurrency, PublishRate: b.rate,
+	}
+	if err := b.herald(ctx, nc, db, evs, res, logger); err != nil {
+		return nil, err
+	}
+	if res.FloorJetStream, err = b.floorJetStream(ctx, nc.js); err != nil {
+		return nil, err
+	}
+	if res.FloorInsert, err = b.floorInsert(ctx, admin, evs); err != nil {
+		return nil, err
+	}
+	res.Floor = min(res.FloorJetStream, res.FloorInsert)
+	res.RatioToFloor = res.Rate / res.Floor
+	return res, nil
+}
+
+// herald runs the real worker on the events and measures it.
+func (b *bench) herald(ctx context.Context, nc *natsConn, db *sqlx.DB, evs []events.Event, res *benchResult, logger *slog.Logger) error {
+	var (
+		committed atomic.Int64
+		mu        sync.Mutex
+		latencies = make([]time.Duration, 0, len(evs))
+	)
+	cfg := b.cfg
+	allDone := make(chan struct{})
+	cfg.afterCommit = func(batch []events.Event) {
+		now := time.Now()
+		mu.Lock()
+		for i := range batch {
+			latencies = append(latencies, now.Sub(batch[i].Created))
+		}
+		mu.Unlock()
+		if committed.Add(int64(len(batch))) >= int64(len(evs)) && committed.Load()-int64(len(batch)) < int64(len(evs)) {
+			close(allDone)
+		}
+	}
+	pub := events.NewPublisher(nc.js, cfg.SubjectPrefix)
+	if b.rate == 0 {
+		b.logf("publishing %d events", len(evs))
+		if err := publishAll(ctx, nc.js, cfg.SubjectPrefix, evs, time.Now); err != nil {
+			return err
+		}
+	}
+
+	if b.cpuProfile != "" {
+		f, err := os.Create(b.cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	resetPeakRSS()
+	cpu0 := cpuTime()
+	workerCtx, stopWorker := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	start := time.Now()
+	go func() { done <- run(workerCtx, cfg, logger) }()
+	if b.rate > 0 {
+		// Once the worker pulls, publish at the given rate, stamping each
+		// event as it goes out.
+		for {
+			c, err := nc.js.Consumer(ctx, cfg.Stream, cfg.Consumer)
+			if err == nil {
+				if info, err := c.Info(ctx); err == nil && info.NumWaiting > 0 {
+					break
+				}
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		start = time.Now()
+		go func() {
+			interval := time.Duration(float64(time.Second) / b.rate)
+			next := time.Now()
+			for i := range evs {
+				if d := time.Until(next); d > 0 {
+					time.Sleep(d)
+				}
+				next = next.Add(interval)
+				evs[i].Created = time.Now()
+				if err := pub.Publish(ctx, evs[i]); err != nil {
+					b.logf("publish: %v", err)
+				}
+			}
+		}()
+	}
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	var runErr error
+wait:
+	for committed.Load() < int64(len(evs)) {
+		select {
+		case <-allDone:
+			break wait
+		case <-tick.C:
+			b.logf("%d/%d events committed (%.0f/s)", committed.Load(), len(evs), float64(committed.Load())/time.Since(start).Seconds())
+		case runErr = <-done:
+			break wait
+		case <-ctx.Done():
+			stopWorker()
+			return ctx.Err()
+		}
+	}
+	elapsed := time.Since(start)
+	cpu := cpuTime() - cpu0
+	res.PeakRSSMB = float64(peakRSS()) / (1 << 20)
+	stopWorker()
+	if runErr == nil {
+		runErr = <-done
+	}
+	if runErr != nil {
+		return fmt.Errorf("worker: %w", runErr)
+	}
+	res.Seconds = elapsed.Seconds()
+	res.Rate = float64(len(evs)) / elapsed.Seconds()
+	res.CPUPerEvent = float64(cpu.Microseconds()) / float64(len(evs))
+	slices.Sort(latencies)
+	res.LatencyP50 = percentile(latencies, 0.50)
+	res.LatencyP95 = percentile(latencies, 0.95)
+	res.LatencyP99 = percentile(latencies, 0.99)
+	if err := db.GetContext(ctx, &res.Notified, `SELECT count(*) FROM notifications`); err != nil {
+		return err
+	}
+	if err := db.GetContext(ctx, &res.Fired, `SELECT count(DISTINCT (event_id, rule_id)) FROM notifications`); err != nil {
+		return err
+	}
+	b.logf("herald: %d events in %.2fs", len(evs), elapsed.Seconds())
+	return nil
+}
+
+// publishAll publishes evs asynchronously and waits for the stream's acks.
+func publishAll(ctx context.Context, js jetstream.JetStream, prefix string, evs []events.Event, now func() time.Time) error {
+	const window = 4000
+	futures := make([]jetstream.PubAckFuture, 0, window)
+	wait := func() error {
+		for _, f := range futures {
+			select {
+			case <-f.Ok():
+			case err := <-f.Err():
+				return fmt.Errorf("publish: %w", err)
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		futures = futures[:0]
+		return nil
+	}
+	for i := range evs {
+		evs[i].Created = now()
+		data, err := evs[i].MarshalJSON()
+		if err != nil {
+			return err
+		}
+		f, err := js.PublishAsync(events.Subject(prefix, evs[i].Action), data, jetstream.WithMsgID(evs[i].PK))
+		if err != nil {
+			return fmt.Errorf("publish: %w", err)
+		}
+		futures = append(futures, f)
+		if len(futures) == window {
+			if err := wait(); err != nil {
+				return err
+			}
+		}
+	}
+	return wait()
+}
+
+// floorJetStream consumes the same messages with a consumer of its own and
+// acks each: the rate of JetStream alone.
+func (b *bench) floorJetStream(ctx context.Context, js jetstream.JetStream) (float64, error) {
+	cons, err := js.CreateOrUpdateConsumer(ctx, b.cfg.Stream, jetstream.ConsumerConfig{
+		Durable: b.id + "-floor", AckPolicy: jetstream.AckExplicitPolicy, MaxAckPending: 20000,
+	})
+	if err != nil {
+		return 0, fmt.Errorf("floor consumer: %w", err)
+	}
+	start := time.Now()
+	got := 0
+	for got < b.n {
+		batch, err := cons.Fetch(1000, jetstream.FetchMaxWait(5*time.Second))
+		if err != nil {
+			return 0, fmt.Errorf("floor fetch: %w", err)
+		}
+		n := 0
+		for m := range batch.Messages() {
+			_ = m.Ack()
+			n++
+		}
+		if n == 0 {
+			return 0, errors.New("floor fetch: stream ran dry before all events were read")
+		}
+		got += n
+	}
+	return float64(got) / time.Since(start).Seconds(), nil
+}
+
+// floorInsert inserts the same events, in batches of the same size and
+// with the same statement the worker uses, into a fresh schema: the rate of
+// PostgreSQL alone.
+func (b *bench) floorInsert(ctx context.Context, admin *sqlx.DB, evs []events.Event) (float64, error) {
+	floorSchema := b.id + "_floor"
+	if _, err := admin.ExecContext(ctx, "CREATE SCHEMA "+floorSchema); err != nil {
+		return 0, fmt.Errorf("create floor schema: %w", err)
+	}
+	defer func() { _, _ = admin.ExecContext(context.Background(), "DROP SCHEMA "+floorSchema+" CASCADE") }()
+	dsn, err := withSearchPath(b.cfg.DatabaseURL, floorSchema)
+	if err != nil {
+		return 0, err
+	}
+	db, err := openDB(ctx, dsn, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		return 0, err
+	}
+	defer db.Close()
+	if _, err := schema.Migrate(ctx, db); err != nil {
+		return 0, err
+	}
+	start := time.Now()
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	errs := make(chan error, b.cfg.Concurrency)
+	for range b.cfg.Concurrency {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(int64(b.cfg.BatchSize))) - b.cfg.BatchSize
+				if i >= len(evs) {
+					return
+				}
+				chunk := evs[i:min(i+b.cfg.BatchSize, len(evs))]
+				tx, err := db.BeginTxx(ctx, nil)
+				if err == nil {
+					if _, err = rules.StoreEvents(ctx, tx, chunk); err == nil {
+						err = tx.Commit()
+					} else {
+						_ = tx.Rollback()
+					}
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		return 0, fmt.Errorf("floor insert: %w", err)
+	}
+	return float64(len(evs)) / time.Since(start).Seconds(), nil
+}
+
+func withSearchPath(dsn, schemaName string) (string, error) {
+	u, err := url.Parse(dsn)
+	if err != nil || u.Scheme == "" {
+		return "", fmt.Errorf("bench needs DATABASE_URL as a URL: %q", redactDSN(dsn))
+	}
+	q := u.Query()
+	q.Set("search_path", schemaName)
+	u.RawQuery = q.Encode()
+	return u.String(), nil
+}
+
+func percentile(sorted []time.Duration, p float64) float64 {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := min(int(p*float64(len(sorted))), len(sorted)-1)
+	return float64(sorted[i].Microseconds()) / 1000
+}
+
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// resetPeakRSS restarts the kernel's peak-RSS count (Linux).
+func resetPeakRSS() { _ = os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) }
+
+// peakRSS is the process's peak resident set size in bytes since the last
+// resetPeakRSS.
+func peakRSS() int64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "VmHWM:") {
+			var kb int64
+			fmt.Sscanf(strings.TrimSpace(strings.TrimPrefix(line, "VmHWM:")), "%d", &kb)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+func machine() string {
+	model := ""
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(line, "model name") {
+				model = strings.TrimSpace(line[strings.Index(line, ":")+1:])
+				break
+			}
+		}
+	}
+	return fmt.Sprintf("%s/%s, %d CPUs, %s", runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), model)
+}
+
+func printBench(w io.Writer, r *benchResult) {
+	mode := "backlog"
+	if r.PublishRate > 0 {
+		mode = fmt.Sprintf("published at %.0f/s", r.PublishRate)
+	}
+	fmt.Fprintf(w, "machine:      %s\n", r.Machine)
+	fmt.Fprintf(w, "workload:     %d events (%s), %d rules, batch %d, concurrency %d\n", r.Events, mode, r.Rules, r.BatchSize, r.Concurrency)
+	fmt.Fprintf(w, "herald:       %.0f events/s end to end (%.2fs); %d rule firings, %d notifications\n", r.Rate, r.Seconds, r.Fired, r.Notified)
+	fmt.Fprintf(w, "latency:      publish→commit p50 %.1f ms, p95 %.1f ms, p99 %.1f ms\n", r.LatencyP50, r.LatencyP95, r.LatencyP99)
+	fmt.Fprintf(w, "cost:         %.1f µs CPU per event (worker process), peak RSS %.0f MB\n", r.CPUPerEvent, r.PeakRSSMB)
+	fmt.Fprintf(w, "floor:        JetStream consume+ack %.0f/s, batched insert %.0f/s\n", r.FloorJetStream, r.FloorInsert)
+	fmt.Fprintf(w, "ratio:        herald / floor = %.2f\n", r.RatioToFloor)
+}
+
+// workload builds the standard event mix: 40% login, 40% model_updated,
+// 20% model_created, about one in five firing a rule.
+func (b *bench) workload() []events.Event {
+	rng := rand.New(rand.NewPCG(1, 2))
+	evs := make([]events.Event, b.n)
+	for i := range evs {
+		uid := int64(rng.IntN(b.users) + 1)
+		user := map[string]any{"pk": uid, "username": fmt.Sprintf("user%d", uid), "email": fmt.Sprintf("user%d@example.com", uid)}
+		ev := events.Event{PK: benchUUID(rng), User: user, Brand: map[string]any{}, ClientIP: fmt.Sprintf("10.%d.%d.%d", rng.IntN(256), rng.IntN(256), rng.IntN(254)+1)}
+		req := map[string]any{"path": "/api/v3/", "method": "GET", "user_agent": "Mozilla/5.0"}
+		switch r := rng.IntN(100); {
+		case r < 40:
+			ev.Action, ev.App = "login", "authentik.events.signals"
+			ev.Context = map[string]any{"auth_method": "password", "auth_method_args": map[string]any{"known_device": rng.IntN(4) != 0}, "http_request": req}
+		case r < 80:
+			ev.Action, ev.App = "model_updated", "authentik.events.middleware"
+			if rng.IntN(4) == 0 {
+				gid := benchGroupID(rng.IntN(benchGroups))
+				ev.Context = map[string]any{"model": map[string]any{"app": "authentik_core", "model_name": "group", "pk": gid, "name": gid},
+					"diff": map[string]any{"users": map[string]any{"add": []any{uid}}}, "http_request": req}
+			} else {
+				ev.Context = map[string]any{"model": map[string]any{"app": "authentik_core", "model_name": "user", "pk": uid, "name": "User"}, "http_request": req}
+			}
+		default:
+			ev.Action, ev.App = "model_created", "authentik.events.middleware"
+			if rng.IntN(2) == 0 {
+				ev.Context = map[string]any{"model": map[string]any{"app": "authentik_core", "model_name": "application", "pk": benchUUID(rng), "name": "App"}, "http_request": req}
+			} else {
+				ev.Context = map[string]any{"model": map[string]any{"app": "authentik_core", "model_name": "user", "pk": uid, "name": "New User"}, "http_request": req}
+			}
+		}
+		evs[i] = ev
+	}
+	return evs
+}
+
+const benchGroups = 50
+
+func benchGroupID(i int) string { return fmt.Sprintf("00000000-0000-4000-8000-%012d", i) }
+
+func benchUUID(rng *rand.Rand) string {
+	var b [16]byte
+	for i := range b {
+		b[i] = byte(rng.IntN(256))
+	}
+	b[6] = (b[6] & 0x0f) | 0x40
+	b[8] = (b[8] & 0x3f) | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:])
+}
+
+// benchPolicies are the standard workload's policies: five event matchers
+// and five expressions (among them the unknown-device and group-history
+// examples).
+var benchPolicies = []struct {
+	name, kind, expression, matchAction, matchModel string
+}{
+	{name: "login-failed", kind: rules.KindEventMatcher, matchAction: "login_failed"},
+	{name: "application-created", kind: rules.KindEventMatcher, matchAction: "model_created", matchModel: "authentik_core.application"},
+	{name: "password-set", kind: rules.KindEventMatcher, matchAction: "password_set"},
+	{name: "suspicious-request", kind: rules.KindEventMatcher, matchAction: "suspicious_request"},
+	{name: "configuration-error", kind: rules.KindEventMatcher, matchAction: "configuration_error"},
+	{name: "unknown-device-login", kind: rules.KindExpression, expression: `const event = request.context.event;
+if (!event || event.action !== "login") return false;
+return (event.context.auth_method_args || {}).known_device === false;`},
+	{name: "group-user-history", kind: rules.KindExpression, expression: `const event = request.context.event;
+if (!event || event.action !== "model_updated") return false;
+const model = event.context.model || {};
+if (model.app !== "authentik_core" || model.model_name !== "group") return false;
+const group = Group.objects.filter({pk: model.pk}).first();
+if (!group) return false;
+const added = ((event.context.diff || {}).users || {}).add || [];
+if (added.length === 0) return false;
+group.attributes.UserAddedHistory = group.attributes.UserAddedHistory || [];
+const now = new Date().toISOString().slice(0, 19);
+for (const u of User.objects.filter({pk__in: added}).all()) {
+  group.attributes.UserAddedHistory.push(` + "`${now} - Added user: ${u.username}`" + `);
+}
+group.save({update_fields: ["attributes"]});
+return false;`},
+	{name: "superuser-login", kind: rules.KindExpression, expression: `return request.context.event.action === "login" && request.user.is_superuser;`},
+	{name: "outside-network", kind: rules.KindExpression, expression: `if (request.context.event.action !== "login") return false;
+return !ip_network("10.0.0.0/8").contains(ak_client_ip);`},
+	{name: "admin-named-user-created", kind: rules.KindExpression, expression: `const m = request.context.event.context.model || {};
+return request.context.event.action === "model_created" && m.model_name === "user" && regex_match(m.name || "", "^[Aa]dmin");`},
+}
+
+// seed writes the standard workload's users, groups, policies, rules and
+// the local transport.
+func (b *bench) seed(ctx context.Context, db *sqlx.DB) error {
+	tx, err := db.BeginTxx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback() //nolint:errcheck // a no-op after Commit
+	stmts := []string{
+		fmt.Sprintf(`INSERT INTO users (id, username, email, is_superuser)
+SELECT i, 'user' || i, 'user' || i || '@example.com', i %% 100 = 0 FROM generate_series(1, %d) i`, b.users),
+		fmt.Sprintf(`INSERT INTO groups (id, name) SELECT ('00000000-0000-4000-8000-' || lpad(i::text, 12, '0'))::uuid, 'group' || i
+FROM generate_series(0, %d) i`, benchGroups-1),
+		`INSERT INTO notification_transports (name, mode) VALUES ('inbox', 'local')`,
+	}
+	for _, s := range stmts {
+		if _, err := tx.ExecContext(ctx, s); err != nil {
+			return fmt.Errorf("seed bench: %w", err)
+		}
+	}
+	for _, p := range benchPolicies {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO policies (name, kind, expression, match_action, match_model)
+VALUES ($1, $2, $3, NULLIF($4, ''), NULLIF($5, ''))`, p.name, p.kind, p.expression, p.matchAction, p.matchModel); err != nil {
+			return fmt.Errorf("seed bench policy %s: %w", p.name, err)
+		}
+	}
+	for i := range b.rules {
+		p := benchPolicies[i%len(benchPolicies)]
+		rule := fmt.Sprintf("rule-%02d-%s", i, p.name)
+		if _, err := tx.ExecContext(ctx, `INSERT INTO notification_rules (name, severity, destination_event_user) VALUES ($1, 'notice', true)`, rule); err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO notification_rule_transports (rule_id, transport_id)
+SELECT r.id, t.id FROM notification_rules r, notification_transports t WHERE r.name = $1 AND t.name = 'inbox'`, rule); err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO policy_bindings (target_rule_id, policy_id, "order")
+SELECT r.id, p.id, 0 FROM notification_rules r, policies p WHERE r.name = $1 AND p.name = $2`, rule, p.name); err != nil {
+			return err
+		}
+	}
+	return tx.Commit()
+}
