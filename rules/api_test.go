@@ -18,7 +18,20 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/heraldhq/herald/events"
+	"github.com/heraldhq/herald/jsrt"
+	"github.com/heraldhq/herald/rules"
 )
+
+// apiSetup is setup with the engine evaluating on the runtime pool itself,
+// as the worker does, not through the recording wrapper (which hides the
+// pool's optional interfaces, such as rules.Binder, from the engine).
+func apiSetup(t *testing.T) *testBundle {
+	t.Helper()
+	b := setup(t)
+	logger := testLogger(t)
+	b.engine = rules.NewEngine(b.db.DB, b.cache, jsrt.New(jsrt.Config{Logger: logger}), rules.EngineConfig{Logger: logger})
+	return b
+}
 
 // outcome is what one policy did for one event, as recorded in the events
 // that the engine creates: policy_execution (execution_logging is on for
@@ -133,7 +146,7 @@ func (b *testBundle) jsonColumn(t *testing.T, query string, args ...any) any {
 
 func TestAPIModelQueries(t *testing.T) {
 	t.Parallel()
-	b := setup(t)
+	b := apiSetup(t)
 	jane := b.user(t, "jane")
 	alice, bob, carol := b.user(t, "alice"), b.user(t, "bob"), b.user(t, "carol")
 	b.db.MustExec(t, `UPDATE users SET is_active = false WHERE id = $1`, bob)
@@ -209,7 +222,7 @@ return {logins: Event.objects.filter({action: "login"}).count(),
 // application, and bindings of other targets do not count.
 func TestAPIPolicyBindingTargetRule(t *testing.T) {
 	t.Parallel()
-	b := setup(t)
+	b := apiSetup(t)
 	jane := b.user(t, "jane")
 	other := b.rule(t, rule{Name: "other"})
 	b.bind(t, other, binding{Policy: b.policy(t, "p1", "return false;"), Order: 1})
@@ -229,7 +242,7 @@ func TestAPIPolicyBindingTargetRule(t *testing.T) {
 // value of the wrong type throws an error that names the field.
 func TestAPIModelFilterErrors(t *testing.T) {
 	t.Parallel()
-	b := setup(t)
+	b := apiSetup(t)
 	jane := b.user(t, "jane")
 	b.probes(t, map[string]string{
 		"unknown-field":      `return User.objects.filter({nope: 1}).first();`,
@@ -270,7 +283,7 @@ func TestAPIModelFilterErrors(t *testing.T) {
 // the event's transaction goes on and the other rules still notify.
 func TestAPIFailedQueryDoesNotAbortTheEvent(t *testing.T) {
 	t.Parallel()
-	b := setup(t)
+	b := apiSetup(t)
 	jane := b.user(t, "jane")
 	// Rules run in name order: the failing ones come first.
 	b.alertRule(t, "a-bad-value", binding{Policy: b.policy(t, "bad-value", `return Group.objects.filter({pk: "not-a-uuid"}).exists();`)})
@@ -310,7 +323,7 @@ func TestAPICaughtSQLErrorDoesNotPoisonTheEvent(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			b := setup(t)
+			b := apiSetup(t)
 			jane := b.user(t, "jane")
 			b.alertRule(t, "a-catches", binding{Policy: b.policy(t, "catches", `try {
   `+statement+`
@@ -381,7 +394,7 @@ throw new Error("after save");`,
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			b := setup(t)
+			b := apiSetup(t)
 			jane := b.user(t, "jane")
 			alice := b.user(t, "alice")
 			b.db.MustExec(t, `UPDATE users SET name = 'Alice', attributes = '{"team": "blue"}', created = now() - interval '1 day', updated = now() - interval '1 day' WHERE id = $1`, alice)
@@ -410,7 +423,7 @@ throw new Error("after save");`,
 // without undoing those of the policies around it.
 func TestAPISaveGroupsApplicationsAndRollback(t *testing.T) {
 	t.Parallel()
-	b := setup(t)
+	b := apiSetup(t)
 	jane := b.user(t, "jane")
 	ops := b.group(t, "ops", "")
 	parent := b.group(t, "staff", "")
@@ -452,7 +465,7 @@ return false;`)})
 // both changes; it is not a conflict with another transaction.
 func TestAPISaveSameObjectTwice(t *testing.T) {
 	t.Parallel()
-	b := setup(t)
+	b := apiSetup(t)
 	jane := b.user(t, "jane")
 	ops := b.group(t, "ops", "")
 	alice := b.user(t, "alice")
@@ -481,7 +494,7 @@ return true;`, ops, alice))
 
 func TestAPIAkUserBy(t *testing.T) {
 	t.Parallel()
-	b := setup(t)
+	b := apiSetup(t)
 	jane := b.user(t, "jane")
 	alice := b.user(t, "alice")
 	b.probes(t, map[string]string{
@@ -506,7 +519,7 @@ func TestAPIAkUserBy(t *testing.T) {
 
 func TestAPIAkIsGroupMember(t *testing.T) {
 	t.Parallel()
-	b := setup(t)
+	b := apiSetup(t)
 	jane, bob := b.user(t, "jane"), b.user(t, "bob")
 	carol := b.user(t, "carol")
 	// company > staff > ops; jane is in ops, carol in staff only.
@@ -557,7 +570,7 @@ func (b *testBundle) probe2(t *testing.T, name, expr string) {
 
 func TestAPIAkUserHasAuthenticator(t *testing.T) {
 	t.Parallel()
-	b := setup(t)
+	b := apiSetup(t)
 	jane := b.user(t, "jane")
 	bob, carol := b.user(t, "bob"), b.user(t, "carol")
 	b.db.MustExec(t, `INSERT INTO authenticator_devices (user_id, kind, name, confirmed) VALUES
@@ -614,7 +627,7 @@ func TestAPIUserWithoutPK(t *testing.T) {
 
 func TestAPIAkCallPolicy(t *testing.T) {
 	t.Parallel()
-	b := setup(t)
+	b := apiSetup(t)
 	jane := b.user(t, "jane")
 	// Callees bound to no rule.
 	b.policy(t, "callee", `ak_message("from callee");
@@ -664,7 +677,7 @@ return {foo: request.context.foo === undefined, added: request.context.added ===
 // overflowing the Go stack.
 func TestAPIAkCallPolicyRecursion(t *testing.T) {
 	t.Parallel()
-	b := setup(t)
+	b := apiSetup(t)
 	jane := b.user(t, "jane")
 	b.policy(t, "recurse", `const n = (request.context.n || 0) + 1;
 return ak_call_policy("recurse", {n: n}).passing || n;`)
@@ -682,7 +695,7 @@ return ak_call_policy("recurse", {n: n}).passing || n;`)
 
 func TestAPIAkCreateEvent(t *testing.T) {
 	t.Parallel()
-	b := setup(t)
+	b := apiSetup(t)
 	jane := b.user(t, "jane")
 	rl := b.rule(t, rule{Name: "creator"})
 	policy := b.policy(t, "creator", `ak_create_event("thing", {foo: "bar", n: 2, nested: {list: [1, "a"]}, user_name: request.user.username});
@@ -745,7 +758,7 @@ func keys(m map[string]any) []string {
 
 func TestAPIAkSendEmail(t *testing.T) {
 	t.Parallel()
-	b := setup(t)
+	b := apiSetup(t)
 	jane := b.user(t, "jane")
 	b.db.MustExec(t, `INSERT INTO email_templates (name, subject, text) VALUES ('welcome', 'Welcome', 'Hello {{ .user.username }}')`)
 	b.probes(t, map[string]string{
@@ -828,7 +841,7 @@ func keysOf[V any](m map[string]V) []string {
 
 func TestAPIIPHelpers(t *testing.T) {
 	t.Parallel()
-	b := setup(t)
+	b := apiSetup(t)
 	jane := b.user(t, "jane")
 	b.probes(t, map[string]string{
 		"ip": `const a = ip_address("10.0.0.1");
@@ -858,7 +871,7 @@ return {in: n.contains(ip_address("10.1.2.3")), out: n.contains(ip_address("11.0
 
 func TestAPIExecutionLoggingRecordsLogs(t *testing.T) {
 	t.Parallel()
-	b := setup(t)
+	b := apiSetup(t)
 	jane := b.user(t, "jane")
 	b.probe(t, "logger", `ak_logger.debug("starting");
 ak_logger.info("user", {username: request.user.username, n: 3});
@@ -885,7 +898,7 @@ var historyEntry = regexp.MustCompile(`^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2} - Ad
 // §7 through the engine: pk__in, all() and a save of a group.
 func TestAPIGroupUserHistory(t *testing.T) {
 	t.Parallel()
-	b := setup(t)
+	b := apiSetup(t)
 	jane := b.user(t, "jane")
 	alice, bob := b.user(t, "alice"), b.user(t, "bob")
 	devs := b.group(t, "devs", "")
@@ -930,7 +943,7 @@ return false;`)})
 // bound by its timeout: it fails as timed out, and the event goes on.
 func TestAPIPolicyBlockedOnRowLockTimesOut(t *testing.T) {
 	t.Parallel()
-	b := setup(t)
+	b := apiSetup(t)
 	b.db.SetMaxOpenConns(6)
 	jane := b.user(t, "jane")
 	alice := b.user(t, "alice")
@@ -968,7 +981,7 @@ return true;`, alice))
 // Lookups on events and times, and escaping of LIKE patterns.
 func TestAPIModelLookups(t *testing.T) {
 	t.Parallel()
-	b := setup(t)
+	b := apiSetup(t)
 	jane := b.user(t, "jane")
 	b.user(t, "per%cent")
 	b.user(t, "under_score")
@@ -998,7 +1011,7 @@ func TestAPIModelLookups(t *testing.T) {
 // caller's timeout.
 func TestAPIAkCallPolicyTimeout(t *testing.T) {
 	t.Parallel()
-	b := setup(t)
+	b := apiSetup(t)
 	jane := b.user(t, "jane")
 	b.policy(t, "spin", `while (true) {}`)
 	caller := b.policy(t, "calls-spin", `const r = ak_call_policy("spin"); return r.passing;`)
@@ -1043,7 +1056,7 @@ func (b *testBundle) rules(t *testing.T) map[string]string {
 // that User.objects returns.
 func TestAPIRequestUserIsAModelObject(t *testing.T) {
 	t.Parallel()
-	b := setup(t)
+	b := apiSetup(t)
 	jane := b.user(t, "jane")
 	b.probe(t, "request-user", `const u = request.user;
 u.attributes.last_event = request.context.event.action;
@@ -1059,7 +1072,7 @@ return u.username;`)
 // its outbox row behind.
 func TestAPIAkCreateEventRolledBackWhenThePolicyFails(t *testing.T) {
 	t.Parallel()
-	b := setup(t)
+	b := apiSetup(t)
 	jane := b.user(t, "jane")
 	rl := b.rule(t, rule{Name: "creator"})
 	b.bind(t, rl, binding{Order: 1, Policy: b.policy(t, "a-throws", `ak_create_event("lost", {n: 1}); throw new Error("no");`)})
@@ -1077,7 +1090,7 @@ func TestAPIAkCreateEventRolledBackWhenThePolicyFails(t *testing.T) {
 // negative depth does not buy a longer chain of created events.
 func TestAPICreatedEventDepthStartsAtOne(t *testing.T) {
 	t.Parallel()
-	b := setup(t)
+	b := apiSetup(t)
 	jane := b.user(t, "jane")
 	rl := b.rule(t, rule{Name: "echo"})
 	b.bind(t, rl, binding{Policy: b.policy(t, "echo", `ak_create_event("echo"); return false;`)})
@@ -1088,4 +1101,52 @@ func TestAPICreatedEventDepthStartsAtOne(t *testing.T) {
 	require.Len(t, created, 1)
 	depth, _ := path(t, created[0], "caused_by", "depth").(float64)
 	require.GreaterOrEqual(t, depth, float64(1), "caused_by: %v", created[0]["caused_by"])
+}
+
+// Each rule evaluates its policies with a request of its own, as authentik
+// does (one task per rule, each loading the event and user afresh): what one
+// rule's policy changes in request, context or the event is not seen by
+// another rule's policy.
+func TestAPIRulesDoNotShareRequestObjects(t *testing.T) {
+	t.Parallel()
+	b := apiSetup(t)
+	jane := b.user(t, "jane")
+	b.alertRule(t, "a-mutates", binding{Policy: b.policy(t, "mutates", `request.context.event.context.flag = true;
+request.context.extra = 1;
+request.user.attributes.leak = 1;
+request.user.username = "changed";
+return false;`)})
+	clean := b.alertRule(t, "b-checks", binding{Policy: b.policy(t, "checks", `return request.context.event.context.flag === undefined
+  && request.context.extra === undefined && request.user.attributes.leak === undefined
+  && request.user.username === "jane";`)})
+	b.reload(t)
+
+	ev := b.login(t, jane)
+	require.True(t, b.fired(t, clean, ev.PK), "the second rule saw the first rule's changes")
+}
+
+// Two policies of one event that each read, change and save request.user
+// both keep their change; the second is not a conflict with the first, nor
+// does it overwrite it.
+func TestAPIRequestUserSavedByTwoPolicies(t *testing.T) {
+	t.Parallel()
+	b := apiSetup(t)
+	jane := b.user(t, "jane")
+	increment := `const u = request.user;
+u.attributes.n = (u.attributes.n || 0) + 1;
+u.attributes[%q] = true;
+u.save({update_fields: ["attributes"]});
+return false;`
+	rl := b.rule(t, rule{Name: "counter"})
+	b.bind(t, rl, binding{Order: 1, Policy: b.policy(t, "first", fmt.Sprintf(increment, "first"))})
+	b.bind(t, rl, binding{Order: 2, Policy: b.policy(t, "second", fmt.Sprintf(increment, "second"))})
+	other := b.rule(t, rule{Name: "other-rule"})
+	b.bind(t, other, binding{Policy: b.policy(t, "third", fmt.Sprintf(increment, "third"))})
+	b.reload(t)
+
+	ev := userEvent(t, "login", jane, nil)
+	require.NoError(t, b.engine.HandleEvents(t.Context(), []events.Event{ev}))
+	require.Zero(t, b.count(t, `SELECT count(*) FROM events WHERE action = 'policy_exception'`))
+	requireJSON(t, `{"n": 3, "first": true, "second": true, "third": true}`,
+		b.jsonColumn(t, `SELECT attributes::text FROM users WHERE id = $1`, jane))
 }
