@@ -101,7 +101,7 @@ func Decode(data []byte) (Event, error) {
 			return Event{}, err
 		}
 	}
-	ev.Context = Cleanse(Sanitize(ev.Context).(map[string]any))
+	ev.Context = sanitizeAndCleanse(ev.Context)
 	ev.User = Sanitize(ev.User).(map[string]any)
 	ev.Brand = Sanitize(ev.Brand).(map[string]any)
 

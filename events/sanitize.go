@@ -115,6 +115,54 @@ func secretKey(key string) bool {
 
 var secretKeysCount atomic.Int64
 
+// sanitizeAndCleanse is Cleanse(Sanitize(m)) in one pass, changing the
+// freshly decoded m in place.
+func sanitizeAndCleanse(m map[string]any) map[string]any {
+	for k, v := range m {
+		if strings.IndexByte(k, 0) >= 0 {
+			delete(m, k)
+			k = stripNUL(k)
+		}
+		m[k] = sanitizeCleanseItem(k, v)
+	}
+	return m
+}
+
+func sanitizeCleanseItem(key string, v any) any {
+	switch t := v.(type) {
+	case map[string]any:
+		return sanitizeAndCleanse(t)
+	case []any:
+		// As authentik: falsy items are dropped (sanitising) before
+		// secret values are hidden (cleansing).
+		out := t[:0]
+		for _, x := range t {
+			switch x.(type) {
+			case map[string]any, []any:
+				x = sanitizeCleanseItem(key, x)
+				if !truthy(x) {
+					continue
+				}
+			default:
+				if x = Sanitize(x); !truthy(x) {
+					continue
+				}
+				if secretKey(key) {
+					x = CleansedValue
+				}
+			}
+			out = append(out, x)
+		}
+		return out
+	case nil:
+		return nil
+	}
+	if secretKey(key) {
+		return CleansedValue
+	}
+	return Sanitize(v)
+}
+
 func cleanseItem(key string, v any) any {
 	switch t := v.(type) {
 	case map[string]any:

@@ -30,6 +30,7 @@ func (v *vm) install() {
 	_ = v.rt.Set("ak_logger", logger)
 
 	v.installModels()
+	v.installIP()
 	set("ak_user_by", v.akUserBy)
 	set("ak_is_group_member", v.akIsGroupMember)
 	set("ak_user_has_authenticator", v.akUserHasAuthenticator)

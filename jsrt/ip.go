@@ -38,6 +38,7 @@ func isPrivate(a netip.Addr) bool {
 // is_loopback, is_multicast, is_link_local, is_unspecified, and toString().
 func (v *vm) ipObject(a netip.Addr) *goja.Object {
 	obj := v.rt.NewObject()
+	_ = obj.SetPrototype(v.ipProto)
 	version := 4
 	if a.Is6() && !a.Is4In6() {
 		version = 6
@@ -50,9 +51,50 @@ func (v *vm) ipObject(a netip.Addr) *goja.Object {
 	_ = obj.Set("is_link_local", a.IsLinkLocalUnicast())
 	_ = obj.Set("is_unspecified", a.IsUnspecified())
 	_ = obj.Set("compressed", a.String())
-	_ = obj.Set("toString", func(goja.FunctionCall) goja.Value { return v.rt.ToValue(a.String()) })
-	_ = obj.Set("toJSON", func(goja.FunctionCall) goja.Value { return v.rt.ToValue(a.String()) })
 	return obj
+}
+
+// installIP creates the prototypes of ip_address and ip_network objects and
+// ak_client_ip, computed on first use for each event.
+func (v *vm) installIP() {
+	str := func(prop string) func(goja.FunctionCall) goja.Value {
+		return func(call goja.FunctionCall) goja.Value {
+			if o, ok := call.This.(*goja.Object); ok {
+				return o.Get(prop)
+			}
+			return goja.Undefined()
+		}
+	}
+	v.ipProto = v.rt.NewObject()
+	_ = v.ipProto.Set("toString", str("compressed"))
+	_ = v.ipProto.Set("toJSON", str("compressed"))
+	v.netProto = v.rt.NewObject()
+	_ = v.netProto.Set("toString", str("with_prefixlen"))
+	_ = v.netProto.Set("toJSON", str("with_prefixlen"))
+	_ = v.netProto.Set("contains", func(call goja.FunctionCall) goja.Value {
+		o, ok := call.This.(*goja.Object)
+		if !ok {
+			return v.rt.ToValue(false)
+		}
+		p, err := netip.ParsePrefix(o.Get("with_prefixlen").String())
+		if err != nil {
+			return v.rt.ToValue(false)
+		}
+		a, err := netip.ParseAddr(call.Argument(0).String())
+		if err != nil {
+			return v.rt.ToValue(false)
+		}
+		return v.rt.ToValue(p.Contains(a.Unmap()))
+	})
+	_ = v.rt.GlobalObject().DefineAccessorProperty("ak_client_ip", v.rt.ToValue(func(goja.FunctionCall) goja.Value {
+		if v.cur == nil {
+			return goja.Undefined()
+		}
+		if v.cache.clientIP == nil || v.cache.clientIPOf != v.cur.req.Event {
+			v.cache.clientIP, v.cache.clientIPOf = v.clientIP(v.cur.req.Event.ClientIP), v.cur.req.Event
+		}
+		return v.cache.clientIP
+	}), nil, goja.FLAG_FALSE, goja.FLAG_TRUE)
 }
 
 // ip_address(s): Python's ipaddress.ip_address; a bad address throws.
@@ -80,6 +122,7 @@ func (v *vm) ipNetwork(call goja.FunctionCall) goja.Value {
 		panic(v.rt.NewGoError(fmt.Errorf("ValueError: %s has host bits set", s)))
 	}
 	obj := v.rt.NewObject()
+	_ = obj.SetPrototype(v.netProto)
 	version := 4
 	if p.Addr().Is6() {
 		version = 6
@@ -88,22 +131,7 @@ func (v *vm) ipNetwork(call goja.FunctionCall) goja.Value {
 	_ = obj.Set("prefixlen", p.Bits())
 	_ = obj.Set("network_address", v.ipObject(p.Addr()))
 	_ = obj.Set("is_private", isPrivate(p.Addr()))
-	_ = obj.Set("contains", func(call goja.FunctionCall) goja.Value {
-		arg := call.Argument(0)
-		var s string
-		if o, ok := arg.(*goja.Object); ok {
-			s = o.String()
-		} else {
-			s = arg.String()
-		}
-		a, err := netip.ParseAddr(s)
-		if err != nil {
-			return v.rt.ToValue(false)
-		}
-		return v.rt.ToValue(p.Contains(a.Unmap()))
-	})
-	_ = obj.Set("toString", func(goja.FunctionCall) goja.Value { return v.rt.ToValue(p.String()) })
-	_ = obj.Set("toJSON", func(goja.FunctionCall) goja.Value { return v.rt.ToValue(p.String()) })
+	_ = obj.Set("with_prefixlen", p.String())
 	return obj
 }
 

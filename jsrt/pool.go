@@ -2,8 +2,6 @@ package jsrt
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -80,9 +78,9 @@ type compiled struct {
 // expression's own.
 const functionPrefix = "(function () {"
 
+// programKey identifies a version of a policy: its name and expression.
 func programKey(name, expression string) string {
-	h := sha256.Sum256([]byte(name + "\x00" + expression))
-	return hex.EncodeToString(h[:16])
+	return name + "\x00" + expression
 }
 
 // program returns the compiled form of a policy, compiling it on first use.

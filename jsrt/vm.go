@@ -27,6 +27,9 @@ type vm struct {
 	protos map[string]*goja.Object
 	// cache holds the objects built for the last event evaluated here.
 	cache eventCache
+	// ipProto and netProto are the prototypes of ip_address and
+	// ip_network objects.
+	ipProto, netProto *goja.Object
 }
 
 // eventCache keeps the objects of one event, shared by the policies that
@@ -35,7 +38,9 @@ type eventCache struct {
 	event    *events.Event
 	user     *rules.User
 	request  *goja.Object
-	clientIP goja.Value
+	// clientIP is ak_client_ip of clientIPOf, built on first use.
+	clientIP   goja.Value
+	clientIPOf *events.Event
 }
 
 // evaluation is the state of one policy run that host functions touch.
@@ -117,7 +122,7 @@ func (v *vm) evaluate(ctx context.Context, key string, prog *goja.Program, req *
 	}
 	plain := req.Context == nil && req.Globals == nil
 	if !plain || v.cache.event != req.Event || v.cache.user != req.User || v.cache.request == nil {
-		c := eventCache{event: req.Event, user: req.User, request: v.requestObject(req), clientIP: v.clientIP(req.Event.ClientIP)}
+		c := eventCache{event: req.Event, user: req.User, request: v.requestObject(req)}
 		if !plain {
 			c.event = nil // not shared with plain evaluations
 		}
@@ -126,7 +131,6 @@ func (v *vm) evaluate(ctx context.Context, key string, prog *goja.Program, req *
 	request := v.cache.request
 	_ = v.rt.Set("request", request)
 	_ = v.rt.Set("context", request.Get("context"))
-	_ = v.rt.Set("ak_client_ip", v.cache.clientIP)
 
 	fn, err := v.function(key, prog)
 	var out goja.Value

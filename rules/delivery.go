@@ -226,6 +226,10 @@ func (d *Dispatcher) DispatchOne(ctx context.Context) (bool, error) {
 func (d *Dispatcher) deliver(ctx context.Context, id string) {
 	var del Delivery
 	if err := d.db.GetContext(ctx, &del, selectDelivery, id); err != nil {
+		if ctx.Err() != nil {
+			d.release(ctx, id)
+			return
+		}
 		d.log.WarnContext(ctx, "load delivery", slog.String("delivery", id), slog.Any("error", err))
 		return // the lease runs out and it is tried again
 	}
@@ -236,19 +240,25 @@ func (d *Dispatcher) deliver(ctx context.Context, id string) {
 	}
 	t := d.cfg.Transports[del.Transport.Mode]
 	res, err := t.Deliver(ctx, &del)
-	if ctx.Err() != nil {
+	if err != nil && ctx.Err() != nil {
 		// Shutting down mid-delivery: give the attempt back so that the
 		// next start (or another worker) tries again at once.
-		_, rerr := d.db.ExecContext(context.WithoutCancel(ctx), `UPDATE deliveries SET
-    status = CASE WHEN attempts > 1 THEN 'failed' ELSE 'pending' END, attempts = attempts - 1,
-    next_attempt_at = now(), updated = now() WHERE id = $1 AND status = 'sending'`, id)
-		if rerr != nil {
-			d.log.WarnContext(ctx, "release delivery", slog.String("delivery", id), slog.Any("error", rerr))
-		}
+		d.release(ctx, id)
 		return
 	}
-	if err := d.record(ctx, &del, res, err); err != nil {
+	// A delivery that went out is recorded even while shutting down.
+	if err := d.record(context.WithoutCancel(ctx), &del, res, err); err != nil {
 		d.log.WarnContext(ctx, "record delivery", slog.String("delivery", id), slog.Any("error", err))
+	}
+}
+
+// release gives back a claimed delivery that was not carried out.
+func (d *Dispatcher) release(ctx context.Context, id string) {
+	_, err := d.db.ExecContext(context.WithoutCancel(ctx), `UPDATE deliveries SET
+    status = CASE WHEN attempts > 1 THEN 'failed' ELSE 'pending' END, attempts = attempts - 1,
+    next_attempt_at = now(), updated = now() WHERE id = $1 AND status = 'sending'`, id)
+	if err != nil {
+		d.log.WarnContext(ctx, "release delivery", slog.String("delivery", id), slog.Any("error", err))
 	}
 }
 
@@ -258,11 +268,13 @@ func (d *Dispatcher) record(ctx context.Context, del *Delivery, res DeliveryResu
 	switch {
 	case sendErr == nil && res.Skipped:
 		log.InfoContext(ctx, "delivery skipped", slog.String("reason", res.Note))
-		_, err := d.db.ExecContext(ctx, `UPDATE deliveries SET status = 'skipped', last_error = $2, updated = now() WHERE id = $1`, del.ID, res.Note)
+		_, err := d.db.ExecContext(ctx, `UPDATE deliveries SET status = 'skipped', last_error = $2, updated = now()
+WHERE id = $1 AND status = 'sending' AND attempts = $3`, del.ID, res.Note, del.Attempts)
 		return err
 	case sendErr == nil:
 		log.InfoContext(ctx, "delivery sent")
-		_, err := d.db.ExecContext(ctx, `UPDATE deliveries SET status = 'sent', sent_at = now(), last_error = '', updated = now() WHERE id = $1`, del.ID)
+		_, err := d.db.ExecContext(ctx, `UPDATE deliveries SET status = 'sent', sent_at = now(), last_error = '', updated = now()
+WHERE id = $1 AND status = 'sending' AND attempts = $2`, del.ID, del.Attempts)
 		return err
 	}
 	var perm *PermanentError
@@ -272,9 +284,12 @@ func (d *Dispatcher) record(ctx context.Context, del *Delivery, res DeliveryResu
 	}
 	delay := Backoff(del.Attempts, d.cfg.MinBackoff, d.cfg.MaxBackoff)
 	log.WarnContext(ctx, "delivery failed", slog.String("status", status), slog.Duration("retry_in", delay), slog.Any("error", sendErr))
+	// attempts fences the update: a worker whose lease ran out while it
+	// was sending must not overwrite the outcome of a newer claim.
 	_, err := d.db.ExecContext(ctx, `UPDATE deliveries SET status = $2, last_error = $3,
-    next_attempt_at = now() + $4 * interval '1 millisecond', updated = now() WHERE id = $1`,
-		del.ID, status, truncate(sendErr.Error(), 2000), delay.Milliseconds())
+    next_attempt_at = now() + $4 * interval '1 millisecond', updated = now()
+WHERE id = $1 AND status = 'sending' AND attempts = $5`,
+		del.ID, status, truncate(sendErr.Error(), 2000), delay.Milliseconds(), del.Attempts)
 	return err
 }
 

@@ -216,11 +216,11 @@ func (o *Outbox) record(ctx context.Context, tx *sqlx.Tx, it outboxItem, sendErr
 }
 
 // Backoff is the delay before retry number attempt (1-based): min doubled
-// per attempt, capped at max, with up to 20% random jitter added.
+// per attempt with up to 20% random jitter added, capped at max.
 func Backoff(attempt int, minDelay, maxDelay time.Duration) time.Duration {
 	d := minDelay << min(attempt-1, 30)
 	if d <= 0 || d > maxDelay {
 		d = maxDelay
 	}
-	return d + time.Duration(rand.Int64N(int64(d)/5+1))
+	return min(d+time.Duration(rand.Int64N(int64(d)/5+1)), maxDelay)
 }

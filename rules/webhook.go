@@ -244,7 +244,6 @@ func SlackBody(d *Delivery) map[string]any {
 	}
 	return map[string]any{
 		"username": "herald",
-		"icon_url": "",
 		"attachments": []any{map[string]any{
 			"author_name": "herald",
 			"title":       title,

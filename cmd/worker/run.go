@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"os"
 	"path/filepath"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -39,6 +41,7 @@ func runCommand(ctx context.Context, e env, args []string) error {
 // run wires the worker and runs it until ctx is done, then shuts down in
 // the reverse order of start-up: intake first, the database last.
 func run(ctx context.Context, cfg config, logger *slog.Logger) error {
+	tuneGC()
 	db, err := openDB(ctx, cfg.DatabaseURL, logger)
 	if err != nil {
 		return err
@@ -181,4 +184,15 @@ func run(ctx context.Context, cfg config, logger *slog.Logger) error {
 	}
 	logger.Info("stopped")
 	return nil
+}
+
+// tuneGC trades memory for CPU unless GOGC or GOMEMLIMIT say otherwise:
+// collect at 4x the live heap, but keep the heap under 160 MiB.
+func tuneGC() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(400)
+	}
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(160 << 20)
+	}
 }
