@@ -2,8 +2,8 @@ package events
 
 import (
 	"encoding/json"
-	"strings"
 	"reflect"
+	"strings"
 	"testing"
 )
 

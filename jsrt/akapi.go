@@ -24,7 +24,7 @@ func (v *vm) akUserBy(call goja.FunctionCall) goja.Value {
 		v.throw("ak_user_by: want an object of field lookups")
 	}
 	m := rules.Models["User"]
-	rows, err := rules.Find(v.cur.ctx, v.db(), rules.Query{Model: m, Filters: filters}, 1, true)
+	rows, err := rules.Find(v.cur.dbCtx, v.db(), rules.Query{Model: m, Filters: filters}, 1, true)
 	var me *rules.ModelError
 	if errors.As(err, &me) {
 		return goja.Null()
@@ -50,7 +50,7 @@ func (v *vm) akIsGroupMember(call goja.FunctionCall) goja.Value {
 		}
 	}
 	tx := v.db()
-	groups, err := rules.UserGroupIDs(v.cur.ctx, tx, pk)
+	groups, err := rules.UserGroupIDs(v.cur.dbCtx, tx, pk)
 	v.check(err)
 	if len(groups) == 0 {
 		return v.rt.ToValue(false)
@@ -61,7 +61,7 @@ func (v *vm) akIsGroupMember(call goja.FunctionCall) goja.Value {
 	}
 	q := rules.Query{Model: rules.Models["Group"], Filters: maps.Clone(filters)}
 	q.Filters["pk__in"] = ids
-	n, err := rules.Count(v.cur.ctx, tx, q)
+	n, err := rules.Count(v.cur.dbCtx, tx, q)
 	v.check(err)
 	return v.rt.ToValue(n > 0)
 }
@@ -76,7 +76,7 @@ func (v *vm) akUserHasAuthenticator(call goja.FunctionCall) goja.Value {
 	if k := call.Argument(1); !goja.IsUndefined(k) && !goja.IsNull(k) {
 		kind = k.String()
 	}
-	has, err := rules.UserHasAuthenticator(v.cur.ctx, v.db(), pk, kind)
+	has, err := rules.UserHasAuthenticator(v.cur.dbCtx, v.db(), pk, kind)
 	v.check(err)
 	return v.rt.ToValue(has)
 }
@@ -158,10 +158,8 @@ func (v *vm) akCreateEvent(call goja.FunctionCall) goja.Value {
 		}
 	}
 	p := v.cur.req.Policy
-	ev, err := v.cur.req.Scope.CreateEvent(v.cur.ctx, "custom_"+action, p.Name, map[string]any{}, jsonSafe(kwargs), p)
-	if err != nil {
-		panic(v.rt.NewGoError(err))
-	}
+	ev, err := v.cur.req.Scope.CreateEvent(v.cur.dbCtx, "custom_"+action, p.Name, map[string]any{}, jsonSafe(kwargs), p)
+	v.check(err)
 	return v.rt.ToValue(ev.PK)
 }
 
@@ -210,7 +208,7 @@ func (v *vm) akSendEmail(call goja.FunctionCall) goja.Value {
 	}
 	scope := v.cur.req.Scope
 	if hasTemplate {
-		ok, err := scope.EmailTemplateExists(v.cur.ctx, template)
+		ok, err := scope.EmailTemplateExists(v.cur.dbCtx, template)
 		v.check(err)
 		if !ok {
 			panic(v.rt.NewGoError(fmt.Errorf("%s: email template %q does not exist", fn, template)))
@@ -222,9 +220,7 @@ func (v *vm) akSendEmail(call goja.FunctionCall) goja.Value {
 		maps.Copy(c, jsonSafe(tplContext))
 		e.Context = c
 	}
-	if err := scope.QueueEmail(v.cur.ctx, e, v.cur.req.Policy); err != nil {
-		panic(v.rt.NewGoError(err))
-	}
+	v.check(scope.QueueEmail(v.cur.dbCtx, e, v.cur.req.Policy))
 	return v.rt.ToValue(true)
 }
 

@@ -61,7 +61,7 @@ func (v *vm) querySet(m *rules.Model, filters map[string]any) *goja.Object {
 	// object checks that it was not changed meanwhile.
 	find := func(q rules.Query, limit int, lock bool) []map[string]any {
 		tx := v.db()
-		rows, err := rules.Find(v.cur.ctx, tx, q, limit, lock)
+		rows, err := rules.Find(v.cur.dbCtx, tx, q, limit, lock)
 		v.check(err)
 		return rows
 	}
@@ -95,7 +95,7 @@ func (v *vm) querySet(m *rules.Model, filters map[string]any) *goja.Object {
 		}
 	})
 	count := func(call goja.FunctionCall) int64 {
-		n, err := rules.Count(v.cur.ctx, v.db(), query(call.Argument(0)))
+		n, err := rules.Count(v.cur.dbCtx, v.db(), query(call.Argument(0)))
 		v.check(err)
 		return n
 	}
@@ -149,7 +149,12 @@ func (v *vm) saveFunc(m *rules.Model) func(goja.FunctionCall) goja.Value {
 		if u := this.Get("updated"); u != nil && !goja.IsUndefined(u) {
 			readAt = u.Export()
 		}
-		v.check(rules.Save(v.cur.ctx, v.db(), m, pk.Export(), readAt, values))
+		updated, err := rules.Save(v.cur.dbCtx, v.db(), m, pk.Export(), readAt, values)
+		v.check(err)
+		if updated != "" {
+			_ = this.Set("updated", updated) // a second save of this object is not a conflict
+		}
+		v.cur.req.Scope.Saved(m.Name, pk.Export())
 		return goja.Undefined()
 	}
 }
@@ -176,6 +181,9 @@ func (v *vm) check(err error) {
 	// A database error aborts the event's transaction: the policy fails
 	// even if it catches the exception, so that its savepoint is rolled back.
 	v.cur.dbErr = err
+	if rules.TimedOut(err) {
+		panic(v.rt.NewGoError(fmt.Errorf("%w: %v", ErrTimeout, err)))
+	}
 	panic(v.rt.NewGoError(err))
 }
 

@@ -35,9 +35,10 @@ type vm struct {
 // eventCache keeps the objects of one event, shared by the policies that
 // evaluate it one after another (as authentik shares one request).
 type eventCache struct {
-	event    *events.Event
-	user     *rules.User
-	request  *goja.Object
+	event   *events.Event
+	rule    *rules.Rule
+	user    *rules.User
+	request *goja.Object
 	// clientIP is ak_client_ip of clientIPOf, built on first use.
 	clientIP   goja.Value
 	clientIPOf *events.Event
@@ -45,7 +46,11 @@ type eventCache struct {
 
 // evaluation is the state of one policy run that host functions touch.
 type evaluation struct {
-	ctx      context.Context
+	ctx context.Context
+	// dbCtx is the event's context, without the policy's deadline: SQL is
+	// bounded by lock_timeout and statement_timeout instead, because
+	// cancelling a query from the client breaks the event's connection.
+	dbCtx    context.Context
 	req      *rules.PolicyRequest
 	messages []string
 	logs     []rules.LogLine
@@ -84,6 +89,10 @@ func (v *vm) function(key string, prog *goja.Program) (goja.Callable, error) {
 // timeout; nested ones (ak_call_policy) run under it.
 func (v *vm) evaluate(ctx context.Context, key string, prog *goja.Program, req *rules.PolicyRequest) (res rules.PolicyResult) {
 	outer := v.cur == nil
+	dbCtx := ctx
+	if !outer {
+		dbCtx = v.cur.dbCtx
+	}
 	if outer {
 		timeout := req.Timeout
 		if timeout <= 0 {
@@ -105,7 +114,7 @@ func (v *vm) evaluate(ctx context.Context, key string, prog *goja.Program, req *
 		}()
 	}
 
-	ev := &evaluation{ctx: ctx, req: req}
+	ev := &evaluation{ctx: ctx, dbCtx: dbCtx, req: req}
 	prev := v.cur
 	v.cur = ev
 	prevRequest, prevContext := v.rt.Get("request"), v.rt.Get("context")
@@ -121,8 +130,14 @@ func (v *vm) evaluate(ctx context.Context, key string, prog *goja.Program, req *
 		defer func() { _ = v.rt.Set(name, prevVal) }()
 	}
 	plain := req.Context == nil && req.Globals == nil
-	if !plain || v.cache.event != req.Event || v.cache.user != req.User || v.cache.request == nil {
-		c := eventCache{event: req.Event, user: req.User, request: v.requestObject(req)}
+	var rule *rules.Rule
+	if req.Scope != nil {
+		rule = req.Scope.Rule
+	}
+	// The policies of one rule share the request (as in authentik's policy
+	// engine); another rule gets its own.
+	if !plain || v.cache.event != req.Event || v.cache.rule != rule || v.cache.user != req.User || v.cache.request == nil {
+		c := eventCache{event: req.Event, rule: rule, user: req.User, request: v.requestObject(req)}
 		if !plain {
 			c.event = nil // not shared with plain evaluations
 		}
@@ -143,6 +158,13 @@ func (v *vm) evaluate(ctx context.Context, key string, prog *goja.Program, req *
 		res.Retry = ev.dbErr
 		return res
 	}
+	if ev.dbErr != nil && rules.TimedOut(ev.dbErr) {
+		res.Err = &rules.PolicyError{Policy: req.Policy.Name, Kind: "timeout", Message: "policy timed out waiting for the database: " + ev.dbErr.Error()}
+		if prev != nil {
+			prev.dbErr = ev.dbErr
+		}
+		return res
+	}
 	if err == nil && ev.dbErr != nil {
 		err = ev.dbErr
 	}
@@ -151,6 +173,9 @@ func (v *vm) evaluate(ctx context.Context, key string, prog *goja.Program, req *
 	}
 	if err != nil {
 		res.Err = runtimeError(req.Policy.Name, err)
+		if outer && errors.Is(context.Cause(ctx), ErrTimeout) {
+			res.Err = &rules.PolicyError{Policy: req.Policy.Name, Kind: "timeout", Message: "policy timed out"}
+		}
 		return res
 	}
 	if out != nil && !goja.IsUndefined(out) && !goja.IsNull(out) {

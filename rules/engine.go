@@ -257,8 +257,21 @@ func (r *eventRun) evalBinding(ctx context.Context, rule *Rule, b *Binding) (boo
 		if res.Retry != nil {
 			return false, fmt.Errorf("evaluate policy %q: %w", p.Name, res.Retry)
 		}
-		if err := scope.finish(ctx, res.Err != nil); err != nil {
+		aborted, err := scope.finish(ctx, res.Err != nil)
+		if err != nil {
 			return false, err
+		}
+		if aborted {
+			res = PolicyResult{Err: &PolicyError{Policy: p.Name, Kind: "exception",
+				Message: "a database statement of the policy failed, and its effects were undone"}}
+		}
+		if scope.userSaved && r.user != nil {
+			// The next policy's request.user must see this save.
+			u, err := LoadUser(ctx, r.tx, r.user.ID)
+			if err != nil {
+				return false, err
+			}
+			r.user = u
 		}
 	}
 	if res.Err != nil {

@@ -88,9 +88,19 @@ func Transient(err error) bool {
 	var pqErr *pq.Error
 	if errors.As(err, &pqErr) {
 		switch pqErr.Code {
-		case "40001", "40P01", "55P03": // serialization failure, deadlock, lock not available
+		case "40001", "40P01": // serialization failure, deadlock
 			return true
 		}
+	}
+	return false
+}
+
+// TimedOut reports whether err is PostgreSQL ending a policy's query at the
+// policy's timeout (lock_timeout or statement_timeout).
+func TimedOut(err error) bool {
+	var pqErr *pq.Error
+	if errors.As(err, &pqErr) {
+		return pqErr.Code == "55P03" || pqErr.Code == "57014"
 	}
 	return false
 }

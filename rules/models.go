@@ -2,7 +2,9 @@ package rules
 
 import (
 	"context"
+	stdsql "database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"math"
@@ -428,14 +430,15 @@ func fromColumn(f field, v any) any {
 // row changed since, Save fails with [ErrConflict] instead of overwriting
 // the other change. Unknown or read-only fields and values of the wrong
 // type are a [*ModelError].
-func Save(ctx context.Context, db sqlx.ExecerContext, m *Model, pk any, readAt any, values map[string]any) error {
+func Save(ctx context.Context, db sqlx.QueryerContext, m *Model, pk any, readAt any, values map[string]any) (updated string, err error) {
 	if len(m.fields) == 0 || !m.hasUpdated {
-		return modelErr("%s objects are read-only", m.Name)
+		return "", modelErr("%s objects are read-only", m.Name)
 	}
 	pkField, _ := m.field("pk")
-	pkVal, err := convert(pkField, pk)
+	pkVal, cerr := convert(pkField, pk)
+	err = cerr
 	if err != nil {
-		return modelErr("%s.save: %v", m.Name, err)
+		return "", modelErr("%s.save: %v", m.Name, err)
 	}
 	names := make([]string, 0, len(values))
 	for k := range values {
@@ -447,28 +450,28 @@ func Save(ctx context.Context, db sqlx.ExecerContext, m *Model, pk any, readAt a
 	for _, name := range names {
 		f, ok := m.field(name)
 		if !ok {
-			return modelErr("%s.save: unknown field %q in update_fields", m.Name, name)
+			return "", modelErr("%s.save: unknown field %q in update_fields", m.Name, name)
 		}
 		if !f.writable {
-			return modelErr("%s.save: field %q cannot be written", m.Name, name)
+			return "", modelErr("%s.save: field %q cannot be written", m.Name, name)
 		}
 		v := values[name]
 		var arg any
 		if v == nil && f.typ != colJSON {
 			arg = nil
 		} else if arg, err = convert(f, v); err != nil {
-			return modelErr("%s.save: %v", m.Name, err)
+			return "", modelErr("%s.save: %v", m.Name, err)
 		}
 		if f.typ == colJSON {
 			if _, isObj := v.(map[string]any); !isObj {
-				return modelErr("%s.save: %s must be an object, got %s", m.Name, name, describe(v))
+				return "", modelErr("%s.save: %s must be an object, got %s", m.Name, name, describe(v))
 			}
 		}
 		args = append(args, arg)
 		sets = append(sets, fmt.Sprintf("%s = $%d", f.column, len(args)))
 	}
 	if len(sets) == 0 {
-		return nil
+		return "", nil
 	}
 	// clock_timestamp, not now(): two saves in one transaction must differ.
 	sets = append(sets, "updated = clock_timestamp()")
@@ -479,14 +482,15 @@ func Save(ctx context.Context, db sqlx.ExecerContext, m *Model, pk any, readAt a
 			sql += fmt.Sprintf(" AND updated = $%d", len(args))
 		}
 	}
-	res, err := db.ExecContext(ctx, sql, args...)
+	var at time.Time
+	err = sqlx.GetContext(ctx, db, &at, sql+" RETURNING updated", args...)
+	if errors.Is(err, stdsql.ErrNoRows) {
+		return "", fmt.Errorf("save %s %v: %w", m.Name, pk, ErrConflict)
+	}
 	if err != nil {
-		return fmt.Errorf("save %s: %w", m.Name, err)
+		return "", fmt.Errorf("save %s: %w", m.Name, err)
 	}
-	if n, err := res.RowsAffected(); err == nil && n == 0 {
-		return fmt.Errorf("save %s %v: %w", m.Name, pk, ErrConflict)
-	}
-	return nil
+	return at.UTC().Format(time.RFC3339Nano), nil
 }
 
 // WritableFields lists the fields of m that save() writes by default.

@@ -5,11 +5,13 @@ import (
 	"crypto/sha1"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
 
 	"github.com/jmoiron/sqlx"
+	"github.com/lib/pq"
 
 	"github.com/heraldhq/herald/events"
 )
@@ -28,6 +30,7 @@ type Scope struct {
 
 	run       *eventRun
 	savepoint bool
+	userSaved bool
 	calls     int // nested ak_call_policy depth
 }
 
@@ -44,7 +47,13 @@ func (s *Scope) DB(ctx context.Context) (*sqlx.Tx, error) {
 		return nil, fmt.Errorf("no database in a dry run without one")
 	}
 	if !s.savepoint {
-		if _, err := s.Tx.ExecContext(ctx, "SAVEPOINT "+savepointName); err != nil {
+		// The policy's remaining time bounds its lock waits and queries.
+		sql := "SAVEPOINT " + savepointName
+		if dl, ok := ctx.Deadline(); ok {
+			ms := max(time.Until(dl).Milliseconds(), 1)
+			sql += fmt.Sprintf("; SET LOCAL lock_timeout = %d; SET LOCAL statement_timeout = %d", ms, ms)
+		}
+		if _, err := s.Tx.ExecContext(context.WithoutCancel(ctx), sql); err != nil {
 			return nil, fmt.Errorf("set savepoint: %w", err)
 		}
 		s.savepoint = true
@@ -54,20 +63,46 @@ func (s *Scope) DB(ctx context.Context) (*sqlx.Tx, error) {
 
 // finish ends the policy's savepoint: its writes are kept when it succeeded
 // and undone when it failed.
-func (s *Scope) finish(ctx context.Context, failed bool) error {
+// It reports aborted when a statement of the policy failed in a way the
+// policy did not see (the transaction was aborted): its writes are then
+// undone too and the policy counts as failed.
+func (s *Scope) finish(ctx context.Context, failed bool) (aborted bool, err error) {
 	if !s.savepoint {
-		return nil
+		return false, nil
 	}
 	s.savepoint = false
+	const (
+		rollback = "ROLLBACK TO SAVEPOINT " + savepointName + "; RELEASE SAVEPOINT " + savepointName
+		release  = "RELEASE SAVEPOINT " + savepointName + "; SET LOCAL lock_timeout = 0; SET LOCAL statement_timeout = 0"
+	)
 	if failed {
-		if _, err := s.Tx.ExecContext(ctx, "ROLLBACK TO SAVEPOINT "+savepointName); err != nil {
-			return fmt.Errorf("roll back failed policy: %w", err)
+		if _, err := s.Tx.ExecContext(ctx, rollback); err != nil {
+			return false, fmt.Errorf("roll back failed policy: %w", err)
 		}
+		return false, nil
 	}
-	if _, err := s.Tx.ExecContext(ctx, "RELEASE SAVEPOINT "+savepointName); err != nil {
-		return fmt.Errorf("release savepoint: %w", err)
+	if _, err := s.Tx.ExecContext(ctx, release); err != nil {
+		var pqErr *pq.Error
+		if errors.As(err, &pqErr) && pqErr.Code == "25P02" { // in failed transaction
+			if _, err := s.Tx.ExecContext(ctx, rollback); err != nil {
+				return false, fmt.Errorf("roll back failed policy: %w", err)
+			}
+			return true, nil
+		}
+		return false, fmt.Errorf("release savepoint: %w", err)
 	}
-	return nil
+	return false, nil
+}
+
+// Saved tells the scope that a policy saved an object of model with pk, so
+// that later policies of the event see the change in request.user.
+func (s *Scope) Saved(model string, pk any) {
+	if s == nil || s.run == nil || s.run.user == nil || model != "User" {
+		return
+	}
+	if id, ok := events.Int64(pk); ok && id == s.run.user.ID {
+		s.userSaved = true
+	}
 }
 
 // EnterCall counts a nested ak_call_policy and reports false when the
@@ -176,7 +211,7 @@ type causedBy struct {
 func EventDepth(ev *events.Event) int {
 	cb, _ := ev.Context["caused_by"].(map[string]any)
 	d, _ := events.Int64(cb["depth"])
-	return int(d)
+	return max(int(d), 0)
 }
 
 // CreateEvent stores a new event caused by the scope's event and queues it
