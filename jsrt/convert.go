@@ -2,6 +2,7 @@ package jsrt
 
 import (
 	"encoding/json"
+	"slices"
 	"time"
 
 	"github.com/dop251/goja"
@@ -51,26 +52,45 @@ func (v *vm) toJS(x any) goja.Value {
 	}
 }
 
+// eventKeys are the properties of an event object, in wire order.
+var eventKeys = []string{"pk", "action", "app", "user", "context", "client_ip", "created", "brand"}
+
 // eventObject is the event as policies see it: the fields of the wire
-// format.
+// format (and any unknown top-level keys), built on first access.
 func (v *vm) eventObject(ev *events.Event) *goja.Object {
-	obj := v.rt.NewObject()
-	for k, raw := range ev.Extra {
-		_ = obj.Set(k, v.toJS(raw))
+	keys := eventKeys
+	if len(ev.Extra) > 0 {
+		keys = slices.Clone(eventKeys)
+		for k := range ev.Extra {
+			if !slices.Contains(keys, k) {
+				keys = append(keys, k)
+			}
+		}
 	}
-	_ = obj.Set("pk", ev.PK)
-	_ = obj.Set("action", ev.Action)
-	_ = obj.Set("app", ev.App)
-	_ = obj.Set("user", v.toJS(orEmpty(ev.User)))
-	_ = obj.Set("context", v.toJS(orEmpty(ev.Context)))
-	if ev.ClientIP == "" {
-		_ = obj.Set("client_ip", goja.Null())
-	} else {
-		_ = obj.Set("client_ip", ev.ClientIP)
-	}
-	_ = obj.Set("created", ev.Created.UTC().Format(time.RFC3339Nano))
-	_ = obj.Set("brand", v.toJS(orEmpty(ev.Brand)))
-	return obj
+	return v.newLazy(keys, func(key string) goja.Value {
+		switch key {
+		case "pk":
+			return v.rt.ToValue(ev.PK)
+		case "action":
+			return v.rt.ToValue(ev.Action)
+		case "app":
+			return v.rt.ToValue(ev.App)
+		case "user":
+			return v.toJS(orEmpty(ev.User))
+		case "context":
+			return v.toJS(orEmpty(ev.Context))
+		case "client_ip":
+			if ev.ClientIP == "" {
+				return goja.Null()
+			}
+			return v.rt.ToValue(ev.ClientIP)
+		case "created":
+			return v.rt.ToValue(ev.Created.UTC().Format(time.RFC3339Nano))
+		case "brand":
+			return v.toJS(orEmpty(ev.Brand))
+		}
+		return v.toJS(ev.Extra[key])
+	})
 }
 
 // userObject is a users row as a model object (with save), or the anonymous
@@ -114,12 +134,17 @@ func (v *vm) requestObject(req *rules.PolicyRequest) *goja.Object {
 		_ = c.Set(k, v.toJS(x))
 	}
 	_ = c.Set("event", ev)
-	r := v.rt.NewObject()
-	_ = r.Set("user", v.userObject(req.User))
-	_ = r.Set("context", c)
-	_ = r.Set("obj", ev)
-	_ = r.Set("debug", req.Scope == nil)
-	return r
+	return v.newLazy([]string{"user", "context", "obj", "debug"}, func(key string) goja.Value {
+		switch key {
+		case "user":
+			return v.userObject(req.User)
+		case "context":
+			return c
+		case "obj":
+			return ev
+		}
+		return v.rt.ToValue(req.Scope == nil)
+	})
 }
 
 func orEmpty(m map[string]any) map[string]any {
