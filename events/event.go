@@ -3,7 +3,6 @@ package events
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"maps"
 	"net/netip"
@@ -56,68 +55,70 @@ var known = map[string]bool{
 // or null, and "created" an RFC 3339 time (now when missing). The context is
 // passed through [Sanitize] and [Cleanse]. Errors are [*DecodeError]s.
 func Decode(data []byte) (Event, error) {
+	// One pass over the bytes: everything is decoded into plain values,
+	// then checked field by field.
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.UseNumber()
-	var raw map[string]json.RawMessage
-	if err := dec.Decode(&raw); err != nil {
+	var top any
+	if err := dec.Decode(&top); err != nil {
 		return Event{}, decodeErr("invalid JSON: %v", err)
-	}
-	if raw == nil {
-		return Event{}, decodeErr("payload is null, want a JSON object")
 	}
 	if dec.More() {
 		return Event{}, decodeErr("trailing data after the JSON object")
 	}
+	raw, ok := top.(map[string]any)
+	if !ok {
+		return Event{}, decodeErr("payload is %s, want a JSON object", jsonType(top))
+	}
 
 	var ev Event
-	var pk string
-	if err := field(raw, "pk", &pk); err != nil {
+	pk, err := stringField(raw, "pk")
+	if err != nil {
 		return Event{}, err
 	}
 	if pk == "" {
 		return Event{}, decodeErr(`missing "pk"`)
 	}
-	canon, err := CanonicalUUID(pk)
-	if err != nil {
+	if ev.PK, err = CanonicalUUID(pk); err != nil {
 		return Event{}, decodeErr(`"pk": %v`, err)
 	}
-	ev.PK = canon
-	if err := field(raw, "action", &ev.Action); err != nil {
+	if ev.Action, err = stringField(raw, "action"); err != nil {
 		return Event{}, err
 	}
 	ev.Action = stripNUL(ev.Action)
 	if strings.TrimSpace(ev.Action) == "" {
 		return Event{}, decodeErr(`missing "action"`)
 	}
-	if err := field(raw, "app", &ev.App); err != nil {
+	if ev.App, err = stringField(raw, "app"); err != nil {
 		return Event{}, err
 	}
 	ev.App = stripNUL(ev.App)
-	for _, obj := range []struct {
-		key string
-		dst *map[string]any
-	}{{"user", &ev.User}, {"context", &ev.Context}, {"brand", &ev.Brand}} {
-		if err := objectField(raw, obj.key, obj.dst); err != nil {
-			return Event{}, err
-		}
+	if ev.User, err = objectField(raw, "user"); err != nil {
+		return Event{}, err
+	}
+	if ev.Context, err = objectField(raw, "context"); err != nil {
+		return Event{}, err
+	}
+	if ev.Brand, err = objectField(raw, "brand"); err != nil {
+		return Event{}, err
 	}
 	ev.Context = sanitizeAndCleanse(ev.Context)
 	ev.User = Sanitize(ev.User).(map[string]any)
 	ev.Brand = Sanitize(ev.Brand).(map[string]any)
 
-	var ip *string
-	if err := field(raw, "client_ip", &ip); err != nil {
+	ip, err := stringField(raw, "client_ip")
+	if err != nil {
 		return Event{}, err
 	}
-	if ip != nil && *ip != "" {
-		addr, err := netip.ParseAddr(*ip)
+	if ip != "" {
+		addr, err := netip.ParseAddr(ip)
 		if err != nil {
-			return Event{}, decodeErr(`"client_ip": %q is not an IP address`, *ip)
+			return Event{}, decodeErr(`"client_ip": %q is not an IP address`, ip)
 		}
 		ev.ClientIP = addr.WithZone("").String() // PostgreSQL's inet has no zones
 	}
-	var created string
-	if err := field(raw, "created", &created); err != nil {
+	created, err := stringField(raw, "created")
+	if err != nil {
 		return Event{}, err
 	}
 	if created == "" {
@@ -131,13 +132,7 @@ func Decode(data []byte) (Event, error) {
 			continue
 		}
 		// Kept, sanitised like the rest: valid UTF-8, no NUL.
-		var x any
-		dec := json.NewDecoder(bytes.NewReader(v))
-		dec.UseNumber()
-		if err := dec.Decode(&x); err != nil {
-			return Event{}, decodeErr("%q: %v", k, err)
-		}
-		clean, err := json.Marshal(Sanitize(x))
+		clean, err := json.Marshal(Sanitize(v))
 		if err != nil {
 			return Event{}, decodeErr("%q: %v", k, err)
 		}
@@ -149,40 +144,46 @@ func Decode(data []byte) (Event, error) {
 	return ev, nil
 }
 
-// field decodes raw[key] into dst; a missing key or null leaves dst alone.
-func field(raw map[string]json.RawMessage, key string, dst any) error {
-	v, ok := raw[key]
-	if !ok || string(v) == "null" {
-		return nil
+// stringField returns raw[key] as a string; missing or null is "".
+func stringField(raw map[string]any, key string) (string, error) {
+	switch v := raw[key].(type) {
+	case nil:
+		return "", nil
+	case string:
+		return v, nil
+	default:
+		return "", decodeErr("%q: got %s, want a string", key, jsonType(v))
 	}
-	if err := json.Unmarshal(v, dst); err != nil {
-		return decodeErr("%q: %s", key, typeProblem(err))
-	}
-	return nil
 }
 
-func objectField(raw map[string]json.RawMessage, key string, dst *map[string]any) error {
-	*dst = map[string]any{}
-	v, ok := raw[key]
-	if !ok || string(v) == "null" {
-		return nil
+// objectField returns raw[key] as an object; missing or null is {}.
+func objectField(raw map[string]any, key string) (map[string]any, error) {
+	switch v := raw[key].(type) {
+	case nil:
+		return map[string]any{}, nil
+	case map[string]any:
+		return v, nil
+	default:
+		return nil, decodeErr("%q: got %s, want an object", key, jsonType(v))
 	}
-	dec := json.NewDecoder(bytes.NewReader(v))
-	dec.UseNumber()
-	var m map[string]any
-	if err := dec.Decode(&m); err != nil {
-		return decodeErr("%q: %s", key, typeProblem(err))
-	}
-	*dst = m
-	return nil
 }
 
-func typeProblem(err error) string {
-	var ute *json.UnmarshalTypeError
-	if errors.As(err, &ute) {
-		return fmt.Sprintf("got a JSON %s, want %s", ute.Value, ute.Type)
+func jsonType(v any) string {
+	switch v.(type) {
+	case nil:
+		return "null"
+	case string:
+		return "a JSON string"
+	case json.Number:
+		return "a JSON number"
+	case bool:
+		return "a JSON boolean"
+	case []any:
+		return "a JSON array"
+	case map[string]any:
+		return "a JSON object"
 	}
-	return err.Error()
+	return fmt.Sprintf("%T", v)
 }
 
 // CanonicalUUID accepts a UUID in dashed or authentik's dashless hex form
