@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"runtime"
+	"runtime/debug"
 	"runtime/pprof"
 	"slices"
 	"strings"
@@ -156,19 +157,17 @@ func (b *bench) run(ctx context.Context, keep bool) (*benchResult, error) {
 	if _, err := events.EnsureStream(ctx, nc.js, events.StreamConfig{Name: b.cfg.Stream, SubjectPrefix: b.cfg.SubjectPrefix}); err != nil {
 		return nil, err
 	}
-	evs := b.workload()
-
 	res := &benchResult{
 		Machine: machine(), Events: b.n, Rules: b.rules, BatchSize: b.cfg.BatchSize,
 		Concurrency: b.cfg.Concurrency, PublishRate: b.rate,
 	}
-	if err := b.herald(ctx, nc, db, evs, res, logger); err != nil {
+	if err := b.herald(ctx, nc, db, res, logger); err != nil {
 		return nil, err
 	}
 	if res.FloorJetStream, err = b.floorJetStream(ctx, nc.js); err != nil {
 		return nil, err
 	}
-	if res.FloorInsert, err = b.floorInsert(ctx, admin, evs); err != nil {
+	if res.FloorInsert, err = b.floorInsert(ctx, admin, b.workload()); err != nil {
 		return nil, err
 	}
 	res.Floor = min(res.FloorJetStream, res.FloorInsert)
@@ -177,11 +176,13 @@ func (b *bench) run(ctx context.Context, keep bool) (*benchResult, error) {
 }
 
 // herald runs the real worker on the events and measures it.
-func (b *bench) herald(ctx context.Context, nc *natsConn, db *sqlx.DB, evs []events.Event, res *benchResult, logger *slog.Logger) error {
+func (b *bench) herald(ctx context.Context, nc *natsConn, db *sqlx.DB, res *benchResult, logger *slog.Logger) error {
+	evs := b.workload()
+	n := len(evs)
 	var (
 		committed atomic.Int64
 		mu        sync.Mutex
-		latencies = make([]time.Duration, 0, len(evs))
+		latencies = make([]time.Duration, 0, n)
 	)
 	cfg := b.cfg
 	allDone := make(chan struct{})
@@ -192,7 +193,7 @@ func (b *bench) herald(ctx context.Context, nc *natsConn, db *sqlx.DB, evs []eve
 			latencies = append(latencies, now.Sub(batch[i].Created))
 		}
 		mu.Unlock()
-		if committed.Add(int64(len(batch))) >= int64(len(evs)) && committed.Load()-int64(len(batch)) < int64(len(evs)) {
+		if total := committed.Add(int64(len(batch))); total >= int64(n) && total-int64(len(batch)) < int64(n) {
 			close(allDone)
 		}
 	}
@@ -202,6 +203,11 @@ func (b *bench) herald(ctx context.Context, nc *natsConn, db *sqlx.DB, evs []eve
 		if err := publishAll(ctx, nc.js, cfg.SubjectPrefix, evs, time.Now); err != nil {
 			return err
 		}
+		// The events live in the stream now: drop them here, so that the
+		// peak RSS measured below is the worker's.
+		evs = nil
+		runtime.GC()
+		debug.FreeOSMemory()
 	}
 
 	if b.cpuProfile != "" {
@@ -253,12 +259,12 @@ func (b *bench) herald(ctx context.Context, nc *natsConn, db *sqlx.DB, evs []eve
 	defer tick.Stop()
 	var runErr error
 wait:
-	for committed.Load() < int64(len(evs)) {
+	for committed.Load() < int64(n) {
 		select {
 		case <-allDone:
 			break wait
 		case <-tick.C:
-			b.logf("%d/%d events committed (%.0f/s)", committed.Load(), len(evs), float64(committed.Load())/time.Since(start).Seconds())
+			b.logf("%d/%d events committed (%.0f/s)", committed.Load(), n, float64(committed.Load())/time.Since(start).Seconds())
 		case runErr = <-done:
 			break wait
 		case <-ctx.Done():
@@ -277,8 +283,8 @@ wait:
 		return fmt.Errorf("worker: %w", runErr)
 	}
 	res.Seconds = elapsed.Seconds()
-	res.Rate = float64(len(evs)) / elapsed.Seconds()
-	res.CPUPerEvent = float64(cpu.Microseconds()) / float64(len(evs))
+	res.Rate = float64(n) / elapsed.Seconds()
+	res.CPUPerEvent = float64(cpu.Microseconds()) / float64(n)
 	slices.Sort(latencies)
 	res.LatencyP50 = percentile(latencies, 0.50)
 	res.LatencyP95 = percentile(latencies, 0.95)
@@ -289,7 +295,7 @@ wait:
 	if err := db.GetContext(ctx, &res.Fired, `SELECT count(DISTINCT (event_id, rule_id)) FROM notifications`); err != nil {
 		return err
 	}
-	b.logf("herald: %d events in %.2fs", len(evs), elapsed.Seconds())
+	b.logf("herald: %d events in %.2fs", n, elapsed.Seconds())
 	return nil
 }
 
