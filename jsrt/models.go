@@ -154,7 +154,7 @@ func (v *vm) saveFunc(m *rules.Model) func(goja.FunctionCall) goja.Value {
 		if updated != "" {
 			_ = this.Set("updated", updated) // a second save of this object is not a conflict
 		}
-		v.cur.req.Scope.Saved(m.Name, pk.Export())
+		v.cur.req.Scope.Saved(m.Name, pk.Export(), names)
 		return goja.Undefined()
 	}
 }

@@ -155,6 +155,11 @@ type eventRun struct {
 
 	created       int // created-event counter, for derived pks
 	createdEvents int
+
+	// trace, when set, records a dry run; last is the result of the
+	// policy binding evaluated last.
+	trace *DryRunReport
+	last  PolicyResult
 }
 
 func (e *Engine) processEvent(ctx context.Context, tx *sqlx.Tx, rs *RuleSet, ev *events.Event, users map[int64]*User, out *batchWriter) error {
@@ -211,9 +216,13 @@ func (e *Engine) guard(rs *RuleSet, ev *events.Event) string {
 func (r *eventRun) evalRule(ctx context.Context, rule *Rule) (bool, error) {
 	passing := false
 	for _, b := range rule.Bindings {
+		r.last = PolicyResult{}
 		ok, err := r.evalBinding(ctx, rule, b)
 		if err != nil {
 			return false, err
+		}
+		if r.trace != nil {
+			r.trace.addBinding(rule, b, r.last, ok)
 		}
 		passing = passing || ok
 	}
@@ -274,6 +283,7 @@ func (r *eventRun) evalBinding(ctx context.Context, rule *Rule, b *Binding) (boo
 			r.user = u
 		}
 	}
+	r.last = res
 	if res.Err != nil {
 		r.e.stats.PolicyErrors.Add(1)
 		r.e.log.WarnContext(ctx, "policy failed", slog.String("policy", p.Name), slog.String("rule", rule.Name),

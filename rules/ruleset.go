@@ -121,3 +121,25 @@ func LoadRuleSet(ctx context.Context, db *sqlx.DB) (*RuleSet, error) {
 	}
 	return rs, nil
 }
+
+// StaticRules is a [RuleSource] that always gives the same rule set.
+type StaticRules struct{ Set *RuleSet }
+
+// Current implements [RuleSource].
+func (s StaticRules) Current() *RuleSet { return s.Set }
+
+// OnlyPolicy returns a copy of rs whose only rule evaluates the policy
+// named name (bound or not), with a 30 second timeout and no transports:
+// for dry runs of a single policy.
+func (rs *RuleSet) OnlyPolicy(name string) (*RuleSet, error) {
+	p := rs.Policies[name]
+	if p == nil {
+		return nil, fmt.Errorf("no policy named %q", name)
+	}
+	out := *rs
+	rule := &Rule{ID: "00000000-0000-0000-0000-000000000000", Name: "policy " + name, Severity: "notice",
+		Bindings: []*Binding{{ID: "00000000-0000-0000-0000-000000000000", PolicyID: &p.ID, TimeoutSeconds: 30, Policy: p}}}
+	rule.index()
+	out.Rules = []*Rule{rule}
+	return &out, nil
+}

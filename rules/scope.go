@@ -96,8 +96,14 @@ func (s *Scope) finish(ctx context.Context, failed bool) (aborted bool, err erro
 
 // Saved tells the scope that a policy saved an object of model with pk, so
 // that later policies of the event see the change in request.user.
-func (s *Scope) Saved(model string, pk any) {
-	if s == nil || s.run == nil || s.run.user == nil || model != "User" {
+func (s *Scope) Saved(model string, pk any, fields []string) {
+	if s == nil || s.run == nil {
+		return
+	}
+	if s.run.trace != nil {
+		s.run.trace.Saves = append(s.run.trace.Saves, fmt.Sprintf("%s %v: %s", model, pk, strings.Join(fields, ", ")))
+	}
+	if s.run.user == nil || model != "User" {
 		return
 	}
 	if id, ok := events.Int64(pk); ok && id == s.run.user.ID {
@@ -160,6 +166,9 @@ func (s *Scope) QueueEmail(ctx context.Context, e Email, policy *Policy) error {
 	}
 	if _, err := tx.ExecContext(ctx, insertOutbox, e.Key, OutboxEmail, payload); err != nil {
 		return fmt.Errorf("queue email: %w", err)
+	}
+	if r.trace != nil {
+		r.trace.Emails = append(r.trace.Emails, e)
 	}
 	return nil
 }
@@ -266,5 +275,8 @@ func (r *eventRun) createEvent(ctx context.Context, tx *sqlx.Tx, action, app str
 		return events.Event{}, err
 	}
 	r.createdEvents++
+	if r.trace != nil {
+		r.trace.CreatedEvents = append(r.trace.CreatedEvents, ev)
+	}
 	return ev, nil
 }

@@ -148,21 +148,10 @@ func publishCommand(ctx context.Context, e env, args []string) error {
 	var payloads [][]byte
 	switch {
 	case *action != "":
-		var c map[string]any
-		if err := json.Unmarshal([]byte(*evCtx), &c); err != nil {
-			return fmt.Errorf("-context: want a JSON object: %w", err)
+		b, err := eventFromFlags(*action, *app, *userPK, *username, *email, *evCtx, *clientIP, *pk)
+		if err != nil {
+			return err
 		}
-		ev := map[string]any{"action": *action, "app": *app, "context": c, "user": map[string]any{}}
-		if *pk != "" {
-			ev["pk"] = *pk
-		}
-		if *userPK != 0 || *username != "" {
-			ev["user"] = map[string]any{"pk": *userPK, "username": *username, "email": *email}
-		}
-		if *clientIP != "" {
-			ev["client_ip"] = *clientIP
-		}
-		b, _ := json.Marshal(ev)
 		payloads = append(payloads, b)
 	case *file != "":
 		data, err := readInput(*file, e.stdin)
@@ -211,6 +200,25 @@ func publishCommand(ctx context.Context, e env, args []string) error {
 		fmt.Fprintln(e.stdout, id)
 	}
 	return nil
+}
+
+// eventFromFlags builds an event payload from the flags of publish and eval.
+func eventFromFlags(action, app string, userPK int64, username, email, evCtx, clientIP, pk string) ([]byte, error) {
+	var c map[string]any
+	if err := json.Unmarshal([]byte(evCtx), &c); err != nil {
+		return nil, fmt.Errorf("-context: want a JSON object: %w", err)
+	}
+	ev := map[string]any{"action": action, "app": app, "context": c, "user": map[string]any{}}
+	if pk != "" {
+		ev["pk"] = pk
+	}
+	if userPK != 0 || username != "" {
+		ev["user"] = map[string]any{"pk": userPK, "username": username, "email": email}
+	}
+	if clientIP != "" {
+		ev["client_ip"] = clientIP
+	}
+	return json.Marshal(ev)
 }
 
 func readInput(name string, stdin io.Reader) ([]byte, error) {

@@ -36,6 +36,7 @@ commands:
   seed       apply SQL seed files in one transaction: worker seed FILE...
   publish    publish events from a file, stdin or flags
   check      compile every policy and report errors
+  eval       dry-run the rules (or -rule, -policy) against an event: results and effects, none performed
   bench      measure throughput and latency against the floor of the same run
   deliveries list deliveries (dead and failed first); "deliveries retry ID...|--dead" retries them
   help       show this text
@@ -67,6 +68,7 @@ func dispatch(ctx context.Context, args []string, getenv func(string) string, st
 		"check":      checkCommand,
 		"deliveries": deliveriesCommand,
 		"bench":      benchCommand,
+		"eval":       evalCommand,
 	}
 	switch name {
 	case "help", "-h", "-help", "--help":
