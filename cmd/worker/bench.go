@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -54,8 +53,7 @@ type benchResult struct {
 }
 
 func benchCommand(ctx context.Context, e env, args []string) error {
-	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
+	fs := e.flags("bench")
 	n := fs.Int("n", 20000, "events to publish")
 	nRules := fs.Int("rules", 10, "rules in the workload (multiples of the standard 10 repeat it)")
 	batch := fs.Int("batch-size", 0, "events per transaction (default HERALD_BATCH_SIZE)")

@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -21,13 +20,12 @@ import (
 )
 
 func migrateCommand(ctx context.Context, e env, args []string) error {
-	fs := flag.NewFlagSet("migrate", flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
+	fs := e.flags("migrate")
 	cfg, err := loadConfig(e.getenv, fs, args)
 	if err != nil {
 		return err
 	}
-	db, err := openDB(ctx, cfg.DatabaseURL, cfg.logger(e.stderr))
+	db, err := e.openDB(ctx, cfg)
 	if err != nil {
 		return err
 	}
@@ -46,8 +44,7 @@ func migrateCommand(ctx context.Context, e env, args []string) error {
 }
 
 func seedCommand(ctx context.Context, e env, args []string) error {
-	fs := flag.NewFlagSet("seed", flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
+	fs := e.flags("seed")
 	fs.Usage = func() {
 		fmt.Fprintln(e.stderr, "usage: worker seed [flags] FILE...\n\nApplies the SQL files in one transaction; "+
 			"examples/NAME.sql names an example shipped in the binary.")
@@ -65,7 +62,7 @@ func seedCommand(ctx context.Context, e env, args []string) error {
 	if err != nil {
 		return err
 	}
-	db, err := openDB(ctx, cfg.DatabaseURL, cfg.logger(e.stderr))
+	db, err := e.openDB(ctx, cfg)
 	if err != nil {
 		return err
 	}
@@ -83,13 +80,12 @@ func seedCommand(ctx context.Context, e env, args []string) error {
 }
 
 func checkCommand(ctx context.Context, e env, args []string) error {
-	fs := flag.NewFlagSet("check", flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
+	fs := e.flags("check")
 	cfg, err := loadConfig(e.getenv, fs, args)
 	if err != nil {
 		return err
 	}
-	db, err := openDB(ctx, cfg.DatabaseURL, cfg.logger(e.stderr))
+	db, err := e.openDB(ctx, cfg)
 	if err != nil {
 		return err
 	}
@@ -119,8 +115,7 @@ func checkCommand(ctx context.Context, e env, args []string) error {
 }
 
 func publishCommand(ctx context.Context, e env, args []string) error {
-	fs := flag.NewFlagSet("publish", flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
+	fs := e.flags("publish")
 	var (
 		file     = fs.String("f", "", "read events from `FILE` (\"-\" for stdin): one JSON object, an array, or one object per line")
 		action   = fs.String("action", "", "build one event with this action from flags instead of reading a file")

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"text/tabwriter"
 	"time"
@@ -17,15 +16,14 @@ func deliveriesCommand(ctx context.Context, e env, args []string) error {
 	if len(args) > 0 && args[0] == "retry" {
 		return retryCommand(ctx, e, args[1:])
 	}
-	fs := flag.NewFlagSet("deliveries", flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
+	fs := e.flags("deliveries")
 	status := fs.String("status", "", "only deliveries with this status (pending, sent, failed, dead, skipped)")
 	limit := fs.Int("limit", 50, "at most this many deliveries")
 	cfg, err := loadConfig(e.getenv, fs, args)
 	if err != nil {
 		return err
 	}
-	db, err := openDB(ctx, cfg.DatabaseURL, cfg.logger(e.stderr))
+	db, err := e.openDB(ctx, cfg)
 	if err != nil {
 		return err
 	}
@@ -48,8 +46,7 @@ func deliveriesCommand(ctx context.Context, e env, args []string) error {
 }
 
 func retryCommand(ctx context.Context, e env, args []string) error {
-	fs := flag.NewFlagSet("deliveries retry", flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
+	fs := e.flags("deliveries retry")
 	dead := fs.Bool("dead", false, "retry every dead delivery")
 	cfg, err := loadConfig(e.getenv, fs, args)
 	if err != nil {
@@ -58,7 +55,7 @@ func retryCommand(ctx context.Context, e env, args []string) error {
 	if !*dead && fs.NArg() == 0 {
 		return errors.New("deliveries retry: give delivery IDs or --dead")
 	}
-	db, err := openDB(ctx, cfg.DatabaseURL, cfg.logger(e.stderr))
+	db, err := e.openDB(ctx, cfg)
 	if err != nil {
 		return err
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"strings"
@@ -18,8 +17,7 @@ import (
 // event: every binding's result, messages and logs, and the effects it
 // would have, none of them performed.
 func evalCommand(ctx context.Context, e env, args []string) error {
-	fs := flag.NewFlagSet("eval", flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
+	fs := e.flags("eval")
 	var (
 		file     = fs.String("f", "", "read the event from `FILE` (\"-\" for stdin)")
 		rule     = fs.String("rule", "", "evaluate only this rule")
@@ -68,7 +66,7 @@ func evalCommand(ctx context.Context, e env, args []string) error {
 		return err
 	}
 
-	db, err := openDB(ctx, cfg.DatabaseURL, cfg.logger(e.stderr))
+	db, err := e.openDB(ctx, cfg)
 	if err != nil {
 		return err
 	}

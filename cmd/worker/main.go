@@ -14,6 +14,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/jmoiron/sqlx"
 )
 
 func main() {
@@ -52,6 +54,18 @@ type env struct {
 	stdin  io.Reader
 	stdout io.Writer
 	stderr io.Writer
+}
+
+// flags returns an empty flag set for a command, printing to stderr.
+func (e env) flags(name string) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	return fs
+}
+
+// openDB connects to the configured database, logging to stderr.
+func (e env) openDB(ctx context.Context, cfg config) (*sqlx.DB, error) {
+	return openDB(ctx, cfg.DatabaseURL, cfg.logger(e.stderr))
 }
 
 func dispatch(ctx context.Context, args []string, getenv func(string) string, stdin io.Reader, stdout, stderr io.Writer) error {

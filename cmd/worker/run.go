@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -21,8 +20,7 @@ import (
 )
 
 func runCommand(ctx context.Context, e env, args []string) error {
-	fs := flag.NewFlagSet("run", flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
+	fs := e.flags("run")
 	cfg, err := loadConfig(e.getenv, fs, args)
 	if err != nil {
 		return err
