@@ -19,16 +19,16 @@ type Statement struct {
 func SplitStatements(script string) ([]Statement, error) {
 	var (
 		out       []Statement
-		start     int
 		line      = 1
 		startLine = 1
+		codeStart int
 		hasCode   bool
 	)
 	flush := func(end int) {
 		if hasCode {
-			out = append(out, Statement{SQL: strings.TrimSpace(script[start:end]), Line: startLine})
+			out = append(out, Statement{SQL: strings.TrimSpace(script[codeStart:end]), Line: startLine})
 		}
-		start, hasCode = end+1, false
+		hasCode = false
 	}
 	for i := 0; i < len(script); i++ {
 		c := script[i]
@@ -62,7 +62,7 @@ func SplitStatements(script string) ([]Statement, error) {
 			i = j - 1
 		case c == '\'' || c == '"':
 			if !hasCode {
-				startLine, hasCode = line, true
+				startLine, codeStart, hasCode = line, i, true
 			}
 			escapes := c == '\'' && i > 0 && (script[i-1] == 'E' || script[i-1] == 'e')
 			j := i + 1
@@ -86,7 +86,7 @@ func SplitStatements(script string) ([]Statement, error) {
 			i = j
 		case c == '$' && dollarTag(script[i:]) != "":
 			if !hasCode {
-				startLine, hasCode = line, true
+				startLine, codeStart, hasCode = line, i, true
 			}
 			tag := dollarTag(script[i:])
 			j := strings.Index(script[i+len(tag):], tag)
@@ -101,7 +101,7 @@ func SplitStatements(script string) ([]Statement, error) {
 		case c == ' ' || c == '\t' || c == '\r' || c == '\n':
 		default:
 			if !hasCode {
-				startLine, hasCode = line, true
+				startLine, codeStart, hasCode = line, i, true
 			}
 		}
 	}

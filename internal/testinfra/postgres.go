@@ -50,6 +50,16 @@ type DB struct {
 // Herald's migrations applied. The schema is dropped when the test ends.
 func Postgres(t testing.TB) *DB {
 	t.Helper()
+	db := EmptyPostgres(t)
+	if _, err := schema.Migrate(context.Background(), db.DB); err != nil {
+		t.Fatalf("migrate schema %s: %v", db.Schema, err)
+	}
+	return db
+}
+
+// EmptyPostgres is [Postgres] without the migrations.
+func EmptyPostgres(t testing.TB) *DB {
+	t.Helper()
 	base := PostgresURL(t)
 	name := Name(t)
 	ctx := context.Background()
@@ -83,9 +93,6 @@ func Postgres(t testing.TB) *DB {
 		t.Fatalf("open PostgreSQL schema %s: %v", name, err)
 	}
 	t.Cleanup(func() { _ = db.Close() })
-	if _, err := schema.Migrate(ctx, db); err != nil {
-		t.Fatalf("migrate schema %s: %v", name, err)
-	}
 	return &DB{DB: db, URL: u.String(), Schema: name}
 }
 

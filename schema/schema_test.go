@@ -1,0 +1,111 @@
+package schema_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/heraldhq/herald/internal/testinfra"
+	"github.com/heraldhq/herald/schema"
+)
+
+func TestSplitStatements(t *testing.T) {
+	t.Parallel()
+	script := `-- a comment; with a semicolon
+INSERT INTO t VALUES ('a;b', 'it''s');
+/* block; comment /* nested; */ */
+CREATE FUNCTION f() RETURNS int LANGUAGE sql AS $$ SELECT 1; $$;
+INSERT INTO policies (name, expression) VALUES ('p', $js$
+const a = "x;y"; return a;
+$js$);
+SELECT E'\';' ;
+SELECT "weird;name" FROM t`
+	stmts, err := schema.SplitStatements(script)
+	require.NoError(t, err)
+	require.Len(t, stmts, 5)
+	require.Equal(t, 2, stmts[0].Line)
+	require.Equal(t, "INSERT INTO t VALUES ('a;b', 'it''s')", stmts[0].SQL)
+	require.Contains(t, stmts[1].SQL, "SELECT 1; $$")
+	require.Equal(t, 4, stmts[1].Line)
+	require.Contains(t, stmts[2].SQL, `const a = "x;y"; return a;`)
+	require.Equal(t, 5, stmts[2].Line)
+	require.Equal(t, `SELECT E'\';'`, stmts[3].SQL)
+	require.Equal(t, 9, stmts[4].Line)
+
+	for _, bad := range []string{"SELECT 'open", "SELECT $$ open", "/* open"} {
+		_, err := schema.SplitStatements(bad)
+		require.Error(t, err, bad)
+	}
+}
+
+func TestMigrateIsIdempotentAndSafeConcurrently(t *testing.T) {
+	t.Parallel()
+	db := testinfra.Postgres(t) // migrated once already
+	applied, err := schema.Migrate(t.Context(), db.DB)
+	require.NoError(t, err)
+	require.Empty(t, applied, "a second run applies nothing")
+
+	// A fresh schema migrated by four processes at once.
+	fresh := testinfra.EmptyPostgres(t)
+	var wg sync.WaitGroup
+	results := make([][]string, 4)
+	errs := make([]error, 4)
+	for i := range 4 {
+		wg.Go(func() { results[i], errs[i] = schema.Migrate(context.Background(), fresh.DB) })
+	}
+	wg.Wait()
+	all, err := schema.Migrations()
+	require.NoError(t, err)
+	total := 0
+	for i := range 4 {
+		require.NoError(t, errs[i])
+		total += len(results[i])
+	}
+	require.Equal(t, len(all), total, "each migration is applied exactly once")
+	var n int
+	require.NoError(t, fresh.Get(&n, `SELECT count(*) FROM schema_migrations`))
+	require.Equal(t, len(all), n)
+}
+
+func TestSeedAppliesAllOrNothingAndNamesTheFailure(t *testing.T) {
+	t.Parallel()
+	db := testinfra.Postgres(t)
+	good := schema.SeedFile{Name: "good.sql", SQL: `INSERT INTO users (username) VALUES ('a');`}
+	bad := schema.SeedFile{Name: "bad.sql", SQL: "INSERT INTO users (username) VALUES ('b');\n\nINSERT INTO nowhere VALUES (1);"}
+	err := schema.Seed(t.Context(), db.DB, good, bad)
+	var seedErr *schema.SeedError
+	require.True(t, errors.As(err, &seedErr), "%v", err)
+	require.Equal(t, "bad.sql", seedErr.File)
+	require.Equal(t, 2, seedErr.Statement)
+	require.Equal(t, 3, seedErr.Line)
+	require.Contains(t, err.Error(), "nowhere")
+	var users int
+	require.NoError(t, db.Get(&users, `SELECT count(*) FROM users`))
+	require.Zero(t, users, "nothing of a failed seed is applied")
+
+	require.NoError(t, schema.Seed(t.Context(), db.DB, good))
+	require.NoError(t, db.Get(&users, `SELECT count(*) FROM users`))
+	require.Equal(t, 1, users)
+}
+
+func TestExamplesSeedTwice(t *testing.T) {
+	t.Parallel()
+	db := testinfra.Postgres(t)
+	names := []string{"unknown-device-login", "send-welcome-email", "deactivated-user-ssh-keys", "application-without-bindings", "group-user-history"}
+	var files []string
+	for _, n := range names {
+		files = append(files, "examples/"+n+".sql")
+	}
+	seeds, err := schema.ReadSeedFiles(files...)
+	require.NoError(t, err)
+	require.NoError(t, schema.Seed(t.Context(), db.DB, seeds...))
+	require.NoError(t, schema.Seed(t.Context(), db.DB, seeds...), "the examples can be applied again")
+	var rules, bindings int
+	require.NoError(t, db.Get(&rules, `SELECT count(*) FROM notification_rules`))
+	require.NoError(t, db.Get(&bindings, `SELECT count(*) FROM policy_bindings`))
+	require.Equal(t, 5, rules)
+	require.Equal(t, 5, bindings)
+}
