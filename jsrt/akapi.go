@@ -232,7 +232,7 @@ func (v *vm) addresses(fn, what string, val goja.Value, required bool) []string 
 		}
 		return nil
 	}
-	switch x := val.Export().(type) {
+	switch x := exportJSON(val).(type) {
 	case string:
 		if x == "" {
 			v.throw("%s: %s is empty", fn, what)
@@ -297,8 +297,31 @@ func plainJSON(x any, depth int) (any, bool) {
 		return out, true
 	case time.Time:
 		return t.UTC().Format(time.RFC3339Nano), true
+	case *lazyObject: // an event's data, as a policy sees it
+		out := make(map[string]any, len(t.keys))
+		for _, k := range t.Keys() {
+			if y, ok := plainJSON(exportValue(t.Get(k)), depth+1); ok {
+				out[k] = y
+			}
+		}
+		return out, true
+	case *lazyArray:
+		out := make([]any, 0, t.Len())
+		for i := range t.Len() {
+			if y, ok := plainJSON(exportValue(t.Get(i)), depth+1); ok {
+				out = append(out, y)
+			}
+		}
+		return out, true
 	}
 	return nil, false
+}
+
+func exportValue(v goja.Value) any {
+	if v == nil {
+		return nil
+	}
+	return v.Export()
 }
 
 // exportJSON exports a JavaScript value as JSON data.

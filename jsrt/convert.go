@@ -76,9 +76,9 @@ func (v *vm) eventObject(ev *events.Event) *goja.Object {
 		case "app":
 			return v.rt.ToValue(ev.App)
 		case "user":
-			return v.toJS(orEmpty(ev.User))
+			return v.lazyJS(orEmpty(ev.User))
 		case "context":
-			return v.toJS(orEmpty(ev.Context))
+			return v.lazyJS(orEmpty(ev.Context))
 		case "client_ip":
 			if ev.ClientIP == "" {
 				return goja.Null()
@@ -87,7 +87,7 @@ func (v *vm) eventObject(ev *events.Event) *goja.Object {
 		case "created":
 			return v.rt.ToValue(ev.Created.UTC().Format(time.RFC3339Nano))
 		case "brand":
-			return v.toJS(orEmpty(ev.Brand))
+			return v.lazyJS(orEmpty(ev.Brand))
 		}
 		return v.toJS(ev.Extra[key])
 	})

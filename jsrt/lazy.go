@@ -70,3 +70,86 @@ func (o *lazyObject) Keys() []string {
 	}
 	return keys
 }
+
+// lazyJS wraps decoded JSON data for policies without converting it up
+// front: objects and arrays become wrappers that convert an element when it
+// is first read. Writes stay in the wrapper, so the Go data (shared by the
+// rules of an event) never changes.
+func (v *vm) lazyJS(x any) goja.Value {
+	switch t := x.(type) {
+	case map[string]any:
+		keys := make([]string, 0, len(t))
+		for k := range t {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		return v.newLazy(keys, func(key string) goja.Value { return v.lazyJS(t[key]) })
+	case []any:
+		return v.rt.NewDynamicArray(&lazyArray{v: v, items: t, vals: make([]goja.Value, len(t))})
+	default:
+		return v.toJS(x)
+	}
+}
+
+// lazyArray is the array counterpart of lazyObject.
+type lazyArray struct {
+	v     *vm
+	items []any
+	vals  []goja.Value // nil: not read yet
+	set   []bool       // assigned by the policy (a nil value means undefined)
+}
+
+var _ goja.DynamicArray = (*lazyArray)(nil)
+
+func (a *lazyArray) Len() int { return len(a.vals) }
+
+func (a *lazyArray) Get(i int) goja.Value {
+	if i < 0 || i >= len(a.vals) {
+		return nil
+	}
+	if a.vals[i] == nil && (a.set == nil || !a.set[i]) && i < len(a.items) {
+		a.vals[i] = a.v.lazyJS(a.items[i])
+	}
+	return a.vals[i]
+}
+
+func (a *lazyArray) Set(i int, val goja.Value) bool {
+	if i < 0 {
+		return false
+	}
+	if i >= len(a.vals) {
+		a.SetLen(i + 1)
+	}
+	if a.set == nil {
+		a.set = make([]bool, len(a.vals))
+	}
+	a.vals[i], a.set[i] = val, true
+	return true
+}
+
+func (a *lazyArray) SetLen(n int) bool {
+	if n < 0 {
+		return false
+	}
+	// Materialise what stays, so that shrinking and growing again never
+	// brings back old items.
+	for i := range min(n, len(a.vals)) {
+		a.Get(i)
+	}
+	if n <= len(a.vals) {
+		a.vals = a.vals[:n]
+		if a.set != nil {
+			a.set = a.set[:n]
+		}
+		a.items = a.items[:min(n, len(a.items))]
+		return true
+	}
+	a.vals = append(a.vals, make([]goja.Value, n-len(a.vals))...)
+	set := make([]bool, n)
+	copy(set, a.set)
+	for i := len(a.items); i < n; i++ {
+		set[i] = true // new slots are undefined, not items
+	}
+	a.set = set
+	return true
+}
