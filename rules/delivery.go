@@ -115,22 +115,17 @@ type Dispatcher struct {
 	db   *sqlx.DB
 	cfg  DispatcherConfig
 	log  *slog.Logger
-	wake chan struct{}
+	wake wakeup
 }
 
 // NewDispatcher returns a Dispatcher on db.
 func NewDispatcher(db *sqlx.DB, cfg DispatcherConfig) *Dispatcher {
 	cfg = cfg.withDefaults()
-	return &Dispatcher{db: db, cfg: cfg, log: cfg.Logger, wake: make(chan struct{}, 1)}
+	return &Dispatcher{db: db, cfg: cfg, log: cfg.Logger, wake: newWakeup()}
 }
 
 // Wake makes the dispatcher look for due deliveries now. It never blocks.
-func (d *Dispatcher) Wake() {
-	select {
-	case d.wake <- struct{}{}:
-	default:
-	}
-}
+func (d *Dispatcher) Wake() { d.wake.wake() }
 
 // Run dispatches until ctx is done: Concurrency workers each claim one due
 // delivery at a time, so a slow receiver holds up only its own delivery.
@@ -145,28 +140,9 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 }
 
 func (d *Dispatcher) work(ctx context.Context) {
-	t := time.NewTicker(d.cfg.PollInterval)
-	defer t.Stop()
-	for {
-		for {
-			ok, err := d.DispatchOne(ctx)
-			if err != nil {
-				if ctx.Err() == nil {
-					d.log.WarnContext(ctx, "delivery dispatch", slog.Any("error", err))
-				}
-				break
-			}
-			if !ok {
-				break
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-d.wake:
-		case <-t.C:
-		}
-	}
+	poll(ctx, d.cfg.PollInterval, d.wake, d.log, "delivery dispatch", func() (bool, error) {
+		return d.DispatchOne(ctx)
+	})
 }
 
 // claimDelivery leases one due delivery: it is marked sending until the

@@ -104,48 +104,25 @@ type Outbox struct {
 	db   *sqlx.DB
 	cfg  OutboxConfig
 	log  *slog.Logger
-	wake chan struct{}
+	wake wakeup
 }
 
 // NewOutbox returns an Outbox on db.
 func NewOutbox(db *sqlx.DB, cfg OutboxConfig) *Outbox {
 	cfg = cfg.withDefaults()
-	return &Outbox{db: db, cfg: cfg, log: cfg.Logger, wake: make(chan struct{}, 1)}
+	return &Outbox{db: db, cfg: cfg, log: cfg.Logger, wake: newWakeup()}
 }
 
 // Wake makes the dispatcher look for due items now. It never blocks.
-func (o *Outbox) Wake() {
-	select {
-	case o.wake <- struct{}{}:
-	default:
-	}
-}
+func (o *Outbox) Wake() { o.wake.wake() }
 
 // Run dispatches until ctx is done.
 func (o *Outbox) Run(ctx context.Context) error {
-	t := time.NewTicker(o.cfg.PollInterval)
-	defer t.Stop()
-	for {
-		for {
-			n, err := o.DispatchOnce(ctx)
-			if err != nil {
-				if ctx.Err() != nil {
-					return nil
-				}
-				o.log.WarnContext(ctx, "outbox dispatch", slog.Any("error", err))
-				break
-			}
-			if n < o.cfg.BatchSize {
-				break
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-o.wake:
-		case <-t.C:
-		}
-	}
+	poll(ctx, o.cfg.PollInterval, o.wake, o.log, "outbox dispatch", func() (bool, error) {
+		n, err := o.DispatchOnce(ctx)
+		return n == o.cfg.BatchSize, err
+	})
+	return nil
 }
 
 type outboxItem struct {

@@ -52,31 +52,6 @@ func (s *Store) StoreDeadLetter(ctx context.Context, dl events.DeadLetter) error
 	return nil
 }
 
-// insertConsumedEvent stores an event consumed from the stream. It reports
-// false when the event was processed before (a redelivery or a re-publish),
-// in which case nothing more is done for it. An event that Herald created
-// itself is stored unprocessed; consuming it marks it processed.
-const insertConsumedEvent = `INSERT INTO events (id, action, app, "user", context, client_ip, created, brand, extra, processed)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, true)
-ON CONFLICT (id) DO UPDATE SET processed = true WHERE NOT events.processed
-RETURNING id`
-
-func storeConsumedEvent(ctx context.Context, tx *sqlx.Tx, ev *events.Event) (bool, error) {
-	args, err := eventArgs(ev)
-	if err != nil {
-		return false, err
-	}
-	var id string
-	err = tx.GetContext(ctx, &id, insertConsumedEvent, args...)
-	switch {
-	case errors.Is(err, sql.ErrNoRows):
-		return false, nil
-	case err != nil:
-		return false, fmt.Errorf("insert event %s: %w", ev.PK, err)
-	}
-	return true, nil
-}
-
 const insertCreated = `INSERT INTO events (id, action, app, "user", context, client_ip, created, brand, extra, processed)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, false)
 ON CONFLICT (id) DO NOTHING`

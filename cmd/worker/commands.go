@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -117,16 +118,10 @@ func checkCommand(ctx context.Context, e env, args []string) error {
 func publishCommand(ctx context.Context, e env, args []string) error {
 	fs := e.flags("publish")
 	var (
-		file     = fs.String("f", "", "read events from `FILE` (\"-\" for stdin): one JSON object, an array, or one object per line")
-		action   = fs.String("action", "", "build one event with this action from flags instead of reading a file")
-		app      = fs.String("app", "", "the event's app (with -action)")
-		userPK   = fs.Int64("user-pk", 0, "the event user's pk (with -action)")
-		username = fs.String("username", "", "the event user's username (with -action)")
-		email    = fs.String("email", "", "the event user's email (with -action)")
-		evCtx    = fs.String("context", "{}", "the event context as a JSON object (with -action)")
-		clientIP = fs.String("client-ip", "", "the event's client IP (with -action)")
-		pk       = fs.String("pk", "", "the event's pk (default: a new UUID)")
-		raw      = fs.Bool("raw", false, "publish the input bytes unchecked as one message (to test dead-lettering)")
+		file  = fs.String("f", "", "read events from `FILE` (\"-\" for stdin): one JSON object, an array, or one object per line")
+		flags = addEventFlags(fs)
+		pk    = fs.String("pk", "", "the event's pk (default: a new UUID)")
+		raw   = fs.Bool("raw", false, "publish the input bytes unchecked as one message (to test dead-lettering)")
 	)
 	fs.Usage = func() {
 		fmt.Fprintln(e.stderr, "usage: worker publish [flags] [FILE]\n\nPublishes events to the stream; fills pk and created when missing and prints each pk.")
@@ -142,8 +137,8 @@ func publishCommand(ctx context.Context, e env, args []string) error {
 
 	var payloads [][]byte
 	switch {
-	case *action != "":
-		b, err := eventFromFlags(*action, *app, *userPK, *username, *email, *evCtx, *clientIP, *pk)
+	case *flags.action != "":
+		b, err := flags.payload(*pk)
 		if err != nil {
 			return err
 		}
@@ -197,21 +192,39 @@ func publishCommand(ctx context.Context, e env, args []string) error {
 	return nil
 }
 
-// eventFromFlags builds an event payload from the flags of publish and eval.
-func eventFromFlags(action, app string, userPK int64, username, email, evCtx, clientIP, pk string) ([]byte, error) {
+// eventFlags are the flags of publish and eval that build one event.
+type eventFlags struct {
+	action, app, username, email, context, clientIP *string
+	userPK                                          *int64
+}
+
+func addEventFlags(fs *flag.FlagSet) *eventFlags {
+	return &eventFlags{
+		action:   fs.String("action", "", "build one event with this action from flags instead of reading a file"),
+		app:      fs.String("app", "", "the event's app (with -action)"),
+		userPK:   fs.Int64("user-pk", 0, "the event user's pk (with -action)"),
+		username: fs.String("username", "", "the event user's username (with -action)"),
+		email:    fs.String("email", "", "the event user's email (with -action)"),
+		context:  fs.String("context", "{}", "the event context as a JSON object (with -action)"),
+		clientIP: fs.String("client-ip", "", "the event's client IP (with -action)"),
+	}
+}
+
+// payload builds the event, with pk when it is not empty.
+func (f *eventFlags) payload(pk string) ([]byte, error) {
 	var c map[string]any
-	if err := json.Unmarshal([]byte(evCtx), &c); err != nil {
+	if err := json.Unmarshal([]byte(*f.context), &c); err != nil {
 		return nil, fmt.Errorf("-context: want a JSON object: %w", err)
 	}
-	ev := map[string]any{"action": action, "app": app, "context": c, "user": map[string]any{}}
+	ev := map[string]any{"action": *f.action, "app": *f.app, "context": c, "user": map[string]any{}}
 	if pk != "" {
 		ev["pk"] = pk
 	}
-	if userPK != 0 || username != "" {
-		ev["user"] = map[string]any{"pk": userPK, "username": username, "email": email}
+	if *f.userPK != 0 || *f.username != "" {
+		ev["user"] = map[string]any{"pk": *f.userPK, "username": *f.username, "email": *f.email}
 	}
-	if clientIP != "" {
-		ev["client_ip"] = clientIP
+	if *f.clientIP != "" {
+		ev["client_ip"] = *f.clientIP
 	}
 	return json.Marshal(ev)
 }

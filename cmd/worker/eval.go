@@ -19,17 +19,11 @@ import (
 func evalCommand(ctx context.Context, e env, args []string) error {
 	fs := e.flags("eval")
 	var (
-		file     = fs.String("f", "", "read the event from `FILE` (\"-\" for stdin)")
-		rule     = fs.String("rule", "", "evaluate only this rule")
-		policy   = fs.String("policy", "", "evaluate only this policy (bound to a rule or not)")
-		asJSON   = fs.Bool("json", false, "print the report as JSON")
-		action   = fs.String("action", "", "build the event from flags with this action")
-		app      = fs.String("app", "", "the event's app (with -action)")
-		userPK   = fs.Int64("user-pk", 0, "the event user's pk (with -action)")
-		username = fs.String("username", "", "the event user's username (with -action)")
-		email    = fs.String("email", "", "the event user's email (with -action)")
-		evCtx    = fs.String("context", "{}", "the event context as a JSON object (with -action)")
-		clientIP = fs.String("client-ip", "", "the event's client IP (with -action)")
+		file   = fs.String("f", "", "read the event from `FILE` (\"-\" for stdin)")
+		rule   = fs.String("rule", "", "evaluate only this rule")
+		policy = fs.String("policy", "", "evaluate only this policy (bound to a rule or not)")
+		asJSON = fs.Bool("json", false, "print the report as JSON")
+		flags  = addEventFlags(fs)
 	)
 	fs.Usage = func() {
 		fmt.Fprintln(e.stderr, "usage: worker eval [flags] [FILE]\n\nDry-runs the rules against an event; nothing is stored, sent or published.")
@@ -44,8 +38,8 @@ func evalCommand(ctx context.Context, e env, args []string) error {
 	}
 	var payload []byte
 	switch {
-	case *action != "":
-		payload, err = eventFromFlags(*action, *app, *userPK, *username, *email, *evCtx, *clientIP, "")
+	case *flags.action != "":
+		payload, err = flags.payload("")
 		if err != nil {
 			return err
 		}
