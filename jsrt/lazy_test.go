@@ -65,3 +65,25 @@ return {tags: c.tags, nested: "nested" in c, added: c.added};`)
 	require.Equal(t, []any{"a", "b", "c"}, req.Event.Context["tags"], "the event's own data is unchanged")
 	require.Contains(t, req.Event.Context, "nested")
 }
+
+func TestResolveAndReverseDNS(t *testing.T) {
+	t.Parallel()
+	pool := newPool(t, jsrt.Config{Size: 1})
+	res := evaluate(t, pool, request("dns", `return {
+  any: resolve_dns("localhost"),
+  v4: resolve_dns("localhost", 4),
+  none: resolve_dns("does-not-exist.invalid"),
+  name: reverse_dns("127.0.0.1"),
+  bad: reverse_dns("not-an-ip"),
+};`))
+	require.Nil(t, res.Err)
+	got := res.Raw.(map[string]any)
+	require.Contains(t, got["v4"], "127.0.0.1")
+	for _, a := range got["v4"].([]any) {
+		require.NotContains(t, a, ":", "version 4 gives IPv4 addresses only")
+	}
+	require.NotEmpty(t, got["any"])
+	require.Empty(t, got["none"])
+	require.NotEmpty(t, got["name"])
+	require.Equal(t, "not-an-ip", got["bad"], "an address without a name gives itself back")
+}
