@@ -29,6 +29,9 @@ func (v *vm) install() {
 	}
 	_ = v.rt.Set("ak_logger", logger)
 
+	// No flow runs here, as in authentik's notification worker.
+	_ = v.rt.Set("ak_is_sso_flow", false)
+
 	v.installModels()
 	v.installIP()
 	set("ak_user_by", v.akUserBy)

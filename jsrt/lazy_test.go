@@ -87,3 +87,11 @@ func TestResolveAndReverseDNS(t *testing.T) {
 	require.NotEmpty(t, got["name"])
 	require.Equal(t, "not-an-ip", got["bad"], "an address without a name gives itself back")
 }
+
+func TestAkIsSSOFlowIsFalse(t *testing.T) {
+	t.Parallel()
+	pool := newPool(t, jsrt.Config{Size: 1})
+	res := evaluate(t, pool, request("sso", `return ak_is_sso_flow === false ? "yes" : "no";`))
+	require.Nil(t, res.Err)
+	require.Equal(t, "yes", res.Raw)
+}
