@@ -159,13 +159,13 @@ func (m *JSONMap) Scan(src any) error {
 // Value implements driver.Valuer.
 func (m JSONMap) Value() (driver.Value, error) {
 	if m == nil {
-		return []byte("{}"), nil
+		return "{}", nil
 	}
 	b, err := json.Marshal(map[string]any(m))
 	if err != nil {
 		return nil, fmt.Errorf("encode jsonb: %w", err)
 	}
-	return b, nil
+	return string(b), nil
 }
 
 // ErrNotFound is returned when a looked-up row does not exist.

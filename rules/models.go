@@ -317,7 +317,7 @@ func convert(f field, v any) (any, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%s: %v", f.name, err)
 		}
-		return b, nil
+		return string(b), nil
 	}
 	return nil, fmt.Errorf("invalid value for %s: %s", f.name, describe(v))
 }

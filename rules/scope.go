@@ -164,7 +164,7 @@ func (s *Scope) QueueEmail(ctx context.Context, e Email, policy *Policy) error {
 	if err != nil {
 		return fmt.Errorf("encode email: %w", err)
 	}
-	if _, err := tx.ExecContext(ctx, insertOutbox, e.Key, OutboxEmail, payload); err != nil {
+	if _, err := tx.ExecContext(ctx, insertOutbox, e.Key, OutboxEmail, string(payload)); err != nil {
 		return fmt.Errorf("queue email: %w", err)
 	}
 	if r.trace != nil {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/url"
 
 	"github.com/jmoiron/sqlx"
 
@@ -13,6 +14,28 @@ import (
 )
 
 var sqlTxReadOnlySnapshot = sql.TxOptions{Isolation: sql.LevelRepeatableRead, ReadOnly: true}
+
+// ConnectionParams are the lib/pq connection parameters Herald adds to a
+// database URL that does not set them: binary_parameters lets a query with
+// parameters go out in one round trip instead of two (parse, then bind).
+var ConnectionParams = map[string]string{"binary_parameters": "yes"}
+
+// WithConnectionParams adds [ConnectionParams] to a URL-form dsn (other
+// forms are returned unchanged).
+func WithConnectionParams(dsn string) string {
+	u, err := url.Parse(dsn)
+	if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
+		return dsn
+	}
+	q := u.Query()
+	for k, v := range ConnectionParams {
+		if q.Get(k) == "" {
+			q.Set(k, v)
+		}
+	}
+	u.RawQuery = q.Encode()
+	return u.String()
+}
 
 // Store is the PostgreSQL side of the worker that is not per event:
 // dead letters and inbox reads.
@@ -45,7 +68,7 @@ func (s *Store) StoreDeadLetter(ctx context.Context, dl events.DeadLetter) error
 	}
 	_, err = s.db.ExecContext(ctx,
 		`INSERT INTO dead_letters (subject, payload, headers, reason, stream_seq) VALUES ($1, $2, $3, $4, $5)`,
-		dl.Subject, payload, headers, dl.Reason, seq)
+		dl.Subject, payload, string(headers), dl.Reason, seq)
 	if err != nil {
 		return fmt.Errorf("insert dead letter: %w", err)
 	}
@@ -71,7 +94,7 @@ func insertCreatedEvent(ctx context.Context, tx *sqlx.Tx, ev *events.Event) erro
 	if err != nil {
 		return fmt.Errorf("encode created event %s: %w", ev.PK, err)
 	}
-	if _, err := tx.ExecContext(ctx, insertOutbox, "event:"+ev.PK, OutboxEvent, payload); err != nil {
+	if _, err := tx.ExecContext(ctx, insertOutbox, "event:"+ev.PK, OutboxEvent, string(payload)); err != nil {
 		return fmt.Errorf("queue created event %s: %w", ev.PK, err)
 	}
 	return nil
@@ -100,7 +123,9 @@ func eventArgs(ev *events.Event) ([]any, error) {
 	if ev.ClientIP != "" {
 		ip = &ev.ClientIP
 	}
-	return []any{ev.PK, ev.Action, ev.App, user, evCtx, ip, ev.Created, brand, extra}, nil
+	// jsonb values go as text: []byte would be sent as binary data with
+	// binary_parameters (see [ConnectionParams]).
+	return []any{ev.PK, ev.Action, ev.App, string(user), string(evCtx), ip, ev.Created, string(brand), string(extra)}, nil
 }
 
 func orEmpty(m map[string]any) map[string]any {

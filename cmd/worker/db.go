@@ -11,11 +11,14 @@ import (
 
 	"github.com/jmoiron/sqlx"
 	"github.com/lib/pq"
+
+	"github.com/heraldhq/herald/rules"
 )
 
 // openDB connects to PostgreSQL. When the database itself does not exist
 // yet, it is created first (so the quick start needs no manual step).
 func openDB(ctx context.Context, dsn string, logger *slog.Logger) (*sqlx.DB, error) {
+	dsn = rules.WithConnectionParams(dsn)
 	db, err := connect(ctx, dsn)
 	var pqErr *pq.Error
 	if errors.As(err, &pqErr) && pqErr.Code == "3D000" { // invalid_catalog_name

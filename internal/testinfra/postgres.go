@@ -12,6 +12,7 @@ import (
 	"github.com/testcontainers/testcontainers-go"
 	"github.com/testcontainers/testcontainers-go/wait"
 
+	"github.com/heraldhq/herald/rules"
 	"github.com/heraldhq/herald/schema"
 )
 
@@ -87,6 +88,9 @@ func EmptyPostgres(t testing.TB) *DB {
 	}
 	q := u.Query()
 	q.Set("search_path", name)
+	for k, v := range rules.ConnectionParams {
+		q.Set(k, v)
+	}
 	u.RawQuery = q.Encode()
 	db, err := sqlx.Open("postgres", u.String())
 	if err != nil {
