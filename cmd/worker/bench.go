@@ -195,7 +195,6 @@ func (b *bench) herald(ctx context.Context, nc *natsConn, db *sqlx.DB, res *benc
 			close(allDone)
 		}
 	}
-	pub := events.NewPublisher(nc.js, cfg.SubjectPrefix)
 	if b.rate == 0 {
 		b.logf("publishing %d events", len(evs))
 		if err := publishAll(ctx, nc.js, cfg.SubjectPrefix, evs, time.Now); err != nil {
@@ -247,7 +246,12 @@ func (b *bench) herald(ctx context.Context, nc *natsConn, db *sqlx.DB, res *benc
 				}
 				next = next.Add(interval)
 				evs[i].Created = time.Now()
-				if err := pub.Publish(ctx, evs[i]); err != nil {
+				data, err := evs[i].MarshalJSON()
+				if err == nil {
+					// Asynchronous, so that the publisher keeps the rate.
+					_, err = nc.js.PublishAsync(events.Subject(cfg.SubjectPrefix, evs[i].Action), data, jetstream.WithMsgID(evs[i].PK))
+				}
+				if err != nil {
 					b.logf("publish: %v", err)
 				}
 			}

@@ -110,7 +110,7 @@ func loadConfig(getenv func(string) string, fs *flag.FlagSet, args []string) (co
 		Consumer:           str("HERALD_CONSUMER", events.DefaultConsumer),
 		StreamMaxAge:       dur("HERALD_STREAM_MAX_AGE", 7*24*time.Hour),
 		BatchSize:          num("HERALD_BATCH_SIZE", 100),
-		Concurrency:        num("HERALD_CONCURRENCY", runtime.GOMAXPROCS(0)),
+		Concurrency:        num("HERALD_CONCURRENCY", 2*runtime.GOMAXPROCS(0)),
 		MaxEventDepth:      num("HERALD_MAX_EVENT_DEPTH", 3),
 		MaxPayload:         num("HERALD_MAX_PAYLOAD", 1<<20),
 		MaxAttempts:        num("HERALD_MAX_ATTEMPTS", 10),

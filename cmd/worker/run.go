@@ -185,12 +185,12 @@ func run(ctx context.Context, cfg config, logger *slog.Logger) error {
 }
 
 // tuneGC trades memory for CPU unless GOGC or GOMEMLIMIT say otherwise:
-// collect at 4x the live heap, but keep the heap under 160 MiB.
+// collect at 3x the live heap, but keep the heap under 128 MiB.
 func tuneGC() {
 	if os.Getenv("GOGC") == "" {
-		debug.SetGCPercent(400)
+		debug.SetGCPercent(200)
 	}
 	if os.Getenv("GOMEMLIMIT") == "" {
-		debug.SetMemoryLimit(160 << 20)
+		debug.SetMemoryLimit(128 << 20)
 	}
 }
