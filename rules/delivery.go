@@ -187,13 +187,22 @@ func (d *Dispatcher) DispatchOne(ctx context.Context) (bool, error) {
 	for m := range d.cfg.Transports {
 		modes = append(modes, m)
 	}
+	if ctx.Err() != nil {
+		return false, nil
+	}
+	// The claim is not cancelled halfway: a cancelled query may still have
+	// claimed a row, which would then wait for its lease to run out.
 	var id string
-	err := d.db.GetContext(ctx, &id, claimDelivery, d.cfg.Lease.Milliseconds(), stringArray(modes))
+	err := d.db.GetContext(context.WithoutCancel(ctx), &id, claimDelivery, d.cfg.Lease.Milliseconds(), stringArray(modes))
 	if errors.Is(err, sql.ErrNoRows) {
 		return false, nil
 	}
 	if err != nil {
 		return false, fmt.Errorf("claim delivery: %w", err)
+	}
+	if ctx.Err() != nil {
+		d.release(ctx, id) // stopping: give it back at once
+		return false, nil
 	}
 	d.deliver(ctx, id)
 	return true, nil
