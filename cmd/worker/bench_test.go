@@ -17,7 +17,7 @@ import (
 // give the same notifications.
 func TestBatchSizeDoesNotChangeResults(t *testing.T) {
 	t.Parallel()
-	const n = 1500
+	const n = 800
 	results := map[int][]string{}
 	for _, size := range []int{1, 500} {
 		s := newStack(t)

@@ -107,7 +107,7 @@ func (s *stack) count(t *testing.T, query string, args ...any) int {
 func (s *stack) waitCount(t *testing.T, want int, query string, args ...any) {
 	t.Helper()
 	var got int
-	deadline := time.Now().Add(15 * time.Second)
+	deadline := time.Now().Add(40 * time.Second)
 	for time.Now().Before(deadline) {
 		if got = s.count(t, query, args...); got == want {
 			return
@@ -368,12 +368,20 @@ func TestEmbeddedNATSWhenNATSURLIsUnset(t *testing.T) {
 	// embedded server.
 	var pk string
 	require.Eventually(t, func() bool {
+		select {
+		case err := <-done:
+			t.Errorf("worker exited early: %v", err)
+			done <- err
+			return true
+		default:
+		}
 		var out bytes.Buffer
 		err := dispatch(t.Context(), []string{"publish", "-action", "login", "-user-pk", "12", "-context", loginUnknownDevice},
 			s.getenv, strings.NewReader(""), &out, io.Discard)
 		pk = strings.TrimSpace(out.String())
 		return err == nil
 	}, 20*time.Second, 100*time.Millisecond)
+	require.False(t, t.Failed())
 	s.waitCount(t, 1, `SELECT count(*) FROM notifications WHERE event_id = $1`, pk)
 }
 
