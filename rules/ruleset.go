@@ -3,6 +3,7 @@ package rules
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -142,4 +143,36 @@ func (rs *RuleSet) OnlyPolicy(name string) (*RuleSet, error) {
 	rule.index()
 	out.Rules = []*Rule{rule}
 	return &out, nil
+}
+
+// ReportBrokenPolicies compiles every expression policy of rs with check
+// and records a configuration_error event (published like any other) for
+// each one that does not compile. The event's pk derives from the policy's
+// name and expression, so a broken version is reported once, however often
+// the rules are reloaded and however many workers run.
+func ReportBrokenPolicies(ctx context.Context, db *sqlx.DB, rs *RuleSet, check func(*Policy) error) (broken []error) {
+	for _, p := range rs.Policies {
+		if p.Kind != KindExpression {
+			continue
+		}
+		err := check(p)
+		if err == nil {
+			continue
+		}
+		broken = append(broken, err)
+		c := map[string]any{
+			// No policy_uuid: authentik's loop guard would keep the event
+			// from notifying anyone when the policy is bound to a rule.
+			"message": fmt.Sprintf("Policy %s does not compile: %v", p.Name, err),
+			"policy":  map[string]any{"app": "authentik_policies_expression", "model_name": "expressionpolicy", "pk": hexID(p.ID), "name": p.Name},
+		}
+		var perr *PolicyError
+		if errors.As(err, &perr) {
+			c["error"] = map[string]any{"kind": perr.Kind, "message": perr.Message, "line": int64(perr.Line), "column": int64(perr.Column)}
+		}
+		if cerr := CreateEventAfter(ctx, db, nil, "configuration_error", "herald.rules", nil, c, p.Name+"\x00"+p.Expression); cerr != nil {
+			broken = append(broken, fmt.Errorf("record configuration_error for policy %q: %w", p.Name, cerr))
+		}
+	}
+	return broken
 }

@@ -74,13 +74,8 @@ func run(ctx context.Context, cfg config, logger *slog.Logger) error {
 	}
 	cache.OnReload = func(rs *rules.RuleSet) {
 		pool.Forget(rs)
-		for _, p := range rs.Policies {
-			if p.Kind != rules.KindExpression {
-				continue
-			}
-			if err := pool.Check(p); err != nil {
-				logger.Warn("policy does not compile", slog.String("policy", p.Name), slog.String("error", err.Error()))
-			}
+		for _, err := range rules.ReportBrokenPolicies(ctx, db, rs, pool.Check) {
+			logger.Warn("policy does not compile", slog.String("error", err.Error()))
 		}
 	}
 	cache.OnReload(cache.Current())

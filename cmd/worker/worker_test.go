@@ -392,3 +392,29 @@ func freeAddr(t *testing.T) string {
 	defer l.Close()
 	return l.Addr().String()
 }
+
+func TestBrokenPolicyIsReportedOnceAsConfigurationError(t *testing.T) {
+	t.Parallel()
+	s := newStack(t)
+	s.db.MustExec(t, `INSERT INTO policies (name, expression) VALUES ('broken', E'const a = ;\nreturn a;')`)
+	s.db.MustExec(t, `INSERT INTO policies (name, kind, match_action) VALUES ('on-config-error', 'event_matcher', 'configuration_error')`)
+	s.db.MustExec(t, `INSERT INTO users (id, username) VALUES (1, 'admin')`)
+	s.db.MustExec(t, `INSERT INTO groups (name) VALUES ('admins')`)
+	s.db.MustExec(t, `INSERT INTO group_members SELECT id, 1 FROM groups WHERE name = 'admins'`)
+	s.db.MustExec(t, `INSERT INTO notification_transports (name, mode) VALUES ('inbox', 'local')`)
+	s.db.MustExec(t, `INSERT INTO notification_rules (name, severity, destination_group_id) SELECT 'config-errors', 'alert', id FROM groups WHERE name = 'admins'`)
+	s.db.MustExec(t, `INSERT INTO notification_rule_transports SELECT r.id, t.id FROM notification_rules r, notification_transports t`)
+	s.db.MustExec(t, `INSERT INTO policy_bindings (target_rule_id, policy_id) SELECT r.id, p.id FROM notification_rules r, policies p WHERE p.name IN ('on-config-error', 'broken')`)
+	s.start(t)
+
+	s.waitCount(t, 1, `SELECT count(*) FROM events WHERE action = 'configuration_error' AND context->'policy'->>'name' = 'broken'
+		AND context->>'message' LIKE 'Policy broken does not compile%' AND (context->'error'->>'line')::int = 1`)
+	// Published and consumed: the admins are notified.
+	s.waitCount(t, 1, `SELECT count(*) FROM notifications n JOIN events e ON e.id = n.event_id WHERE e.action = 'configuration_error'`)
+	// A reload (any configuration change) does not report it again.
+	s.db.MustExec(t, `UPDATE notification_rules SET severity = 'warning'`)
+	s.db.MustExec(t, `INSERT INTO policies (name, expression) VALUES ('fine', 'return true;')`)
+	time.Sleep(1500 * time.Millisecond)
+	s.settle(t)
+	require.Equal(t, 1, s.count(t, `SELECT count(*) FROM events WHERE action = 'configuration_error'`))
+}
