@@ -8,8 +8,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
-	"regexp"
 	"runtime/debug"
 	"strings"
 	"sync"
@@ -1187,32 +1185,7 @@ func inChildProcess(t *testing.T, body func(t *testing.T, b *testBundle)) {
 		return
 	}
 	db := testinfra.Postgres(t)
-	cmd := exec.CommandContext(t.Context(), os.Args[0], "-test.run=^"+regexp.QuoteMeta(t.Name())+"$", "-test.v")
-	cmd.Env = append(os.Environ(), childEnv+"="+t.Name(), urlEnv+"="+db.URL)
-	out, err := cmd.CombinedOutput()
-	require.NoError(t, err, "child process failed:\n%s", childSummary(out))
-}
-
-// childSummary keeps the first lines of a child's output and the frames of
-// Herald's code from a crash's goroutine dump.
-func childSummary(out []byte) string {
-	var keep []string
-	seen := map[string]bool{}
-	lines := strings.Split(string(out), "\n")
-	for i, l := range lines {
-		herald := strings.Contains(l, "heraldhq/herald/") && !strings.Contains(l, "_test")
-		if (i < 8 || herald) && !seen[l] {
-			seen[l] = true
-			keep = append(keep, l)
-			if herald && i+1 < len(lines) {
-				keep = append(keep, lines[i+1])
-			}
-		}
-		if len(keep) > 40 {
-			break
-		}
-	}
-	return strings.Join(keep, "\n")
+	testinfra.RunInChild(t, childEnv+"="+t.Name(), urlEnv+"="+db.URL)
 }
 
 // A policy with execution_logging returns a cyclic object (returning
