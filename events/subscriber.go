@@ -182,7 +182,7 @@ func (s *Subscriber) Run(ctx, stopCtx context.Context) error {
 	stopping := make(chan struct{})
 	queues := make([]chan item, s.cfg.Concurrency)
 	for i := range queues {
-		queues[i] = make(chan item, s.cfg.BatchSize)
+		queues[i] = make(chan item, 2*s.cfg.BatchSize)
 	}
 	cc, err := cons.Consume(func(m jetstream.Msg) {
 		it := item{msg: m}

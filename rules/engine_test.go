@@ -72,7 +72,7 @@ func setupOn(t *testing.T, db *testinfra.DB) *testBundle {
 	// few. The engine needs one for its transaction, the cache one to reload.
 	db.SetMaxOpenConns(4)
 	logger := testLogger(t)
-	cache, err := rules.NewRuleCache(t.Context(), db.DB, db.URL, logger)
+	cache, err := rules.NewRuleCache(t.Context(), db.DB, rules.RuleCacheConfig{DSN: db.URL, ActionGuard: jsrt.ActionGuard, Logger: logger})
 	require.NoError(t, err)
 	evals := &recordingEvaluator{Evaluator: jsrt.New(jsrt.Config{Logger: logger})}
 	engine := rules.NewEngine(db.DB, cache, evals, rules.EngineConfig{Logger: logger})
@@ -321,6 +321,40 @@ func TestEngineEnabledRulesOnly(t *testing.T) {
 	require.False(t, b.fired(t, off, ev.PK))
 	// The disabled rule's policies do not even run.
 	require.Equal(t, []string{"yes"}, b.evals.evaluated())
+}
+
+// A rule whose expression policies all start by returning false for other
+// actions is skipped for those events: nothing is evaluated. Negated or
+// logged bindings and unguarded policies keep every event evaluated, and
+// the results are those of a full evaluation.
+func TestEngineSkipsRulesGuardedByAction(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	jane := b.user(t, "jane")
+	guarded := b.alertRule(t, "guarded", binding{Policy: b.policy(t, "login-only", `const event = request.context.event;
+if (!event || event.action !== "login") return false;
+return true;`)})
+	negated := b.alertRule(t, "negated", binding{Policy: b.policy(t, "login-only-negated", `if (request.context.event.action !== "login") return false;
+return true;`), Negate: true})
+	logged := b.alertRule(t, "logged", binding{Policy: b.loggedPolicy(t, "login-only-logged", `if (request.context.event.action !== "login") return false;
+return true;`)})
+	b.alertRule(t, "unguarded", binding{Policy: b.policy(t, "anything", `return request.context.event.action === "logout";`)})
+	b.reload(t)
+
+	logout := userEvent(t, "logout", jane, nil)
+	b.handle(t, logout)
+	require.ElementsMatch(t, []string{"login-only-negated", "login-only-logged", "anything"}, b.evals.evaluated())
+	require.False(t, b.fired(t, guarded, logout.PK))
+	require.True(t, b.fired(t, negated, logout.PK), "a negated binding passes when its policy returns false")
+	require.False(t, b.fired(t, logged, logout.PK))
+	require.Equal(t, 1, b.count(t, `SELECT count(*) FROM events WHERE action = 'policy_execution'`))
+
+	login := userEvent(t, "login", jane, nil)
+	b.handle(t, login)
+	require.True(t, b.fired(t, guarded, login.PK))
+	require.False(t, b.fired(t, negated, login.PK))
+	require.True(t, b.fired(t, logged, login.PK))
+	require.Contains(t, b.evals.evaluated(), "login-only")
 }
 
 func TestEngineBindingsInAscendingOrder(t *testing.T) {

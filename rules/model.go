@@ -33,7 +33,19 @@ type Policy struct {
 	MatchModel       *string `db:"match_model"`
 	MatchClientIP    *string `db:"match_client_ip"`
 	ExecutionLogging bool    `db:"execution_logging"`
+
+	// guardActions, when not nil, are the only actions for which the
+	// expression does anything but return a falsy value straight away
+	// (see [ActionGuard]).
+	guardActions []string
 }
+
+// ActionGuard reads an expression policy and returns the only event actions
+// for which it can do anything but return a falsy value straight away,
+// without side effects or errors; nil when it cannot tell. Rules whose
+// policies all have such actions are skipped for other events without
+// evaluating anything. [jsrt.ActionGuard] implements it.
+type ActionGuard func(expression string) []string
 
 // Binding is an enabled row of policy_bindings that targets a rule. Exactly
 // one of Policy, GroupID and UserID is set.
@@ -93,17 +105,28 @@ func (r *Rule) CanMatch(action string) bool {
 }
 
 // index works out which actions the rule can fire for: when every binding
-// is an event matcher with match_action set, no negate and no execution
-// logging, only those actions. A rule without bindings never fires.
+// is an event matcher with match_action set, or an expression policy with
+// guard actions, with no negate and no execution logging, only those
+// actions. A rule without bindings never fires.
 func (r *Rule) index() {
 	r.actions = map[string]bool{}
 	for _, b := range r.Bindings {
 		p := b.Policy
-		if p == nil || p.Kind != KindEventMatcher || p.MatchAction == nil || b.Negate || p.ExecutionLogging {
+		if p == nil || b.Negate || p.ExecutionLogging {
 			r.actions = nil
 			return
 		}
-		r.actions[*p.MatchAction] = true
+		switch {
+		case p.Kind == KindEventMatcher && p.MatchAction != nil:
+			r.actions[*p.MatchAction] = true
+		case p.Kind == KindExpression && p.guardActions != nil:
+			for _, a := range p.guardActions {
+				r.actions[a] = true
+			}
+		default:
+			r.actions = nil
+			return
+		}
 	}
 }
 

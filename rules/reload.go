@@ -19,7 +19,7 @@ const ConfigChannel = "herald_config"
 // configuration changes. It is safe for concurrent use.
 type RuleCache struct {
 	db     *sqlx.DB
-	dsn    string
+	cfg    RuleCacheConfig
 	schema string
 	log    *slog.Logger
 	cur    atomic.Pointer[RuleSet]
@@ -27,13 +27,23 @@ type RuleCache struct {
 	OnReload func(*RuleSet)
 }
 
-// NewRuleCache loads the rule set from db. dsn is used to LISTEN for
-// changes in [RuleCache.Watch].
-func NewRuleCache(ctx context.Context, db *sqlx.DB, dsn string, logger *slog.Logger) (*RuleCache, error) {
-	if logger == nil {
-		logger = slog.Default()
+// RuleCacheConfig configures a [RuleCache].
+type RuleCacheConfig struct {
+	// DSN is the database to LISTEN on for changes in [RuleCache.Watch].
+	DSN string
+	// ActionGuard, when set, lets rules of expression policies be skipped
+	// for actions they cannot fire for (see [RuleSet.Guard]).
+	ActionGuard ActionGuard
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+}
+
+// NewRuleCache loads the rule set from db.
+func NewRuleCache(ctx context.Context, db *sqlx.DB, cfg RuleCacheConfig) (*RuleCache, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
 	}
-	c := &RuleCache{db: db, dsn: dsn, log: logger}
+	c := &RuleCache{db: db, cfg: cfg, log: cfg.Logger}
 	if err := db.GetContext(ctx, &c.schema, `SELECT current_schema()`); err != nil {
 		return nil, fmt.Errorf("read current schema: %w", err)
 	}
@@ -52,6 +62,9 @@ func (c *RuleCache) Reload(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if c.cfg.ActionGuard != nil {
+		rs.Guard(c.cfg.ActionGuard)
+	}
 	c.cur.Store(rs)
 	if c.OnReload != nil {
 		c.OnReload(rs)
@@ -66,7 +79,7 @@ func (c *RuleCache) Watch(ctx context.Context, fallback time.Duration) error {
 	if fallback <= 0 {
 		fallback = 30 * time.Second
 	}
-	l := pq.NewListener(c.dsn, 100*time.Millisecond, 10*time.Second, func(ev pq.ListenerEventType, err error) {
+	l := pq.NewListener(c.cfg.DSN, 100*time.Millisecond, 10*time.Second, func(ev pq.ListenerEventType, err error) {
 		if err != nil {
 			c.log.WarnContext(ctx, "config listener", slog.Any("error", err))
 		}

@@ -123,6 +123,19 @@ func LoadRuleSet(ctx context.Context, db *sqlx.DB) (*RuleSet, error) {
 	return rs, nil
 }
 
+// Guard sets the guard actions of rs's expression policies with guard and
+// indexes the rules again. It must be called before rs is shared.
+func (rs *RuleSet) Guard(guard ActionGuard) {
+	for _, p := range rs.Policies {
+		if p.Kind == KindExpression {
+			p.guardActions = guard(p.Expression)
+		}
+	}
+	for _, r := range rs.Rules {
+		r.index()
+	}
+}
+
 // StaticRules is a [RuleSource] that always gives the same rule set.
 type StaticRules struct{ Set *RuleSet }
 

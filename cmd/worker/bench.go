@@ -42,9 +42,13 @@ type benchResult struct {
 	LatencyP95  float64 `json:"latency_p95_ms"`
 	LatencyP99  float64 `json:"latency_p99_ms"`
 	CPUPerEvent float64 `json:"cpu_us_per_event"`
-	PeakRSSMB   float64 `json:"peak_rss_mb"`
-	Fired       int64   `json:"rules_fired"`
-	Notified    int64   `json:"notifications"`
+	// MachineCPUPerEvent counts every process of the machine (PostgreSQL
+	// and NATS too, when they run here) while the worker ran.
+	MachineCPUPerEvent float64 `json:"machine_cpu_us_per_event"`
+	PeakRSSMB          float64 `json:"peak_rss_mb"`
+	MeanBatch          float64 `json:"mean_batch"` // events per committed transaction
+	Fired              int64   `json:"rules_fired"`
+	Notified           int64   `json:"notifications"`
 
 	FloorJetStream float64 `json:"floor_jetstream_consume_ack_per_second"`
 	FloorInsert    float64 `json:"floor_batched_insert_per_second"`
@@ -179,6 +183,7 @@ func (b *bench) herald(ctx context.Context, nc *natsConn, db *sqlx.DB, res *benc
 	n := len(evs)
 	var (
 		committed atomic.Int64
+		batches   atomic.Int64
 		mu        sync.Mutex
 		latencies = make([]time.Duration, 0, n)
 	)
@@ -191,6 +196,7 @@ func (b *bench) herald(ctx context.Context, nc *natsConn, db *sqlx.DB, res *benc
 			latencies = append(latencies, now.Sub(batch[i].Created))
 		}
 		mu.Unlock()
+		batches.Add(1)
 		if total := committed.Add(int64(len(batch))); total >= int64(n) && total-int64(len(batch)) < int64(n) {
 			close(allDone)
 		}
@@ -219,7 +225,7 @@ func (b *bench) herald(ctx context.Context, nc *natsConn, db *sqlx.DB, res *benc
 		defer pprof.StopCPUProfile()
 	}
 	resetPeakRSS()
-	cpu0 := cpuTime()
+	cpu0, machine0 := cpuTime(), machineCPUTime()
 	workerCtx, stopWorker := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	start := time.Now()
@@ -275,7 +281,7 @@ wait:
 		}
 	}
 	elapsed := time.Since(start)
-	cpu := cpuTime() - cpu0
+	cpu, machineCPU := cpuTime()-cpu0, machineCPUTime()-machine0
 	res.PeakRSSMB = float64(peakRSS()) / (1 << 20)
 	stopWorker()
 	if runErr == nil {
@@ -287,6 +293,8 @@ wait:
 	res.Seconds = elapsed.Seconds()
 	res.Rate = float64(n) / elapsed.Seconds()
 	res.CPUPerEvent = float64(cpu.Microseconds()) / float64(n)
+	res.MeanBatch = float64(committed.Load()) / float64(max(batches.Load(), 1))
+	res.MachineCPUPerEvent = float64(machineCPU.Microseconds()) / float64(n)
 	slices.Sort(latencies)
 	res.LatencyP50 = percentile(latencies, 0.50)
 	res.LatencyP95 = percentile(latencies, 0.95)
@@ -448,6 +456,30 @@ func cpuTime() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
+// machineCPUTime is the busy time of all CPUs since boot, from /proc/stat
+// (Linux; 0 elsewhere).
+func machineCPUTime() time.Duration {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	fields := strings.Fields(line) // cpu user nice system idle iowait irq softirq steal ...
+	var ticks int64
+	for i, f := range fields[1:] {
+		if i == 3 || i == 4 { // idle, iowait
+			continue
+		}
+		if i >= 8 { // guest time is already counted in user
+			break
+		}
+		var v int64
+		fmt.Sscanf(f, "%d", &v)
+		ticks += v
+	}
+	return time.Duration(ticks) * time.Second / 100 // USER_HZ
+}
+
 // resetPeakRSS restarts the kernel's peak-RSS count (Linux).
 func resetPeakRSS() { _ = os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) }
 
@@ -487,10 +519,10 @@ func printBench(w io.Writer, r *benchResult) {
 		mode = fmt.Sprintf("published at %.0f/s", r.PublishRate)
 	}
 	fmt.Fprintf(w, "machine:      %s\n", r.Machine)
-	fmt.Fprintf(w, "workload:     %d events (%s), %d rules, batch %d, concurrency %d\n", r.Events, mode, r.Rules, r.BatchSize, r.Concurrency)
+	fmt.Fprintf(w, "workload:     %d events (%s), %d rules, batch %d (%.1f on average), concurrency %d\n", r.Events, mode, r.Rules, r.BatchSize, r.MeanBatch, r.Concurrency)
 	fmt.Fprintf(w, "herald:       %.0f events/s end to end (%.2fs); %d rule firings, %d notifications\n", r.Rate, r.Seconds, r.Fired, r.Notified)
 	fmt.Fprintf(w, "latency:      publish→commit p50 %.1f ms, p95 %.1f ms, p99 %.1f ms\n", r.LatencyP50, r.LatencyP95, r.LatencyP99)
-	fmt.Fprintf(w, "cost:         %.1f µs CPU per event (worker process), peak RSS %.0f MB\n", r.CPUPerEvent, r.PeakRSSMB)
+	fmt.Fprintf(w, "cost:         %.1f µs CPU per event in the worker, %.1f µs in the whole machine; peak RSS %.0f MB\n", r.CPUPerEvent, r.MachineCPUPerEvent, r.PeakRSSMB)
 	fmt.Fprintf(w, "floor:        JetStream consume+ack %.0f/s, batched insert %.0f/s\n", r.FloorJetStream, r.FloorInsert)
 	fmt.Fprintf(w, "ratio:        herald / floor = %.2f\n", r.RatioToFloor)
 }
