@@ -102,10 +102,14 @@ func (e *Engine) HandleEvents(ctx context.Context, evs []events.Event) error {
 		defer release()
 	}
 	out := &batchWriter{}
+	ptx := &policyTx{Tx: tx}
 	for _, ev := range fresh {
-		if err := e.processEvent(ctx, tx, rs, ev, users, out); err != nil {
+		if err := e.processEvent(ctx, ptx, rs, ev, users, out); err != nil {
 			return err
 		}
+	}
+	if err := ptx.settle(ctx); err != nil {
+		return err
 	}
 	if err := out.flush(ctx, tx); err != nil {
 		return err
@@ -144,7 +148,7 @@ func (e *Engine) loadUsers(ctx context.Context, tx *sqlx.Tx, evs []*events.Event
 // eventRun is the processing of one event inside its transaction.
 type eventRun struct {
 	e   *Engine
-	tx  *sqlx.Tx
+	tx  *policyTx
 	rs  *RuleSet
 	ev  *events.Event
 	out *batchWriter
@@ -162,7 +166,16 @@ type eventRun struct {
 	last  PolicyResult
 }
 
-func (e *Engine) processEvent(ctx context.Context, tx *sqlx.Tx, rs *RuleSet, ev *events.Event, users map[int64]*User, out *batchWriter) error {
+// db returns the transaction for the engine's own statements, after any
+// pending policy savepoint is released.
+func (r *eventRun) db(ctx context.Context) (*sqlx.Tx, error) {
+	if err := r.tx.settle(ctx); err != nil {
+		return nil, err
+	}
+	return r.tx.Tx, nil
+}
+
+func (e *Engine) processEvent(ctx context.Context, tx *policyTx, rs *RuleSet, ev *events.Event, users map[int64]*User, out *batchWriter) error {
 	e.stats.EventsProcessed.Add(1)
 	if reason := e.guard(rs, ev); reason != "" {
 		e.stats.EventsGuarded.Add(1)
@@ -250,7 +263,7 @@ func (r *eventRun) evalBinding(ctx context.Context, rule *Rule, b *Binding) (boo
 		res.Passing = MatchEvent(p, r.ev)
 	default:
 		start := time.Now()
-		scope := &Scope{Tx: r.tx, Rules: r.rs, Rule: rule, Binding: b, run: r}
+		scope := &Scope{tx: r.tx, Rules: r.rs, Rule: rule, Binding: b, run: r}
 		res = r.e.eval.Evaluate(ctx, &PolicyRequest{
 			Policy:  p,
 			Event:   r.ev,
@@ -266,17 +279,16 @@ func (r *eventRun) evalBinding(ctx context.Context, rule *Rule, b *Binding) (boo
 		if res.Retry != nil {
 			return false, fmt.Errorf("evaluate policy %q: %w", p.Name, res.Retry)
 		}
-		aborted, err := scope.finish(ctx, res.Err != nil)
-		if err != nil {
+		if err := scope.finish(ctx, res.Err != nil); err != nil {
 			return false, err
-		}
-		if aborted {
-			res = PolicyResult{Err: &PolicyError{Policy: p.Name, Kind: "exception",
-				Message: "a database statement of the policy failed, and its effects were undone"}}
 		}
 		if scope.userSaved && r.user != nil {
 			// The next policy's request.user must see this save.
-			u, err := LoadUser(ctx, r.tx, r.user.ID)
+			tx, err := r.db(ctx)
+			if err != nil {
+				return false, err
+			}
+			u, err := LoadUser(ctx, tx, r.user.ID)
 			if err != nil {
 				return false, err
 			}
@@ -310,7 +322,11 @@ func (r *eventRun) userGroups(ctx context.Context) (map[string]bool, error) {
 	if r.user == nil {
 		return nil, nil
 	}
-	g, err := UserGroupIDs(ctx, r.tx, r.user.ID)
+	tx, err := r.db(ctx)
+	if err != nil {
+		return nil, err
+	}
+	g, err := UserGroupIDs(ctx, tx, r.user.ID)
 	if err != nil {
 		return nil, err
 	}
@@ -370,7 +386,11 @@ func (r *eventRun) policyException(ctx context.Context, rule *Rule, b *Binding, 
 	c["message"] = "Policy failed to execute"
 	c["exception"] = perr.Error()
 	c["error"] = map[string]any{"kind": perr.Kind, "message": perr.Message, "line": int64(perr.Line), "column": int64(perr.Column), "stack": perr.Stack}
-	_, err := r.createEvent(ctx, r.tx, "policy_exception", "authentik.policies.process", r.requestUser(), c, rule, b.Policy)
+	tx, err := r.db(ctx)
+	if err != nil {
+		return err
+	}
+	_, err = r.createEvent(ctx, tx, "policy_exception", "authentik.policies.process", r.requestUser(), c, rule, b.Policy)
 	return err
 }
 
@@ -388,7 +408,11 @@ func (r *eventRun) policyExecution(ctx context.Context, rule *Rule, b *Binding, 
 		logs[i] = map[string]any{"level": l.Level, "message": l.Message, "fields": jsonValue(l.Fields)}
 	}
 	c["logs"] = logs
-	_, err := r.createEvent(ctx, r.tx, "policy_execution", "authentik.policies.process", r.requestUser(), c, rule, b.Policy)
+	tx, err := r.db(ctx)
+	if err != nil {
+		return err
+	}
+	_, err = r.createEvent(ctx, tx, "policy_execution", "authentik.policies.process", r.requestUser(), c, rule, b.Policy)
 	return err
 }
 

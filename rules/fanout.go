@@ -74,7 +74,11 @@ func (r *eventRun) destinationUsers(ctx context.Context, rule *Rule) ([]int64, e
 	}
 	if rule.DestinationGroupID != nil {
 		var members []int64
-		if err := r.tx.SelectContext(ctx, &members, selectGroupMembers, *rule.DestinationGroupID); err != nil {
+		tx, err := r.db(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if err := tx.SelectContext(ctx, &members, selectGroupMembers, *rule.DestinationGroupID); err != nil {
 			return nil, fmt.Errorf("load members of destination group: %w", err)
 		}
 		for _, m := range members {

@@ -5,13 +5,11 @@ import (
 	"crypto/sha1"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strings"
 	"time"
 
 	"github.com/jmoiron/sqlx"
-	"github.com/lib/pq"
 
 	"github.com/heraldhq/herald/events"
 )
@@ -20,14 +18,13 @@ import (
 // rule set it runs under, and the effects it queues. Effects written through
 // a Scope commit or roll back with the event.
 type Scope struct {
-	// Tx is the event's transaction.
-	Tx *sqlx.Tx
 	// Rules is the rule set the event is evaluated under.
 	Rules *RuleSet
 	// Rule and Binding are what is being evaluated (nil for a dry run).
 	Rule    *Rule
 	Binding *Binding
 
+	tx        *policyTx
 	run       *eventRun
 	savepoint bool
 	userSaved bool
@@ -39,59 +36,83 @@ type Scope struct {
 // abort the event's transaction).
 const savepointName = "herald_policy"
 
+// Statements on the policy savepoint. Releasing a savepoint keeps the
+// timeouts a policy set, so they are set back to the session's.
+const (
+	setSavepoint      = "SAVEPOINT " + savepointName
+	releaseSavepoint  = "RELEASE SAVEPOINT " + savepointName
+	rollbackSavepoint = "ROLLBACK TO SAVEPOINT " + savepointName + "; " + releaseSavepoint
+	defaultTimeouts   = "SET LOCAL lock_timeout TO DEFAULT; SET LOCAL statement_timeout TO DEFAULT"
+)
+
+// policyTx is the transaction of a batch of events with the state of the
+// policy savepoint. The savepoint of a policy that succeeded is released
+// lazily, in the same round trip as the next policy's SAVEPOINT or before
+// the engine's next statement: one round trip less per policy that uses
+// the database.
+type policyTx struct {
+	*sqlx.Tx
+	// releasePending: the savepoint of a policy that succeeded is open.
+	releasePending bool
+}
+
+// settle releases a pending savepoint and restores the session's timeouts.
+// A transaction found aborted there means a statement failed that the
+// policy's evaluator did not report: the batch fails, as its effects can
+// no longer be told apart.
+func (t *policyTx) settle(ctx context.Context) error {
+	if !t.releasePending {
+		return nil
+	}
+	t.releasePending = false
+	if _, err := t.ExecContext(context.WithoutCancel(ctx), releaseSavepoint+"; "+defaultTimeouts); err != nil {
+		return fmt.Errorf("release policy savepoint: %w", err)
+	}
+	return nil
+}
+
 // DB returns the event's transaction for a policy's reads and writes. The
 // first call sets a savepoint that [Scope.finish] releases, or rolls back to
 // when the policy failed.
 func (s *Scope) DB(ctx context.Context) (*sqlx.Tx, error) {
-	if s == nil || s.Tx == nil {
+	if s == nil || s.tx == nil {
 		return nil, fmt.Errorf("no database in a dry run without one")
 	}
 	if !s.savepoint {
+		sql := setSavepoint
+		if s.tx.releasePending {
+			sql = releaseSavepoint + "; " + sql
+		}
 		// The policy's remaining time bounds its lock waits and queries.
-		sql := "SAVEPOINT " + savepointName
 		if dl, ok := ctx.Deadline(); ok {
 			ms := max(time.Until(dl).Milliseconds(), 1)
 			sql += fmt.Sprintf("; SET LOCAL lock_timeout = %d; SET LOCAL statement_timeout = %d", ms, ms)
 		}
-		if _, err := s.Tx.ExecContext(context.WithoutCancel(ctx), sql); err != nil {
+		if _, err := s.tx.ExecContext(context.WithoutCancel(ctx), sql); err != nil {
 			return nil, fmt.Errorf("set savepoint: %w", err)
 		}
+		s.tx.releasePending = false
 		s.savepoint = true
 	}
-	return s.Tx, nil
+	return s.tx.Tx, nil
 }
 
 // finish ends the policy's savepoint: its writes are kept when it succeeded
-// and undone when it failed.
-// It reports aborted when a statement of the policy failed in a way the
-// policy did not see (the transaction was aborted): its writes are then
-// undone too and the policy counts as failed.
-func (s *Scope) finish(ctx context.Context, failed bool) (aborted bool, err error) {
+// (the savepoint is released later, see [policyTx]) and undone when it
+// failed.
+func (s *Scope) finish(ctx context.Context, failed bool) error {
 	if !s.savepoint {
-		return false, nil
+		return nil
 	}
 	s.savepoint = false
-	const (
-		rollback = "ROLLBACK TO SAVEPOINT " + savepointName + "; RELEASE SAVEPOINT " + savepointName
-		release  = "RELEASE SAVEPOINT " + savepointName + "; SET LOCAL lock_timeout = 0; SET LOCAL statement_timeout = 0"
-	)
-	if failed {
-		if _, err := s.Tx.ExecContext(ctx, rollback); err != nil {
-			return false, fmt.Errorf("roll back failed policy: %w", err)
-		}
-		return false, nil
+	if !failed {
+		s.tx.releasePending = true
+		return nil
 	}
-	if _, err := s.Tx.ExecContext(ctx, release); err != nil {
-		var pqErr *pq.Error
-		if errors.As(err, &pqErr) && pqErr.Code == "25P02" { // in failed transaction
-			if _, err := s.Tx.ExecContext(ctx, rollback); err != nil {
-				return false, fmt.Errorf("roll back failed policy: %w", err)
-			}
-			return true, nil
-		}
-		return false, fmt.Errorf("release savepoint: %w", err)
+	if _, err := s.tx.ExecContext(ctx, rollbackSavepoint+"; "+defaultTimeouts); err != nil {
+		return fmt.Errorf("roll back failed policy: %w", err)
 	}
-	return false, nil
+	return nil
 }
 
 // Saved tells the scope that a policy saved an object of model with pk, so
