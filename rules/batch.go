@@ -109,6 +109,20 @@ FROM users WHERE id = ANY($1::bigint[])`
 type batchWriter struct {
 	notifications []pendingNotification
 	deliveries    []pendingDelivery
+	// outbox counts the outbox entries queued (some may have been undone
+	// with a failed policy).
+	outbox int
+}
+
+// committed describes the batch for [EngineConfig.AfterCommit].
+func (w *batchWriter) committed(evs []events.Event) Committed {
+	c := Committed{Events: evs, Outbox: w.outbox}
+	for _, d := range w.deliveries {
+		if d.status == DeliveryPending {
+			c.Deliveries++
+		}
+	}
+	return c
 }
 
 type pendingNotification struct {
@@ -122,38 +136,39 @@ type pendingDelivery struct {
 	notificationID, transportID, status string
 }
 
-const insertNotifications = `INSERT INTO notifications (id, rule_id, event_id, user_id, severity, body, hyperlink, hyperlink_label)
-SELECT t.id, t.rule_id, t.event_id, t.user_id, t.severity, t.body, NULLIF(t.link, ''), NULLIF(t.label, '')
-FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[])
-    AS t(id, rule_id, event_id, user_id, severity, body, link, label)
-ON CONFLICT (event_id, rule_id, user_id) DO NOTHING`
-
-const insertDeliveries = `INSERT INTO deliveries (notification_id, transport_id, status, sent_at)
-SELECT t.nid, t.tid, t.status, CASE WHEN t.status = 'sent' THEN now() END
-FROM unnest($1::uuid[], $2::uuid[], $3::text[]) AS t(nid, tid, status)
+// insertNotifications writes a batch's notifications and their deliveries
+// in one statement (the deliveries' foreign keys are checked at its end).
+const insertNotifications = `WITH notified AS (
+    INSERT INTO notifications (id, rule_id, event_id, user_id, severity, body, hyperlink, hyperlink_label)
+    SELECT t.id, t.rule_id, t.event_id, t.user_id, t.severity, t.body, NULLIF(t.link, ''), NULLIF(t.label, '')
+    FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[])
+        AS t(id, rule_id, event_id, user_id, severity, body, link, label)
+    ON CONFLICT (event_id, rule_id, user_id) DO NOTHING
+)
+INSERT INTO deliveries (notification_id, transport_id, status, sent_at)
+SELECT d.nid, d.tid, d.status, CASE WHEN d.status = 'sent' THEN now() END
+FROM unnest($9::uuid[], $10::uuid[], $11::text[]) AS d(nid, tid, status)
 ON CONFLICT (notification_id, transport_id) DO NOTHING`
 
 func (w *batchWriter) flush(ctx context.Context, tx *sqlx.Tx) error {
-	if n := len(w.notifications); n > 0 {
-		ids, rules, evs, sev, body, link, label := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
-		users := make([]int64, n)
-		for i, p := range w.notifications {
-			ids[i], rules[i], evs[i], users[i] = p.id, p.ruleID, p.eventID, p.userID
-			sev[i], body[i], link[i], label[i] = p.severity, p.body, p.hyperlink, p.hyperlinkLabel
-		}
-		if _, err := tx.ExecContext(ctx, insertNotifications, pq.StringArray(ids), pq.StringArray(rules), pq.StringArray(evs),
-			pq.Int64Array(users), pq.StringArray(sev), pq.StringArray(body), pq.StringArray(link), pq.StringArray(label)); err != nil {
-			return fmt.Errorf("insert %d notifications: %w", n, err)
-		}
+	n, m := len(w.notifications), len(w.deliveries)
+	if n == 0 && m == 0 {
+		return nil
 	}
-	if n := len(w.deliveries); n > 0 {
-		nids, tids, status := make([]string, n), make([]string, n), make([]string, n)
-		for i, d := range w.deliveries {
-			nids[i], tids[i], status[i] = d.notificationID, d.transportID, d.status
-		}
-		if _, err := tx.ExecContext(ctx, insertDeliveries, pq.StringArray(nids), pq.StringArray(tids), pq.StringArray(status)); err != nil {
-			return fmt.Errorf("insert %d deliveries: %w", n, err)
-		}
+	ids, rules, evs, sev, body, link, label := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	users := make([]int64, n)
+	for i, p := range w.notifications {
+		ids[i], rules[i], evs[i], users[i] = p.id, p.ruleID, p.eventID, p.userID
+		sev[i], body[i], link[i], label[i] = p.severity, p.body, p.hyperlink, p.hyperlinkLabel
+	}
+	nids, tids, status := make([]string, m), make([]string, m), make([]string, m)
+	for i, d := range w.deliveries {
+		nids[i], tids[i], status[i] = d.notificationID, d.transportID, d.status
+	}
+	if _, err := tx.ExecContext(ctx, insertNotifications, pq.StringArray(ids), pq.StringArray(rules), pq.StringArray(evs),
+		pq.Int64Array(users), pq.StringArray(sev), pq.StringArray(body), pq.StringArray(link), pq.StringArray(label),
+		pq.StringArray(nids), pq.StringArray(tids), pq.StringArray(status)); err != nil {
+		return fmt.Errorf("insert %d notifications and %d deliveries: %w", n, m, err)
 	}
 	return nil
 }

@@ -27,10 +27,20 @@ type EngineConfig struct {
 	// away from an outside event is stored but matches no rule. Defaults to 3.
 	MaxEventDepth int
 	// AfterCommit is called with each committed batch, e.g. to wake the
-	// outbox dispatcher. Optional.
-	AfterCommit func(evs []events.Event)
+	// outbox and the delivery dispatcher when it left them work. Optional.
+	AfterCommit func(Committed)
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
+}
+
+// Committed describes a committed batch of events.
+type Committed struct {
+	Events []events.Event
+	// Deliveries is how many deliveries the batch queued for a transport
+	// (local ones are done when they are written).
+	Deliveries int
+	// Outbox is how many created events and emails the batch queued.
+	Outbox int
 }
 
 // Engine evaluates events against the rule set and writes the results. It
@@ -118,7 +128,7 @@ func (e *Engine) HandleEvents(ctx context.Context, evs []events.Event) error {
 		return fmt.Errorf("commit events: %w", err)
 	}
 	if e.cfg.AfterCommit != nil {
-		e.cfg.AfterCommit(evs)
+		e.cfg.AfterCommit(out.committed(evs))
 	}
 	return nil
 }

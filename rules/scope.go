@@ -188,6 +188,7 @@ func (s *Scope) QueueEmail(ctx context.Context, e Email, policy *Policy) error {
 	if _, err := tx.ExecContext(ctx, insertOutbox, e.Key, OutboxEmail, string(payload)); err != nil {
 		return fmt.Errorf("queue email: %w", err)
 	}
+	r.out.outbox++
 	if r.trace != nil {
 		r.trace.Emails = append(r.trace.Emails, e)
 	}
@@ -295,6 +296,7 @@ func (r *eventRun) createEvent(ctx context.Context, tx *sqlx.Tx, action, app str
 	if err := insertCreatedEvent(ctx, tx, &ev); err != nil {
 		return events.Event{}, err
 	}
+	r.out.outbox++
 	r.createdEvents++
 	if r.trace != nil {
 		r.trace.CreatedEvents = append(r.trace.CreatedEvents, ev)

@@ -106,11 +106,15 @@ func run(ctx context.Context, cfg config, logger *slog.Logger) error {
 	})
 	engine := rules.NewEngine(db, cache, pool, rules.EngineConfig{
 		MaxEventDepth: cfg.MaxEventDepth,
-		AfterCommit: func(evs []events.Event) {
-			outbox.Wake()
-			dispatcher.Wake()
+		AfterCommit: func(c rules.Committed) {
+			if c.Outbox > 0 {
+				outbox.Wake()
+			}
+			if c.Deliveries > 0 {
+				dispatcher.Wake()
+			}
 			if cfg.afterCommit != nil {
-				cfg.afterCommit(evs)
+				cfg.afterCommit(c.Events)
 			}
 		},
 		Logger: logger,
