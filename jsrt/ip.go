@@ -36,6 +36,9 @@ func isPrivate(a netip.Addr) bool {
 
 // ipObject is what ip_address returns: version, is_private, is_global,
 // is_loopback, is_multicast, is_link_local, is_unspecified, and toString().
+// sharedAddressSpace is RFC 6598's carrier-grade NAT range, not global.
+var sharedAddressSpace = netip.MustParsePrefix("100.64.0.0/10")
+
 func (v *vm) ipObject(a netip.Addr) *goja.Object {
 	obj := v.rt.NewObject()
 	_ = obj.SetPrototype(v.ipProto)
@@ -45,7 +48,7 @@ func (v *vm) ipObject(a netip.Addr) *goja.Object {
 	}
 	_ = obj.Set("version", version)
 	_ = obj.Set("is_private", isPrivate(a))
-	_ = obj.Set("is_global", !isPrivate(a) && !a.IsMulticast() && !(version == 4 && netip.MustParsePrefix("100.64.0.0/10").Contains(a)))
+	_ = obj.Set("is_global", !isPrivate(a) && !a.IsMulticast() && !(version == 4 && sharedAddressSpace.Contains(a)))
 	_ = obj.Set("is_loopback", a.IsLoopback())
 	_ = obj.Set("is_multicast", a.IsMulticast())
 	_ = obj.Set("is_link_local", a.IsLinkLocalUnicast())

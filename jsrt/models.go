@@ -160,7 +160,7 @@ func (v *vm) saveFunc(m *rules.Model) func(goja.FunctionCall) goja.Value {
 }
 
 // db returns the event's transaction, or throws in a dry run.
-func (v *vm) db() *sqlx.Tx {
+func (v *vm) db() sqlx.QueryerContext {
 	tx, err := v.cur.req.Scope.DB(v.cur.ctx)
 	if err != nil {
 		v.throw("%v", err)

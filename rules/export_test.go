@@ -22,3 +22,5 @@ func NewPolicyScope(t *PolicyTx) *Scope { return &Scope{tx: t} }
 func (s *Scope) Finish(ctx context.Context, failed bool) error { return s.finish(ctx, failed) }
 
 const ReleaseSavepoint = releaseSavepoint
+
+func (t *policyTx) Prepared() int { return len(t.prepared) }

@@ -36,19 +36,19 @@ func TestPolicySavepointsReleasedLazily(t *testing.T) {
 
 	// Policy A writes and succeeds: its savepoint stays open for now.
 	a := rules.NewPolicyScope(ptx)
-	atx, err := a.DB(policyCtx)
+	_, err = a.DB(policyCtx)
 	require.NoError(t, err)
 	require.NotEqual(t, sessionDefault, timeout(), "a policy's statements run under its remaining time")
-	atx.MustExecContext(ctx, `INSERT INTO users (username) VALUES ('kept')`)
+	tx.MustExecContext(ctx, `INSERT INTO users (username) VALUES ('kept')`)
 	require.NoError(t, a.Finish(ctx, false))
 	require.True(t, ptx.ReleasePending())
 
 	// Policy B releases A's savepoint with its own, writes, and fails.
 	b := rules.NewPolicyScope(ptx)
-	btx, err := b.DB(policyCtx)
+	_, err = b.DB(policyCtx)
 	require.NoError(t, err)
 	require.False(t, ptx.ReleasePending())
-	btx.MustExecContext(ctx, `INSERT INTO users (username) VALUES ('undone')`)
+	tx.MustExecContext(ctx, `INSERT INTO users (username) VALUES ('undone')`)
 	require.NoError(t, b.Finish(ctx, true))
 	require.Equal(t, sessionDefault, timeout(), "a failed policy's timeouts are gone")
 
@@ -66,4 +66,43 @@ func TestPolicySavepointsReleasedLazily(t *testing.T) {
 	// Nothing is left open: releasing once more fails.
 	_, err = tx.ExecContext(ctx, rules.ReleaseSavepoint)
 	require.Error(t, err)
+}
+
+// A policy query that a batch runs again is prepared once and gives the
+// same rows; one that runs once is not prepared.
+func TestPolicyQueriesRepeatedInABatchArePrepared(t *testing.T) {
+	t.Parallel()
+	db := testinfra.Postgres(t)
+	ctx := t.Context()
+	db.MustExec(t, `INSERT INTO users (username) VALUES ('ann'), ('bob'), ('cy')`)
+	tx, err := db.BeginTxx(ctx, nil)
+	require.NoError(t, err)
+	defer tx.Rollback() //nolint:errcheck // test
+	ptx := rules.NewPolicyTx(tx)
+	users := rules.Models["User"]
+
+	var got [][]map[string]any
+	for _, name := range []string{"ann", "bob", "cy", "nobody"} {
+		s := rules.NewPolicyScope(ptx)
+		q, err := s.DB(ctx)
+		require.NoError(t, err)
+		rows, err := rules.Find(ctx, q, rules.Query{Model: users, Filters: map[string]any{"username": name}}, 1, true)
+		require.NoError(t, err)
+		got = append(got, rows)
+		require.NoError(t, s.Finish(ctx, false))
+	}
+	require.Equal(t, 1, ptx.Prepared())
+	for i, name := range []string{"ann", "bob", "cy"} {
+		require.Len(t, got[i], 1)
+		require.Equal(t, name, got[i][0]["username"])
+	}
+	require.Empty(t, got[3])
+
+	s := rules.NewPolicyScope(ptx)
+	q, err := s.DB(ctx)
+	require.NoError(t, err)
+	n, err := rules.Count(ctx, q, rules.Query{Model: users, Filters: map[string]any{"username__startswith": "b"}})
+	require.NoError(t, err)
+	require.EqualValues(t, 1, n)
+	require.Equal(t, 1, ptx.Prepared(), "a query run once is not prepared")
 }

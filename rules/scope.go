@@ -3,6 +3,7 @@ package rules
 import (
 	"context"
 	"crypto/sha1"
+	"database/sql"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -50,10 +51,77 @@ const (
 // lazily, in the same round trip as the next policy's SAVEPOINT or before
 // the engine's next statement: one round trip less per policy that uses
 // the database.
+//
+// Policies' queries run through it (it is a [sqlx.QueryerContext]): a query
+// text that a batch runs a second time is prepared, so that PostgreSQL
+// parses and plans it once per batch instead of once per event.
 type policyTx struct {
 	*sqlx.Tx
 	// releasePending: the savepoint of a policy that succeeded is open.
 	releasePending bool
+	runs           map[string]int
+	prepared       map[string]*sqlx.Stmt
+}
+
+// maxPrepared bounds the statements a batch keeps prepared.
+const maxPrepared = 64
+
+var _ sqlx.QueryerContext = (*policyTx)(nil)
+
+// stmt returns query prepared when it runs for the second time or more in
+// this batch, or nil to run it unprepared.
+func (t *policyTx) stmt(ctx context.Context, query string) (*sqlx.Stmt, error) {
+	if st, ok := t.prepared[query]; ok {
+		return st, nil
+	}
+	if t.runs == nil {
+		t.runs = make(map[string]int)
+		t.prepared = make(map[string]*sqlx.Stmt)
+	}
+	t.runs[query]++
+	if t.runs[query] < 2 || len(t.prepared) >= maxPrepared {
+		return nil, nil
+	}
+	// Closed by database/sql when the transaction ends.
+	st, err := t.Tx.PreparexContext(ctx, query)
+	if err != nil {
+		return nil, fmt.Errorf("prepare: %w", err)
+	}
+	t.prepared[query] = st
+	return st, nil
+}
+
+// QueryContext implements [sqlx.QueryerContext].
+func (t *policyTx) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	st, err := t.stmt(ctx, query)
+	if err != nil || st == nil {
+		if err != nil {
+			return nil, err
+		}
+		return t.Tx.QueryContext(ctx, query, args...)
+	}
+	return st.QueryContext(ctx, args...)
+}
+
+// QueryxContext implements [sqlx.QueryerContext].
+func (t *policyTx) QueryxContext(ctx context.Context, query string, args ...any) (*sqlx.Rows, error) {
+	st, err := t.stmt(ctx, query)
+	if err != nil || st == nil {
+		if err != nil {
+			return nil, err
+		}
+		return t.Tx.QueryxContext(ctx, query, args...)
+	}
+	return st.QueryxContext(ctx, args...)
+}
+
+// QueryRowxContext implements [sqlx.QueryerContext]. A statement that fails
+// to prepare runs unprepared, which reports the error.
+func (t *policyTx) QueryRowxContext(ctx context.Context, query string, args ...any) *sqlx.Row {
+	if st, err := t.stmt(ctx, query); err == nil && st != nil {
+		return st.QueryRowxContext(ctx, args...)
+	}
+	return t.Tx.QueryRowxContext(ctx, query, args...)
 }
 
 // settle releases a pending savepoint and restores the session's timeouts.
@@ -71,24 +139,33 @@ func (t *policyTx) settle(ctx context.Context) error {
 	return nil
 }
 
-// DB returns the event's transaction for a policy's reads and writes. The
-// first call sets a savepoint that [Scope.finish] releases, or rolls back to
-// when the policy failed.
-func (s *Scope) DB(ctx context.Context) (*sqlx.Tx, error) {
+// DB returns the event's transaction for a policy's queries. The first
+// call sets a savepoint that [Scope.finish] releases, or rolls back to when
+// the policy failed.
+func (s *Scope) DB(ctx context.Context) (sqlx.QueryerContext, error) {
+	if _, err := s.begin(ctx); err != nil {
+		return nil, err
+	}
+	return s.tx, nil
+}
+
+// begin sets the policy's savepoint on first use and returns the
+// transaction.
+func (s *Scope) begin(ctx context.Context) (*sqlx.Tx, error) {
 	if s == nil || s.tx == nil {
 		return nil, fmt.Errorf("no database in a dry run without one")
 	}
 	if !s.savepoint {
-		sql := setSavepoint
+		stmt := setSavepoint
 		if s.tx.releasePending {
-			sql = releaseSavepoint + "; " + sql
+			stmt = releaseSavepoint + "; " + stmt
 		}
 		// The policy's remaining time bounds its lock waits and queries.
 		if dl, ok := ctx.Deadline(); ok {
 			ms := max(time.Until(dl).Milliseconds(), 1)
-			sql += fmt.Sprintf("; SET LOCAL lock_timeout = %d; SET LOCAL statement_timeout = %d", ms, ms)
+			stmt += fmt.Sprintf("; SET LOCAL lock_timeout = %d; SET LOCAL statement_timeout = %d", ms, ms)
 		}
-		if _, err := s.tx.ExecContext(context.WithoutCancel(ctx), sql); err != nil {
+		if _, err := s.tx.ExecContext(context.WithoutCancel(ctx), stmt); err != nil {
 			return nil, fmt.Errorf("set savepoint: %w", err)
 		}
 		s.tx.releasePending = false
@@ -166,7 +243,7 @@ func (s *Scope) QueueEmail(ctx context.Context, e Email, policy *Policy) error {
 	if s == nil || s.run == nil {
 		return fmt.Errorf("send email: not performed in a dry run")
 	}
-	tx, err := s.DB(ctx)
+	tx, err := s.begin(ctx)
 	if err != nil {
 		return err
 	}
@@ -214,7 +291,7 @@ func (s *Scope) EmailTemplateExists(ctx context.Context, name string) (bool, err
 	if name == BuiltinEmailTemplate {
 		return true, nil
 	}
-	tx, err := s.DB(ctx)
+	tx, err := s.begin(ctx)
 	if err != nil {
 		return false, err
 	}
@@ -253,7 +330,7 @@ func (s *Scope) CreateEvent(ctx context.Context, action, app string, user map[st
 	if s == nil || s.run == nil {
 		return events.Event{}, fmt.Errorf("create event %q: not performed in a dry run", action)
 	}
-	tx, err := s.DB(ctx)
+	tx, err := s.begin(ctx)
 	if err != nil {
 		return events.Event{}, err
 	}
