@@ -1,8 +1,8 @@
 package events
 
 import (
-	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"net/netip"
@@ -29,6 +29,11 @@ type Event struct {
 	Brand    map[string]any
 	// Extra holds top-level keys the contract does not name; they are kept.
 	Extra map[string]json.RawMessage
+
+	// stored holds the input of user, context and brand when decoding
+	// left them exactly as they came, so that they can be stored without
+	// encoding them again (see [Event.StoredJSON]).
+	stored *storedJSON
 }
 
 // DecodeError reports a message that can never become an event. Messages
@@ -55,16 +60,12 @@ var known = map[string]bool{
 // or null, and "created" an RFC 3339 time (now when missing). The context is
 // passed through [Sanitize] and [Cleanse]. Errors are [*DecodeError]s.
 func Decode(data []byte) (Event, error) {
-	// One pass over the bytes: everything is decoded into plain values,
-	// then checked field by field.
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.UseNumber()
-	var top any
-	if err := dec.Decode(&top); err != nil {
-		return Event{}, decodeErr("invalid JSON: %v", err)
-	}
-	if dec.More() {
+	top, parsed, err := parseJSON(data)
+	if errors.Is(err, errTrailing) {
 		return Event{}, decodeErr("trailing data after the JSON object")
+	}
+	if err != nil {
+		return Event{}, decodeErr("invalid JSON: %v", err)
 	}
 	raw, ok := top.(map[string]any)
 	if !ok {
@@ -102,9 +103,17 @@ func Decode(data []byte) (Event, error) {
 	if ev.Brand, err = objectField(raw, "brand"); err != nil {
 		return Event{}, err
 	}
+	userAsIs, brandAsIs := sanitizedAsIs(ev.User), sanitizedAsIs(ev.Brand)
+	if !parsed.repaired {
+		ev.stored = &storedJSON{
+			user:    parsed.member("user", userAsIs),
+			context: parsed.member("context", contextAsIs(ev.Context)),
+			brand:   parsed.member("brand", brandAsIs),
+		}
+	}
 	ev.Context = sanitizeAndCleanse(ev.Context)
-	ev.User = Sanitize(ev.User).(map[string]any)
-	ev.Brand = Sanitize(ev.Brand).(map[string]any)
+	ev.User = sanitizeInPlace(ev.User, userAsIs)
+	ev.Brand = sanitizeInPlace(ev.Brand, brandAsIs)
 
 	ip, err := stringField(raw, "client_ip")
 	if err != nil {
@@ -145,6 +154,23 @@ func Decode(data []byte) (Event, error) {
 }
 
 // stringField returns raw[key] as a string; missing or null is "".
+// storedJSON is the input of an event's objects that decoding left as
+// they came; a nil member was changed (or absent) and must be encoded.
+type storedJSON struct {
+	user, context, brand []byte
+}
+
+// StoredJSON returns the JSON input of the event's user, context and brand
+// objects when decoding kept them exactly as they came (nothing to
+// sanitise or cleanse), nil for those it changed or that the event did not
+// carry, and for events not decoded by [Decode].
+func (e *Event) StoredJSON() (user, context, brand []byte) {
+	if e.stored == nil {
+		return nil, nil, nil
+	}
+	return e.stored.user, e.stored.context, e.stored.brand
+}
+
 func stringField(raw map[string]any, key string) (string, error) {
 	switch v := raw[key].(type) {
 	case nil:

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"math"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -178,4 +179,113 @@ func cleanseItem(key string, v any) any {
 		return CleansedValue
 	}
 	return v
+}
+
+// sanitizedAsIs reports whether [Sanitize] leaves the decoded value v as
+// it is: no NUL characters, numbers that are canonical integers, no falsy
+// array elements to drop.
+func sanitizedAsIs(v any) bool {
+	switch t := v.(type) {
+	case nil, bool:
+		return true
+	case string:
+		return strings.IndexByte(t, 0) < 0
+	case json.Number:
+		i, err := t.Int64()
+		return err == nil && strconv.FormatInt(i, 10) == string(t)
+	case map[string]any:
+		for k, x := range t {
+			if strings.IndexByte(k, 0) >= 0 || !sanitizedAsIs(x) {
+				return false
+			}
+		}
+		return true
+	case []any:
+		for _, x := range t {
+			if !sanitizedAsIs(x) || !truthyAsIs(x) {
+				return false
+			}
+		}
+		return true
+	}
+	return false
+}
+
+// contextAsIs reports whether sanitising and cleansing leave the decoded
+// context m as it is (see sanitizeAndCleanse).
+func contextAsIs(m map[string]any) bool {
+	for k, v := range m {
+		if strings.IndexByte(k, 0) >= 0 || !cleansedAsIs(k, v) {
+			return false
+		}
+	}
+	return true
+}
+
+// cleansedAsIs mirrors sanitizeCleanseItem.
+func cleansedAsIs(key string, v any) bool {
+	switch t := v.(type) {
+	case map[string]any:
+		return contextAsIs(t)
+	case []any:
+		for _, x := range t {
+			switch x.(type) {
+			case map[string]any, []any:
+				if !cleansedAsIs(key, x) || !truthyAsIs(x) {
+					return false
+				}
+			default:
+				if !sanitizedAsIs(x) || !truthyAsIs(x) || secretKey(key) {
+					return false
+				}
+			}
+		}
+		return true
+	case nil:
+		return true
+	}
+	return !secretKey(key) && sanitizedAsIs(v)
+}
+
+// truthyAsIs is truthy for a decoded value that sanitising leaves as it is.
+func truthyAsIs(v any) bool {
+	if n, ok := v.(json.Number); ok {
+		return n != "0"
+	}
+	return truthy(v)
+}
+
+// sanitizeInPlace returns Sanitize(m), reusing m when asIs (as reported by
+// sanitizedAsIs): then only its numbers change type.
+func sanitizeInPlace(m map[string]any, asIs bool) map[string]any {
+	if !asIs {
+		return Sanitize(m).(map[string]any)
+	}
+	numbersToInt64(m)
+	return m
+}
+
+// numbersToInt64 turns the json.Number values of v, which are canonical
+// integers, into int64 in place.
+func numbersToInt64(v any) {
+	switch t := v.(type) {
+	case map[string]any:
+		for k, x := range t {
+			switch n := x.(type) {
+			case json.Number:
+				t[k], _ = n.Int64()
+			case map[string]any, []any:
+				numbersToInt64(n)
+			}
+		}
+	case []any:
+		for i, x := range t {
+			switch n := x.(type) {
+			case json.Number:
+				t[i], _ = n.Int64()
+			case map[string]any, []any:
+				numbersToInt64(n)
+			}
+		}
+	}
 }

@@ -41,15 +41,17 @@ func StoreEvents(ctx context.Context, tx *sqlx.Tx, evs []events.Event) ([]*event
 		}
 		seen[ev.PK] = true
 		unique = append(unique, ev)
-		user, err := marshalObject(ev.User)
+		// Objects that decoding left as they came are stored as they came.
+		rawUser, rawContext, rawBrand := ev.StoredJSON()
+		user, err := storedObject(rawUser, ev.User)
 		if err != nil {
 			return nil, fmt.Errorf("encode user of event %s: %w", ev.PK, err)
 		}
-		c, err := marshalObject(ev.Context)
+		c, err := storedObject(rawContext, ev.Context)
 		if err != nil {
 			return nil, fmt.Errorf("encode context of event %s: %w", ev.PK, err)
 		}
-		brand, err := marshalObject(ev.Brand)
+		brand, err := storedObject(rawBrand, ev.Brand)
 		if err != nil {
 			return nil, fmt.Errorf("encode brand of event %s: %w", ev.PK, err)
 		}
@@ -90,6 +92,14 @@ func StoreEvents(ctx context.Context, tx *sqlx.Tx, evs []events.Event) ([]*event
 		}
 	}
 	return fresh, nil
+}
+
+// storedObject is raw when set, else m encoded.
+func storedObject(raw []byte, m map[string]any) (string, error) {
+	if raw != nil {
+		return string(raw), nil
+	}
+	return marshalObject(m)
 }
 
 func marshalObject(m map[string]any) (string, error) {
