@@ -47,9 +47,11 @@ type eventCache struct {
 // evaluation is the state of one policy run that host functions touch.
 type evaluation struct {
 	ctx context.Context
-	// dbCtx is the event's context, without the policy's deadline: SQL is
-	// bounded by lock_timeout and statement_timeout instead, because
-	// cancelling a query from the client breaks the event's connection.
+	// dbCtx is the context of the policy's queries: the event's, without
+	// the policy's deadline, when SQL is bounded by lock_timeout and
+	// statement_timeout (cancelling a query from the client breaks the
+	// event's connection); the policy's own when the batch is optimistic
+	// (see [rules.Scope.CancelsQueries]).
 	dbCtx    context.Context
 	req      *rules.PolicyRequest
 	messages []string
@@ -114,6 +116,9 @@ func (v *vm) evaluate(ctx context.Context, key string, prog *goja.Program, req *
 		}()
 	}
 
+	if outer && req.Scope.CancelsQueries() {
+		dbCtx = ctx // bounded by the policy's deadline
+	}
 	ev := &evaluation{ctx: ctx, dbCtx: dbCtx, req: req}
 	prev := v.cur
 	v.cur = ev

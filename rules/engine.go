@@ -63,7 +63,10 @@ type EngineStats struct {
 	RuleEvaluations atomic.Int64
 	RulesFired      atomic.Int64
 	PolicyErrors    atomic.Int64
-	Notifications   atomic.Int64
+	// BatchesRedone counts batches run again with a savepoint per policy
+	// (see [Engine.HandleEvents]).
+	BatchesRedone atomic.Int64
+	Notifications atomic.Int64
 	// PolicyNanos is the total time spent in expression policies.
 	PolicyNanos       atomic.Int64
 	PolicyEvaluations atomic.Int64
@@ -87,9 +90,24 @@ func (e *Engine) Stats() *EngineStats { return &e.stats }
 
 // HandleEvents implements [events.Handler]: it stores the events in one
 // statement, evaluates the rules for the ones not seen before, writes the
-// resulting notifications and deliveries in one statement each, and
-// commits once for the batch.
+// resulting notifications and deliveries in one statement, and commits once
+// for the batch.
+//
+// A batch first runs optimistically, without a savepoint per policy: a
+// policy that fails after it used the database, or any other failure, makes
+// the batch run again from the start with a savepoint per policy, which
+// undoes exactly the failed policy's writes (see [Scope]).
 func (e *Engine) HandleEvents(ctx context.Context, evs []events.Event) error {
+	err := e.handleBatch(ctx, evs, true)
+	if err == nil || ctx.Err() != nil {
+		return err
+	}
+	e.stats.BatchesRedone.Add(1)
+	e.log.DebugContext(ctx, "batch runs again with a savepoint per policy", slog.Int("events", len(evs)), slog.Any("reason", err))
+	return e.handleBatch(ctx, evs, false)
+}
+
+func (e *Engine) handleBatch(ctx context.Context, evs []events.Event, optimistic bool) error {
 	rs := e.rules.Current()
 	tx, err := e.db.BeginTxx(ctx, nil)
 	if err != nil {
@@ -112,7 +130,7 @@ func (e *Engine) HandleEvents(ctx context.Context, evs []events.Event) error {
 		defer release()
 	}
 	out := &batchWriter{}
-	ptx := &policyTx{Tx: tx}
+	ptx := &policyTx{Tx: tx, optimistic: optimistic}
 	for _, ev := range fresh {
 		if err := e.processEvent(ctx, ptx, rs, ev, users, out); err != nil {
 			return err

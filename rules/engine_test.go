@@ -357,6 +357,46 @@ return true;`)})
 	require.Contains(t, b.evals.evaluated(), "login-only")
 }
 
+// A batch runs without a savepoint per policy; only when a policy that used
+// the database fails does it run again with savepoints, and the results
+// are those of the careful run: the failed policy's writes are undone, the
+// others' kept.
+func TestEngineRedoesBatchWithSavepointsOnlyWhenADatabasePolicyFails(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	jane := b.user(t, "jane")
+	bob := b.user(t, "bob")
+	b.alertRule(t, "counts", binding{Policy: b.policy(t, "count-logins", `const u = User.objects.get({pk: request.user.pk});
+u.attributes.logins = (u.attributes.logins || 0) + 1;
+u.save({update_fields: ["attributes"]});
+return true;`)})
+	b.alertRule(t, "bob-fails", binding{Policy: b.policy(t, "fails-for-bob", `const u = User.objects.get({pk: request.user.pk});
+u.attributes.marked = true;
+u.save({update_fields: ["attributes"]});
+if (u.username === "bob") throw new Error("bob");
+return false;`)})
+	b.reload(t)
+
+	batch := func(users ...int64) {
+		t.Helper()
+		evs := make([]events.Event, len(users))
+		for i, u := range users {
+			evs[i] = userEvent(t, "login", u, nil)
+		}
+		require.NoError(t, b.engine.HandleEvents(t.Context(), evs))
+	}
+	batch(jane, jane)
+	require.Zero(t, b.engine.Stats().BatchesRedone.Load())
+	requireJSON(t, `{"logins": 2, "marked": true}`, b.jsonColumn(t, `SELECT attributes::text FROM users WHERE id = $1`, jane))
+
+	batch(jane, bob, jane)
+	require.EqualValues(t, 1, b.engine.Stats().BatchesRedone.Load())
+	requireJSON(t, `{"logins": 4, "marked": true}`, b.jsonColumn(t, `SELECT attributes::text FROM users WHERE id = $1`, jane))
+	requireJSON(t, `{"logins": 1}`, b.jsonColumn(t, `SELECT attributes::text FROM users WHERE id = $1`, bob))
+	require.Len(t, b.createdEvents(t, "policy_exception"), 1)
+	require.Equal(t, 5, b.count(t, `SELECT count(*) FROM events WHERE action = 'login'`))
+}
+
 func TestEngineBindingsInAscendingOrder(t *testing.T) {
 	t.Parallel()
 	b := setup(t)

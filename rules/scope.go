@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -28,8 +29,21 @@ type Scope struct {
 	tx        *policyTx
 	run       *eventRun
 	savepoint bool
+	touched   bool // the policy used the database (optimistic batches)
 	userSaved bool
 	calls     int // nested ak_call_policy depth
+}
+
+// errRedoWithSavepoints fails an optimistic batch in which a policy that
+// used the database failed: its writes cannot be undone alone.
+var errRedoWithSavepoints = errors.New("a policy that used the database failed")
+
+// CancelsQueries reports whether the policy's queries must be cancelled
+// at its deadline by the caller (in optimistic batches, where no
+// server-side timeouts are set); a cancelled query fails the batch, which
+// then runs again with savepoints and server-side timeouts.
+func (s *Scope) CancelsQueries() bool {
+	return s != nil && s.tx != nil && s.tx.optimistic
 }
 
 // savepointName marks where a policy's own writes begin, so that a policy
@@ -57,6 +71,9 @@ const (
 // parses and plans it once per batch instead of once per event.
 type policyTx struct {
 	*sqlx.Tx
+	// optimistic: no savepoints; a policy that used the database and
+	// failed makes the batch run again without this flag.
+	optimistic bool
 	// releasePending: the savepoint of a policy that succeeded is open.
 	releasePending bool
 	runs           map[string]int
@@ -155,6 +172,10 @@ func (s *Scope) begin(ctx context.Context) (*sqlx.Tx, error) {
 	if s == nil || s.tx == nil {
 		return nil, fmt.Errorf("no database in a dry run without one")
 	}
+	if s.tx.optimistic {
+		s.touched = true
+		return s.tx.Tx, nil
+	}
 	if !s.savepoint {
 		stmt := setSavepoint
 		if s.tx.releasePending {
@@ -178,6 +199,9 @@ func (s *Scope) begin(ctx context.Context) (*sqlx.Tx, error) {
 // (the savepoint is released later, see [policyTx]) and undone when it
 // failed.
 func (s *Scope) finish(ctx context.Context, failed bool) error {
+	if s.touched && failed {
+		return errRedoWithSavepoints
+	}
 	if !s.savepoint {
 		return nil
 	}

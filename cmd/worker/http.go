@@ -51,6 +51,7 @@ func registerEngineMetrics(reg *prometheus.Registry, engine *rules.Engine) {
 	counter("herald_events_guarded_total", "Events kept from matching any rule by a loop guard.", func() float64 { return float64(s.EventsGuarded.Load()) })
 	counter("herald_rule_evaluations_total", "Rule evaluations.", func() float64 { return float64(s.RuleEvaluations.Load()) })
 	counter("herald_rules_fired_total", "Rule evaluations that passed.", func() float64 { return float64(s.RulesFired.Load()) })
+	counter("herald_batches_redone_total", "Batches run again with a savepoint per policy after an optimistic run failed.", func() float64 { return float64(s.BatchesRedone.Load()) })
 	counter("herald_policy_errors_total", "Policies that failed to compile, threw or timed out.", func() float64 { return float64(s.PolicyErrors.Load()) })
 	counter("herald_notifications_total", "Notifications written.", func() float64 { return float64(s.Notifications.Load()) })
 	counter("herald_policy_evaluations_total", "Expression policy evaluations.", func() float64 { return float64(s.PolicyEvaluations.Load()) })
