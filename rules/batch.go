@@ -122,6 +122,7 @@ type batchWriter struct {
 	// outbox counts the outbox entries queued (some may have been undone
 	// with a failed policy).
 	outbox int
+	stats  batchStats
 }
 
 // committed describes the batch for [EngineConfig.AfterCommit].

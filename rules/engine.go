@@ -55,7 +55,8 @@ type Engine struct {
 	stats EngineStats
 }
 
-// EngineStats are running totals, safe to read concurrently.
+// EngineStats are running totals of committed batches, safe to read
+// concurrently.
 type EngineStats struct {
 	EventsProcessed atomic.Int64 // events stored and evaluated
 	EventsDuplicate atomic.Int64 // redelivered or re-published events skipped
@@ -83,6 +84,27 @@ func NewEngine(db *sqlx.DB, rules RuleSource, eval Evaluator, cfg EngineConfig) 
 		cfg.Logger = slog.Default()
 	}
 	return &Engine{db: db, rules: rules, eval: eval, cfg: cfg, log: cfg.Logger}
+}
+
+// batchStats are a batch's counts, added to the engine's totals when the
+// batch commits (so that a batch that runs again counts once).
+type batchStats struct {
+	eventsProcessed, eventsDuplicate, eventsGuarded int64
+	ruleEvaluations, rulesFired                     int64
+	policyErrors, policyEvaluations, policyNanos    int64
+	notifications                                   int64
+}
+
+func (s *EngineStats) add(b *batchStats) {
+	s.EventsProcessed.Add(b.eventsProcessed)
+	s.EventsDuplicate.Add(b.eventsDuplicate)
+	s.EventsGuarded.Add(b.eventsGuarded)
+	s.RuleEvaluations.Add(b.ruleEvaluations)
+	s.RulesFired.Add(b.rulesFired)
+	s.PolicyErrors.Add(b.policyErrors)
+	s.PolicyEvaluations.Add(b.policyEvaluations)
+	s.PolicyNanos.Add(b.policyNanos)
+	s.Notifications.Add(b.notifications)
 }
 
 // Stats returns the engine's running totals.
@@ -119,7 +141,6 @@ func (e *Engine) handleBatch(ctx context.Context, evs []events.Event, optimistic
 	if err != nil {
 		return err
 	}
-	e.stats.EventsDuplicate.Add(int64(len(evs) - len(fresh)))
 	users, err := e.loadUsers(ctx, tx, fresh)
 	if err != nil {
 		return err
@@ -145,6 +166,8 @@ func (e *Engine) handleBatch(ctx context.Context, evs []events.Event, optimistic
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("commit events: %w", err)
 	}
+	out.stats.eventsDuplicate = int64(len(evs) - len(fresh))
+	e.stats.add(&out.stats)
 	if e.cfg.AfterCommit != nil {
 		e.cfg.AfterCommit(out.committed(evs))
 	}
@@ -204,9 +227,9 @@ func (r *eventRun) db(ctx context.Context) (*sqlx.Tx, error) {
 }
 
 func (e *Engine) processEvent(ctx context.Context, tx *policyTx, rs *RuleSet, ev *events.Event, users map[int64]*User, out *batchWriter) error {
-	e.stats.EventsProcessed.Add(1)
+	out.stats.eventsProcessed++
 	if reason := e.guard(rs, ev); reason != "" {
-		e.stats.EventsGuarded.Add(1)
+		out.stats.eventsGuarded++
 		e.log.InfoContext(ctx, "event matches no rule: loop guard", slog.String("event", ev.PK),
 			slog.String("action", ev.Action), slog.String("reason", reason))
 		return nil
@@ -219,7 +242,7 @@ func (e *Engine) processEvent(ctx context.Context, tx *policyTx, rs *RuleSet, ev
 		if !rule.CanMatch(ev.Action) {
 			continue
 		}
-		e.stats.RuleEvaluations.Add(1)
+		out.stats.ruleEvaluations++
 		passing, err := r.evalRule(ctx, rule)
 		if err != nil {
 			return fmt.Errorf("rule %q, event %s: %w", rule.Name, ev.PK, err)
@@ -227,7 +250,7 @@ func (e *Engine) processEvent(ctx context.Context, tx *policyTx, rs *RuleSet, ev
 		if !passing {
 			continue
 		}
-		e.stats.RulesFired.Add(1)
+		out.stats.rulesFired++
 		n, err := r.fanOut(ctx, rule)
 		if err != nil {
 			return fmt.Errorf("rule %q, event %s: %w", rule.Name, ev.PK, err)
@@ -299,8 +322,8 @@ func (r *eventRun) evalBinding(ctx context.Context, rule *Rule, b *Binding) (boo
 			Timeout: b.Timeout(),
 			Scope:   scope,
 		})
-		r.e.stats.PolicyNanos.Add(int64(time.Since(start)))
-		r.e.stats.PolicyEvaluations.Add(1)
+		r.out.stats.policyNanos += int64(time.Since(start))
+		r.out.stats.policyEvaluations++
 		if err := ctx.Err(); err != nil {
 			return false, fmt.Errorf("evaluate policy %q: %w", p.Name, context.Cause(ctx))
 		}
@@ -325,7 +348,7 @@ func (r *eventRun) evalBinding(ctx context.Context, rule *Rule, b *Binding) (boo
 	}
 	r.last = res
 	if res.Err != nil {
-		r.e.stats.PolicyErrors.Add(1)
+		r.out.stats.policyErrors++
 		r.e.log.WarnContext(ctx, "policy failed", slog.String("policy", p.Name), slog.String("rule", rule.Name),
 			slog.String("event", r.ev.PK), slog.String("error", res.Err.Error()))
 		if err := r.policyException(ctx, rule, b, res.Err); err != nil {

@@ -46,7 +46,7 @@ func (r *eventRun) fanOut(ctx context.Context, rule *Rule) (int, error) {
 					id: nid, ruleID: rule.ID, eventID: r.ev.PK, userID: uid,
 					severity: rule.Severity, body: body, hyperlink: link, hyperlinkLabel: label,
 				})
-				r.e.stats.Notifications.Add(1)
+				r.out.stats.notifications++
 			}
 			status := DeliveryPending
 			if t.Mode == ModeLocal {
