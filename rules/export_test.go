@@ -4,6 +4,8 @@ import (
 	"context"
 
 	"github.com/jmoiron/sqlx"
+
+	"github.com/heraldhq/herald/events"
 )
 
 // Hooks into unexported parts, for the tests of package rules_test.
@@ -24,3 +26,15 @@ func (s *Scope) Finish(ctx context.Context, failed bool) error { return s.finish
 const ReleaseSavepoint = releaseSavepoint
 
 func (t *policyTx) Prepared() int { return len(t.prepared) }
+
+// WriteNotifications writes, through the batch writer, a notification and
+// a local delivery for each of evs.
+func WriteNotifications(ctx context.Context, tx *sqlx.Tx, evs []events.Event, ruleID, transportID string, userID int64) error {
+	w := &batchWriter{}
+	for i := range evs {
+		id := derivedUUID(evs[i].PK, ruleID, "1")
+		w.notifications = append(w.notifications, pendingNotification{id: id, ruleID: ruleID, eventID: evs[i].PK, userID: userID, severity: "notice", body: Summary(&evs[i])})
+		w.deliveries = append(w.deliveries, pendingDelivery{notificationID: id, transportID: transportID, status: DeliverySent})
+	}
+	return w.flush(ctx, tx)
+}
