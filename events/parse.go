@@ -14,9 +14,10 @@ const maxDepth = 10000
 // parser decodes one JSON document in a single pass into the values
 // encoding/json gives with UseNumber: map[string]any, []any, string,
 // json.Number, bool and nil. It also records where each top-level member's
-// value lies in the input, and whether any string had to be repaired
-// (invalid UTF-8 or a lone surrogate became U+FFFD), so that unchanged
-// members can be stored as they came.
+// value lies in the input, and whether the decoded values differ from the
+// input in a way that matters for storing it (invalid UTF-8 or a lone
+// surrogate became U+FFFD, a duplicate key dropped a value), so that
+// unchanged members can be stored as they came.
 type parser struct {
 	data     []byte
 	pos      int
@@ -131,6 +132,11 @@ func (p *parser) object() (any, error) {
 			return nil, err
 		}
 		key := k.(string)
+		if _, dup := m[key]; dup {
+			// The input holds a value that decoding drops, which
+			// PostgreSQL would still read: it cannot be stored as it came.
+			p.repaired = true
+		}
 		m[key] = v
 		if top {
 			if p.spans == nil {

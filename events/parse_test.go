@@ -112,6 +112,9 @@ func TestDecodeKeepsUnchangedObjectsAsTheyCame(t *testing.T) {
 		`{"pk": "9a0c5d2e-7b1f-4c3a-8e6d-0f1a2b3c4d5e", "action": "login", "context": {"s": "a\u0000b"}}`,
 		"{\"pk\": \"9a0c5d2e-7b1f-4c3a-8e6d-0f1a2b3c4d5e\", \"action\": \"login\", \"context\": {\"s\": \"\xff\"}}",
 		`{"pk": "9a0c5d2e-7b1f-4c3a-8e6d-0f1a2b3c4d5e", "action": "login", "context": {"n": 1e2}}`,
+		// A dropped duplicate is still in the input, and PostgreSQL rejects it.
+		`{"pk": "9a0c5d2e-7b1f-4c3a-8e6d-0f1a2b3c4d5e", "action": "login", "context": {"a": "x\u0000", "a": "y"}}`,
+		`{"pk": "9a0c5d2e-7b1f-4c3a-8e6d-0f1a2b3c4d5e", "action": "login", "context": {"a": {"n": 1e9999999, "n": 1}}}`,
 	} {
 		ev, err := Decode([]byte(payload))
 		require.NoError(t, err)

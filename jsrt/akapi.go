@@ -158,6 +158,7 @@ func (v *vm) akCreateEvent(call goja.FunctionCall) goja.Value {
 		}
 	}
 	p := v.cur.req.Policy
+	v.db() // the policy's savepoint, bounded by its deadline
 	ev, err := v.cur.req.Scope.CreateEvent(v.cur.dbCtx, "custom_"+action, p.Name, map[string]any{}, jsonSafe(kwargs), p)
 	v.check(err)
 	return v.rt.ToValue(ev.PK)
@@ -207,6 +208,7 @@ func (v *vm) akSendEmail(call goja.FunctionCall) goja.Value {
 		Template: template,
 	}
 	scope := v.cur.req.Scope
+	v.db() // the policy's savepoint, bounded by its deadline
 	if hasTemplate {
 		ok, err := scope.EmailTemplateExists(v.cur.dbCtx, template)
 		v.check(err)

@@ -1,8 +1,10 @@
 package jsrt
 
 import (
+	"errors"
 	"regexp"
 	"slices"
+	"strings"
 
 	"github.com/dop251/goja"
 	"github.com/dop251/goja/ast"
@@ -24,16 +26,22 @@ import (
 // before the guard, so that skipping the policy for other actions skips no
 // side effect and no exception. It returns nil when it cannot tell, and for
 // policies that do not compile (they must still report their error).
-func ActionGuard(expression string) []string {
+func ActionGuard(expression string) (actions []string) {
+	defer func() {
+		if recover() != nil {
+			actions = nil // an input the analysis did not foresee
+		}
+	}()
 	// The analysis names the request by its global name: a policy that
-	// declares or rebinds it, or passes it anywhere bare, is not analysed.
-	if requestNotRead.MatchString(expression) {
+	// declares or rebinds it, or passes it anywhere bare, is not analysed,
+	// nor one with escapes that could spell it.
+	if requestNotRead.MatchString(expression) || strings.Contains(expression, `\u`) {
 		return nil
 	}
 	if _, err := goja.Compile("guard", functionPrefix+expression+"\n})", true); err != nil {
 		return nil
 	}
-	fn, err := parser.ParseFunction("", expression)
+	fn, err := wrappedFunction(expression)
 	if err != nil || fn.Body == nil {
 		return nil
 	}
@@ -66,6 +74,24 @@ func ActionGuard(expression string) []string {
 		return nil
 	}
 	return nil
+}
+
+// wrappedFunction parses an expression as it is compiled, the body of a
+// function, and returns that function; it fails when the expression closes
+// the function and adds code after it.
+func wrappedFunction(expression string) (*ast.FunctionLiteral, error) {
+	prog, err := parser.ParseFile(nil, "", functionPrefix+expression+"\n})", 0)
+	if err != nil {
+		return nil, err
+	}
+	if len(prog.Body) == 1 {
+		if st, ok := prog.Body[0].(*ast.ExpressionStatement); ok {
+			if fn, ok := st.Expression.(*ast.FunctionLiteral); ok {
+				return fn, nil
+			}
+		}
+	}
+	return nil, errors.New("SyntaxError: the expression closes its function")
 }
 
 // requestNotRead finds a use of the name request other than a property

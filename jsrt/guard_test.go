@@ -63,6 +63,11 @@ return true;`, nil},
 return true;`, nil},
 		{"does not compile", `if (request.context.event.action !== "login") return false;
 return (;`, nil},
+		{"closes its function", "if (request.context.event.action !== \"nope\") return false;\nreturn false;\n}); (function () {\nreturn \"ran\";", nil},
+		{"closes its function with a comma", "if (request.context.event.action !== \"nope\") return false;\nreturn false;\n}), (function () {\nreturn \"ran\";", nil},
+		{"request shadowed through an escape", `if (request.context.event.action !== "login") return false;
+function \u0072equest() {}
+return true;`, nil},
 		{"or in return without guard on the left", `return request.user.is_superuser || request.context.event.action === "login";`, nil},
 	}
 	for _, c := range cases {

@@ -93,6 +93,9 @@ func (p *Pool) program(name, expression string) (string, *compiled) {
 	c := &compiled{prog: prog}
 	if err != nil {
 		c.err = syntaxError(name, err)
+	} else if _, err := wrappedFunction(expression); err != nil {
+		// "}); (function () {..." would run code outside the policy's function.
+		c.prog, c.err = nil, &rules.PolicyError{Policy: name, Kind: "syntax", Message: err.Error()}
 	}
 	actual, _ := p.programs.LoadOrStore(key, c)
 	return key, actual.(*compiled)

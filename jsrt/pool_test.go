@@ -539,3 +539,15 @@ func BenchmarkEvaluate(b *testing.B) {
 		}
 	}
 }
+
+// An expression cannot close its function to run code outside it.
+func TestEvaluateExpressionThatClosesItsFunction(t *testing.T) {
+	t.Parallel()
+	pool := newPool(t, jsrt.Config{Size: 1})
+	for _, src := range []string{"return false;\n}); (function () {\nreturn true;", "return false;\n}), (function () {\nreturn true;"} {
+		res := evaluate(t, pool, request("escape", src))
+		require.NotNil(t, res.Err, "%q", src)
+		require.Equal(t, "syntax", res.Err.Kind)
+		require.False(t, res.Passing)
+	}
+}

@@ -60,6 +60,19 @@ func TestPolicySavepointsReleasedLazily(t *testing.T) {
 	require.NoError(t, ptx.Settle(ctx))
 	require.Equal(t, sessionDefault, timeout(), "a released policy's timeouts are gone")
 
+	// Policy E had a deadline; F, whose context has none, does not inherit
+	// E's timeouts with the savepoint it takes over.
+	e := rules.NewPolicyScope(ptx)
+	_, err = e.DB(policyCtx)
+	require.NoError(t, err)
+	require.NoError(t, e.Finish(ctx, false))
+	f := rules.NewPolicyScope(ptx)
+	_, err = f.DB(ctx)
+	require.NoError(t, err)
+	require.Equal(t, sessionDefault, timeout(), "a released policy's timeouts are gone")
+	require.NoError(t, f.Finish(ctx, false))
+	require.NoError(t, ptx.Settle(ctx))
+
 	var names []string
 	require.NoError(t, tx.SelectContext(ctx, &names, `SELECT username FROM users ORDER BY username`))
 	require.Equal(t, []string{"kept"}, names)

@@ -179,7 +179,7 @@ func (s *Scope) begin(ctx context.Context) (*sqlx.Tx, error) {
 	if !s.savepoint {
 		stmt := setSavepoint
 		if s.tx.releasePending {
-			stmt = releaseSavepoint + "; " + stmt
+			stmt = releaseSavepoint + "; " + defaultTimeouts + "; " + stmt
 		}
 		// The policy's remaining time bounds its lock waits and queries.
 		if dl, ok := ctx.Deadline(); ok {
