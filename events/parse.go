@@ -106,10 +106,7 @@ func (p *parser) object() (any, error) {
 	top := p.depth == 1
 	p.pos++                      // {
 	m := make(map[string]any, 8) // one group: most objects are small
-	p.skipSpace()
-	if p.pos < len(p.data) && p.data[p.pos] == '}' {
-		p.pos++
-		p.depth--
+	if p.closed('}') {
 		return m, nil
 	}
 	for {
@@ -144,20 +141,8 @@ func (p *parser) object() (any, error) {
 			}
 			p.spans[key] = p.data[start:p.pos]
 		}
-		p.skipSpace()
-		if p.pos >= len(p.data) {
-			return nil, p.errorf("unexpected end of JSON input")
-		}
-		switch p.data[p.pos] {
-		case ',':
-			p.pos++
-			p.skipSpace()
-		case '}':
-			p.pos++
-			p.depth--
-			return m, nil
-		default:
-			return nil, p.errorf("want ',' or '}' in an object")
+		if more, err := p.more('}'); !more {
+			return m, err
 		}
 	}
 }
@@ -168,10 +153,7 @@ func (p *parser) array() (any, error) {
 	}
 	p.pos++ // [
 	a := []any{}
-	p.skipSpace()
-	if p.pos < len(p.data) && p.data[p.pos] == ']' {
-		p.pos++
-		p.depth--
+	if p.closed(']') {
 		return a, nil
 	}
 	for {
@@ -180,22 +162,42 @@ func (p *parser) array() (any, error) {
 			return nil, err
 		}
 		a = append(a, v)
-		p.skipSpace()
-		if p.pos >= len(p.data) {
-			return nil, p.errorf("unexpected end of JSON input")
-		}
-		switch p.data[p.pos] {
-		case ',':
-			p.pos++
-			p.skipSpace()
-		case ']':
-			p.pos++
-			p.depth--
-			return a, nil
-		default:
-			return nil, p.errorf("want ',' or ']' in an array")
+		if more, err := p.more(']'); !more {
+			return a, err
 		}
 	}
+}
+
+// closed skips an empty container's space and its closing byte, if that
+// is what follows.
+func (p *parser) closed(closing byte) bool {
+	p.skipSpace()
+	if p.pos < len(p.data) && p.data[p.pos] == closing {
+		p.pos++
+		p.depth--
+		return true
+	}
+	return false
+}
+
+// more reads what follows a member or element: a comma (more follows) or
+// the container's closing byte.
+func (p *parser) more(closing byte) (bool, error) {
+	p.skipSpace()
+	if p.pos >= len(p.data) {
+		return false, p.errorf("unexpected end of JSON input")
+	}
+	switch p.data[p.pos] {
+	case ',':
+		p.pos++
+		p.skipSpace()
+		return true, nil
+	case closing:
+		p.pos++
+		p.depth--
+		return false, nil
+	}
+	return false, p.errorf("want ',' or %q", closing)
 }
 
 func (p *parser) number() (any, error) {

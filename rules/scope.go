@@ -111,25 +111,25 @@ func (t *policyTx) stmt(ctx context.Context, query string) (*sqlx.Stmt, error) {
 // QueryContext implements [sqlx.QueryerContext].
 func (t *policyTx) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
 	st, err := t.stmt(ctx, query)
-	if err != nil || st == nil {
-		if err != nil {
-			return nil, err
-		}
-		return t.Tx.QueryContext(ctx, query, args...)
+	switch {
+	case err != nil:
+		return nil, err
+	case st != nil:
+		return st.QueryContext(ctx, args...)
 	}
-	return st.QueryContext(ctx, args...)
+	return t.Tx.QueryContext(ctx, query, args...)
 }
 
 // QueryxContext implements [sqlx.QueryerContext].
 func (t *policyTx) QueryxContext(ctx context.Context, query string, args ...any) (*sqlx.Rows, error) {
 	st, err := t.stmt(ctx, query)
-	if err != nil || st == nil {
-		if err != nil {
-			return nil, err
-		}
-		return t.Tx.QueryxContext(ctx, query, args...)
+	switch {
+	case err != nil:
+		return nil, err
+	case st != nil:
+		return st.QueryxContext(ctx, args...)
 	}
-	return st.QueryxContext(ctx, args...)
+	return t.Tx.QueryxContext(ctx, query, args...)
 }
 
 // QueryRowxContext implements [sqlx.QueryerContext]. A statement that fails
