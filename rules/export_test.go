@@ -38,3 +38,8 @@ func WriteNotifications(ctx context.Context, tx *sqlx.Tx, evs []events.Event, ru
 	}
 	return w.flush(ctx, tx)
 }
+
+// NewOptimisticPolicyTx is the policyTx of an optimistic batch.
+func NewOptimisticPolicyTx(tx *sqlx.Tx) *PolicyTx { return &policyTx{Tx: tx, optimistic: true} }
+
+func (t *policyTx) QueuedSaves() int { return len(t.saves) }

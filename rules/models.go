@@ -2,14 +2,11 @@ package rules
 
 import (
 	"context"
-	stdsql "database/sql"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"maps"
 	"math"
 	"slices"
-	"sort"
 	"strings"
 	"time"
 
@@ -172,6 +169,44 @@ func (q Query) where(args *[]any) (string, error) {
 		return "true", nil
 	}
 	return strings.Join(conds, " AND "), nil
+}
+
+// pkRows returns the rows (see [modelSave.row]) that a pk filter of q
+// limits it to; false when q has no such filter.
+func (q Query) pkRows() ([]string, bool) {
+	pkField, _ := q.Model.field("pk")
+	for key, value := range q.Filters {
+		name, lookup := key, ""
+		if i := strings.LastIndex(key, "__"); i > 0 {
+			name, lookup = key[:i], key[i+2:]
+		}
+		if f, ok := q.Model.field(name); !ok || f.name != pkField.name {
+			continue
+		}
+		var list []any
+		switch lookup {
+		case "":
+			list = []any{value}
+		case "in":
+			l, isList := value.([]any)
+			if !isList {
+				continue
+			}
+			list = l
+		default:
+			continue
+		}
+		rows := make([]string, 0, len(list))
+		for _, x := range list {
+			v, err := convert(pkField, pkOf(x))
+			if err != nil {
+				return nil, false
+			}
+			rows = append(rows, (&modelSave{model: q.Model, pk: v}).row())
+		}
+		return rows, true
+	}
+	return nil, false
 }
 
 func condition(f field, lookup string, value any, args *[]any) (string, error) {
@@ -365,7 +400,7 @@ func Find(ctx context.Context, db sqlx.QueryerContext, q Query, limit int, lock 
 	if lock && q.Model.hasUpdated {
 		sql += " FOR NO KEY UPDATE"
 	}
-	rows, err := db.QueryxContext(ctx, sql, args...)
+	rows, err := reader(db, q).QueryxContext(ctx, sql, args...)
 	if err != nil {
 		return nil, fmt.Errorf("query %s: %w", q.Model.Name, err)
 	}
@@ -397,7 +432,7 @@ func Count(ctx context.Context, db sqlx.QueryerContext, q Query) (int64, error) 
 		return 0, err
 	}
 	var n int64
-	if err := sqlx.GetContext(ctx, db, &n, "SELECT count(*) FROM "+q.Model.table+" WHERE "+where, args...); err != nil {
+	if err := sqlx.GetContext(ctx, reader(db, q), &n, "SELECT count(*) FROM "+q.Model.table+" WHERE "+where, args...); err != nil {
 		return 0, fmt.Errorf("count %s: %w", q.Model.Name, err)
 	}
 	return n, nil
@@ -425,72 +460,186 @@ func fromColumn(f field, v any) any {
 	}
 }
 
-// Save writes the given fields of the object with pk. readAt is the
-// object's updated value when it was read (nil to skip the check): if the
-// row changed since, Save fails with [ErrConflict] instead of overwriting
-// the other change. Unknown or read-only fields and values of the wrong
-// type are a [*ModelError].
+// Save writes the given fields of the object with pk and returns the new
+// value of its updated field (set from the clock, like Django's auto_now).
+// readAt is the object's updated value when it was read (nil to skip the
+// check): if the row changed since, Save fails with [ErrConflict] instead
+// of overwriting the other change. Unknown or read-only fields and values of
+// the wrong type are a [*ModelError].
+//
+// A policy's save in an optimistic batch is only queued: it goes out with
+// the batch's next statement that could see it (see [policyTx]).
 func Save(ctx context.Context, db sqlx.QueryerContext, m *Model, pk any, readAt any, values map[string]any) (updated string, err error) {
+	s, err := newModelSave(m, pk, readAt, values)
+	if err != nil || s == nil {
+		return "", err
+	}
+	t, isPolicyTx := db.(*policyTx)
+	if isPolicyTx {
+		s.updated = t.saveTime()
+	} else {
+		s.updated = time.Now().UTC().Truncate(time.Microsecond)
+	}
+	updated = s.updated.Format(time.RFC3339Nano)
+	if isPolicyTx && t.optimistic {
+		return updated, t.queueSave(ctx, s)
+	}
+	if err := execSaves(ctx, db, []*modelSave{s}); err != nil {
+		return "", err
+	}
+	return updated, nil
+}
+
+// modelSave is one object's save: the new values of some of its fields,
+// checked against the updated value the object was read with.
+type modelSave struct {
+	model  *Model
+	pk     any // converted for the pk column
+	fields []field
+	values []any // converted for fields' columns
+	// readAt is the updated value the object was read with (nil: not
+	// checked); updated is the one the save sets.
+	readAt  any
+	updated time.Time
+}
+
+// row identifies the saved row among a batch's saves.
+func (s *modelSave) row() string { return s.model.table + "\x00" + fmt.Sprint(s.pk) }
+
+// shape groups saves that one statement can write: same table, same fields.
+func (s *modelSave) shape() string {
+	names := make([]string, len(s.fields))
+	for i, f := range s.fields {
+		names[i] = f.name
+	}
+	return s.model.table + "\x00" + strings.Join(names, ",")
+}
+
+// newModelSave validates a save and converts its values; nil when there is
+// nothing to write.
+func newModelSave(m *Model, pk any, readAt any, values map[string]any) (*modelSave, error) {
 	if len(m.fields) == 0 || !m.hasUpdated {
-		return "", modelErr("%s objects are read-only", m.Name)
+		return nil, modelErr("%s objects are read-only", m.Name)
 	}
 	pkField, _ := m.field("pk")
-	pkVal, cerr := convert(pkField, pk)
-	err = cerr
+	pkVal, err := convert(pkField, pk)
 	if err != nil {
-		return "", modelErr("%s.save: %v", m.Name, err)
+		return nil, modelErr("%s.save: %v", m.Name, err)
 	}
-	names := make([]string, 0, len(values))
-	for k := range values {
-		names = append(names, k)
-	}
-	sort.Strings(names)
-	sets := make([]string, 0, len(names)+1)
-	args := []any{pkVal}
-	for _, name := range names {
+	s := &modelSave{model: m, pk: pkVal}
+	for _, name := range slices.Sorted(maps.Keys(values)) {
 		f, ok := m.field(name)
 		if !ok {
-			return "", modelErr("%s.save: unknown field %q in update_fields", m.Name, name)
+			return nil, modelErr("%s.save: unknown field %q in update_fields", m.Name, name)
 		}
 		if !f.writable {
-			return "", modelErr("%s.save: field %q cannot be written", m.Name, name)
+			return nil, modelErr("%s.save: field %q cannot be written", m.Name, name)
 		}
 		v := values[name]
 		var arg any
 		if v == nil && f.typ != colJSON {
 			arg = nil
 		} else if arg, err = convert(f, v); err != nil {
-			return "", modelErr("%s.save: %v", m.Name, err)
+			return nil, modelErr("%s.save: %v", m.Name, err)
 		}
 		if f.typ == colJSON {
 			if _, isObj := v.(map[string]any); !isObj {
-				return "", modelErr("%s.save: %s must be an object, got %s", m.Name, name, describe(v))
+				return nil, modelErr("%s.save: %s must be an object, got %s", m.Name, name, describe(v))
 			}
 		}
-		args = append(args, arg)
-		sets = append(sets, fmt.Sprintf("%s = $%d", f.column, len(args)))
+		s.fields = append(s.fields, f)
+		s.values = append(s.values, arg)
 	}
-	if len(sets) == 0 {
-		return "", nil
+	if len(s.fields) == 0 {
+		return nil, nil
 	}
-	// clock_timestamp, not now(): two saves in one transaction must differ.
-	sets = append(sets, "updated = clock_timestamp()")
-	sql := "UPDATE " + m.table + " SET " + strings.Join(sets, ", ") + " WHERE " + m.pk + " = $1"
-	if s, ok := readAt.(string); ok {
-		if ts, err := time.Parse(time.RFC3339Nano, s); err == nil {
-			args = append(args, ts)
-			sql += fmt.Sprintf(" AND updated = $%d", len(args))
+	if str, ok := readAt.(string); ok {
+		if ts, err := time.Parse(time.RFC3339Nano, str); err == nil {
+			s.readAt = ts
 		}
 	}
-	var at time.Time
-	err = sqlx.GetContext(ctx, db, &at, sql+" RETURNING updated", args...)
-	if errors.Is(err, stdsql.ErrNoRows) {
-		return "", fmt.Errorf("save %s %v: %w", m.Name, pk, ErrConflict)
+	return s, nil
+}
+
+// maxSaveParams bounds the parameters of one UPDATE (PostgreSQL takes
+// 65535).
+const maxSaveParams = 60000
+
+// execSaves writes saves of one shape (see [modelSave.shape]), of distinct
+// rows, in as few UPDATE ... FROM (VALUES ...) statements as the parameter
+// limit allows. A row that is missing or changed since it was read fails
+// with [ErrConflict].
+func execSaves(ctx context.Context, db sqlx.QueryerContext, saves []*modelSave) error {
+	perRow := len(saves[0].fields) + 3
+	for chunk := range slices.Chunk(saves, maxSaveParams/perRow) {
+		sql, args := updateStatement(chunk)
+		rows, err := db.QueryxContext(ctx, sql, args...)
+		if err != nil {
+			return fmt.Errorf("save %s: %w", chunk[0].model.Name, err)
+		}
+		n := 0
+		for rows.Next() {
+			n++
+		}
+		err = rows.Err()
+		rows.Close() //nolint:errcheck,gosec // the error is rows.Err's
+		if err != nil {
+			return fmt.Errorf("save %s: %w", chunk[0].model.Name, err)
+		}
+		if n != len(chunk) {
+			if len(chunk) == 1 {
+				return fmt.Errorf("save %s %v: %w", chunk[0].model.Name, chunk[0].pk, ErrConflict)
+			}
+			return fmt.Errorf("save %d %s objects: %d missing or changed: %w", len(chunk), chunk[0].model.Name, len(chunk)-n, ErrConflict)
+		}
 	}
-	if err != nil {
-		return "", fmt.Errorf("save %s: %w", m.Name, err)
+	return nil
+}
+
+// updateStatement is the UPDATE of saves, one row of VALUES each.
+func updateStatement(saves []*modelSave) (string, []any) {
+	m, fields := saves[0].model, saves[0].fields
+	pkField, _ := m.field("pk")
+	var b strings.Builder
+	b.WriteString("UPDATE " + m.table + " AS t SET ")
+	cols := []string{"pk"}
+	for i, f := range fields {
+		fmt.Fprintf(&b, "%s = v.f%d, ", f.column, i)
+		cols = append(cols, fmt.Sprintf("f%d", i))
 	}
-	return at.UTC().Format(time.RFC3339Nano), nil
+	cols = append(cols, "updated", "read_at")
+	b.WriteString("updated = v.updated FROM (VALUES ")
+	args := make([]any, 0, len(saves)*len(cols))
+	for r, s := range saves {
+		if r > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteByte('(')
+		add := func(v any, typ string) {
+			args = append(args, v)
+			fmt.Fprintf(&b, "$%d::%s", len(args), typ)
+		}
+		add(s.pk, columnType(pkField))
+		for i, f := range fields {
+			b.WriteString(", ")
+			add(s.values[i], columnType(f))
+		}
+		b.WriteString(", ")
+		add(s.updated, "timestamptz")
+		b.WriteString(", ")
+		add(s.readAt, "timestamptz")
+		b.WriteByte(')')
+	}
+	b.WriteString(") AS v(" + strings.Join(cols, ", ") + ") WHERE t." + m.pk + " = v.pk AND (v.read_at IS NULL OR t.updated = v.read_at) RETURNING true")
+	return b.String(), args
+}
+
+// columnType is the SQL type of f's column.
+func columnType(f field) string {
+	if f.typ == colJSON {
+		return "jsonb"
+	}
+	return sqlType(f)
 }
 
 // WritableFields lists the fields of m that save() writes by default.

@@ -69,6 +69,13 @@ const (
 // Policies' queries run through it (it is a [sqlx.QueryerContext]): a query
 // text that a batch runs a second time is prepared, so that PostgreSQL
 // parses and plans it once per batch instead of once per event.
+//
+// In an optimistic batch, model saves are queued instead of sent: they go
+// out, as one UPDATE per table and field list, before the first statement
+// that could see them (any statement but a model query limited to other
+// rows by its pk filter) and at the latest when the batch settles before
+// writing its notifications. A queued save that fails fails the batch,
+// which then runs again with savepoints, where saves are sent at once.
 type policyTx struct {
 	*sqlx.Tx
 	// optimistic: no savepoints; a policy that used the database and
@@ -78,6 +85,15 @@ type policyTx struct {
 	releasePending bool
 	runs           map[string]int
 	prepared       map[string]*sqlx.Stmt
+
+	// saves are the queued saves, savedRows their rows; saveErr is the
+	// first failure to write them, which fails the batch.
+	saves     []*modelSave
+	savedRows map[string]bool
+	saveErr   error
+	// lastSave is the updated value of the batch's latest save: saves in
+	// one batch set distinct, increasing values.
+	lastSave time.Time
 }
 
 // maxPrepared bounds the statements a batch keeps prepared.
@@ -108,44 +124,144 @@ func (t *policyTx) stmt(ctx context.Context, query string) (*sqlx.Stmt, error) {
 	return st, nil
 }
 
-// QueryContext implements [sqlx.QueryerContext].
+// QueryContext implements [sqlx.QueryerContext], after the queued saves.
 func (t *policyTx) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
-	st, err := t.stmt(ctx, query)
+	if err := t.flushSaves(ctx); err != nil {
+		return nil, err
+	}
+	return readerTx{t}.QueryContext(ctx, query, args...)
+}
+
+// QueryxContext implements [sqlx.QueryerContext], after the queued saves.
+func (t *policyTx) QueryxContext(ctx context.Context, query string, args ...any) (*sqlx.Rows, error) {
+	if err := t.flushSaves(ctx); err != nil {
+		return nil, err
+	}
+	return readerTx{t}.QueryxContext(ctx, query, args...)
+}
+
+// QueryRowxContext implements [sqlx.QueryerContext], after the queued
+// saves (a failure to write them fails the batch at [policyTx.settle]).
+func (t *policyTx) QueryRowxContext(ctx context.Context, query string, args ...any) *sqlx.Row {
+	_ = t.flushSaves(ctx)
+	return readerTx{t}.QueryRowxContext(ctx, query, args...)
+}
+
+// readerTx runs a policyTx's queries without sending its queued saves
+// first: for model queries that cannot see them (see [policyTx.reader]).
+type readerTx struct{ t *policyTx }
+
+func (r readerTx) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	st, err := r.t.stmt(ctx, query)
 	switch {
 	case err != nil:
 		return nil, err
 	case st != nil:
 		return st.QueryContext(ctx, args...)
 	}
-	return t.Tx.QueryContext(ctx, query, args...)
+	return r.t.Tx.QueryContext(ctx, query, args...)
 }
 
-// QueryxContext implements [sqlx.QueryerContext].
-func (t *policyTx) QueryxContext(ctx context.Context, query string, args ...any) (*sqlx.Rows, error) {
-	st, err := t.stmt(ctx, query)
+func (r readerTx) QueryxContext(ctx context.Context, query string, args ...any) (*sqlx.Rows, error) {
+	st, err := r.t.stmt(ctx, query)
 	switch {
 	case err != nil:
 		return nil, err
 	case st != nil:
 		return st.QueryxContext(ctx, args...)
 	}
-	return t.Tx.QueryxContext(ctx, query, args...)
+	return r.t.Tx.QueryxContext(ctx, query, args...)
 }
 
-// QueryRowxContext implements [sqlx.QueryerContext]. A statement that fails
+// QueryRowxContext runs query prepared when it can; a statement that fails
 // to prepare runs unprepared, which reports the error.
-func (t *policyTx) QueryRowxContext(ctx context.Context, query string, args ...any) *sqlx.Row {
-	if st, err := t.stmt(ctx, query); err == nil && st != nil {
+func (r readerTx) QueryRowxContext(ctx context.Context, query string, args ...any) *sqlx.Row {
+	if st, err := r.t.stmt(ctx, query); err == nil && st != nil {
 		return st.QueryRowxContext(ctx, args...)
 	}
-	return t.Tx.QueryRowxContext(ctx, query, args...)
+	return r.t.Tx.QueryRowxContext(ctx, query, args...)
 }
 
-// settle releases a pending savepoint and restores the session's timeouts.
-// A transaction found aborted there means a statement failed that the
-// policy's evaluator did not report: the batch fails, as its effects can
-// no longer be told apart.
+// reader returns what runs the model query q: t itself, or, when q's pk
+// filter keeps it off every row with a queued save, t without sending the
+// saves first.
+func reader(db sqlx.QueryerContext, q Query) sqlx.QueryerContext {
+	t, ok := db.(*policyTx)
+	if !ok || len(t.saves) == 0 {
+		return db
+	}
+	rows, ok := q.pkRows()
+	if !ok {
+		return t
+	}
+	for _, row := range rows {
+		if t.savedRows[row] {
+			return t
+		}
+	}
+	return readerTx{t}
+}
+
+// saveTime returns the updated value of a save in this batch.
+func (t *policyTx) saveTime() time.Time {
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	if !now.After(t.lastSave) {
+		now = t.lastSave.Add(time.Microsecond)
+	}
+	t.lastSave = now
+	return now
+}
+
+// queueSave queues s until a statement could see it. A second save of a
+// row sends the first.
+func (t *policyTx) queueSave(ctx context.Context, s *modelSave) error {
+	if t.savedRows[s.row()] {
+		if err := t.flushSaves(ctx); err != nil {
+			return err
+		}
+	}
+	if t.savedRows == nil {
+		t.savedRows = make(map[string]bool)
+	}
+	t.saves = append(t.saves, s)
+	t.savedRows[s.row()] = true
+	return nil
+}
+
+// flushSaves sends the queued saves, one statement per table and field
+// list. Its first failure stays: the batch cannot commit after it.
+func (t *policyTx) flushSaves(ctx context.Context) error {
+	if t.saveErr != nil || len(t.saves) == 0 {
+		return t.saveErr
+	}
+	shapes := make(map[string][]*modelSave)
+	var order []string
+	for _, s := range t.saves {
+		k := s.shape()
+		if _, ok := shapes[k]; !ok {
+			order = append(order, k)
+		}
+		shapes[k] = append(shapes[k], s)
+	}
+	t.saves = t.saves[:0]
+	clear(t.savedRows)
+	for _, k := range order {
+		if err := execSaves(ctx, readerTx{t}, shapes[k]); err != nil {
+			t.saveErr = fmt.Errorf("queued saves: %w", err)
+			return t.saveErr
+		}
+	}
+	return nil
+}
+
+// settle sends the queued saves, releases a pending savepoint and restores
+// the session's timeouts. A transaction found aborted there means a
+// statement failed that the policy's evaluator did not report: the batch
+// fails, as its effects can no longer be told apart.
 func (t *policyTx) settle(ctx context.Context) error {
+	if err := t.flushSaves(ctx); err != nil {
+		return err
+	}
 	if !t.releasePending {
 		return nil
 	}
@@ -160,15 +276,28 @@ func (t *policyTx) settle(ctx context.Context) error {
 // call sets a savepoint that [Scope.finish] releases, or rolls back to when
 // the policy failed.
 func (s *Scope) DB(ctx context.Context) (sqlx.QueryerContext, error) {
-	if _, err := s.begin(ctx); err != nil {
+	if _, err := s.enter(ctx); err != nil {
 		return nil, err
 	}
 	return s.tx, nil
 }
 
-// begin sets the policy's savepoint on first use and returns the
-// transaction.
+// begin returns the transaction for a statement of the scope's own, after
+// [Scope.enter] and the queued saves.
 func (s *Scope) begin(ctx context.Context) (*sqlx.Tx, error) {
+	tx, err := s.enter(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.tx.flushSaves(ctx); err != nil {
+		return nil, err
+	}
+	return tx, nil
+}
+
+// enter sets the policy's savepoint on first use and returns the
+// transaction.
+func (s *Scope) enter(ctx context.Context) (*sqlx.Tx, error) {
 	if s == nil || s.tx == nil {
 		return nil, fmt.Errorf("no database in a dry run without one")
 	}
