@@ -246,7 +246,8 @@ func (t *policyTx) flushSaves(ctx context.Context) error {
 	t.saves = t.saves[:0]
 	clear(t.savedRows)
 	for _, k := range order {
-		if err := execSaves(ctx, readerTx{t}, shapes[k]); err != nil {
+		// Unprepared: these statements vary with the number of rows.
+		if err := execSaves(ctx, t.Tx, shapes[k]); err != nil {
 			t.saveErr = fmt.Errorf("queued saves: %w", err)
 			return t.saveErr
 		}
