@@ -163,12 +163,15 @@ func (b *bench) run(ctx context.Context, keep bool) (*benchResult, error) {
 		Machine: machine(), Events: b.n, Rules: b.rules, BatchSize: b.cfg.BatchSize,
 		Concurrency: b.cfg.Concurrency, PublishRate: b.rate,
 	}
-	if err := b.herald(ctx, nc, db, res, logger); err != nil {
+	quiet := func() { b.quiesce(ctx, admin) }
+	if err := b.herald(ctx, nc, db, res, logger, quiet); err != nil {
 		return nil, err
 	}
+	quiet()
 	if res.FloorJetStream, err = b.floorJetStream(ctx, nc.js); err != nil {
 		return nil, err
 	}
+	quiet()
 	if res.FloorInsert, err = b.floorInsert(ctx, admin, b.workload()); err != nil {
 		return nil, err
 	}
@@ -178,7 +181,7 @@ func (b *bench) run(ctx context.Context, keep bool) (*benchResult, error) {
 }
 
 // herald runs the real worker on the events and measures it.
-func (b *bench) herald(ctx context.Context, nc *natsConn, db *sqlx.DB, res *benchResult, logger *slog.Logger) error {
+func (b *bench) herald(ctx context.Context, nc *natsConn, db *sqlx.DB, res *benchResult, logger *slog.Logger, quiet func()) error {
 	evs := b.workload()
 	n := len(evs)
 	var (
@@ -212,6 +215,7 @@ func (b *bench) herald(ctx context.Context, nc *natsConn, db *sqlx.DB, res *benc
 		runtime.GC()
 		debug.FreeOSMemory()
 	}
+	quiet()
 
 	if b.cpuProfile != "" {
 		f, err := os.Create(b.cpuProfile)
@@ -454,6 +458,28 @@ func cpuTime() time.Duration {
 	var ru syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// quiesce waits, for up to a minute, until PostgreSQL has checkpointed,
+// no autovacuum runs and the machine is nearly idle, so that each measured
+// phase starts as the others do instead of paying for the writes of the
+// one before.
+func (b *bench) quiesce(ctx context.Context, admin *sqlx.DB) {
+	start := time.Now()
+	// CHECKPOINT needs superuser or pg_checkpoint; without them the wait
+	// below still covers the checkpointer's work.
+	_, _ = admin.ExecContext(ctx, "CHECKPOINT")
+	for time.Since(start) < time.Minute && ctx.Err() == nil {
+		busy0, t0 := machineCPUTime(), time.Now()
+		time.Sleep(250 * time.Millisecond)
+		busy := float64(machineCPUTime()-busy0) / float64(time.Since(t0)*time.Duration(runtime.NumCPU()))
+		var vacuums int
+		_ = admin.GetContext(ctx, &vacuums, `SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'`)
+		if busy < 0.1 && vacuums == 0 {
+			break
+		}
+	}
+	b.logf("machine quiet after %.1fs", time.Since(start).Seconds())
 }
 
 // machineCPUTime is the busy time of all CPUs since boot, from /proc/stat
