@@ -48,6 +48,7 @@ type Committed struct {
 // transaction, and a batch that fails leaves nothing behind.
 type Engine struct {
 	db    *sqlx.DB
+	stmts *stmtCache
 	rules RuleSource
 	eval  Evaluator
 	cfg   EngineConfig
@@ -83,7 +84,7 @@ func NewEngine(db *sqlx.DB, rules RuleSource, eval Evaluator, cfg EngineConfig) 
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Engine{db: db, rules: rules, eval: eval, cfg: cfg, log: cfg.Logger}
+	return &Engine{db: db, stmts: newStmtCache(db), rules: rules, eval: eval, cfg: cfg, log: cfg.Logger}
 }
 
 // batchStats are a batch's counts, added to the engine's totals when the
@@ -151,7 +152,7 @@ func (e *Engine) handleBatch(ctx context.Context, evs []events.Event, optimistic
 		defer release()
 	}
 	out := &batchWriter{}
-	ptx := &policyTx{Tx: tx, optimistic: optimistic}
+	ptx := &policyTx{Tx: tx, stmts: e.stmts, optimistic: optimistic}
 	for _, ev := range fresh {
 		if err := e.processEvent(ctx, ptx, rs, ev, users, out); err != nil {
 			return err

@@ -13,7 +13,9 @@ import (
 // PolicyTx is policyTx.
 type PolicyTx = policyTx
 
-func NewPolicyTx(tx *sqlx.Tx) *PolicyTx { return &policyTx{Tx: tx} }
+func NewPolicyTx(db *sqlx.DB, tx *sqlx.Tx) *PolicyTx {
+	return &policyTx{Tx: tx, stmts: newStmtCache(db)}
+}
 
 func (t *policyTx) Settle(ctx context.Context) error { return t.settle(ctx) }
 
@@ -40,6 +42,11 @@ func WriteNotifications(ctx context.Context, tx *sqlx.Tx, evs []events.Event, ru
 }
 
 // NewOptimisticPolicyTx is the policyTx of an optimistic batch.
-func NewOptimisticPolicyTx(tx *sqlx.Tx) *PolicyTx { return &policyTx{Tx: tx, optimistic: true} }
+func NewOptimisticPolicyTx(db *sqlx.DB, tx *sqlx.Tx) *PolicyTx {
+	return &policyTx{Tx: tx, stmts: newStmtCache(db), optimistic: true}
+}
 
 func (t *policyTx) QueuedSaves() int { return len(t.saves) }
+
+// Next is a policyTx for the next batch, sharing t's prepared statements.
+func (t *policyTx) Next(tx *sqlx.Tx) *PolicyTx { return &policyTx{Tx: tx, stmts: t.stmts} }

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jmoiron/sqlx"
 	"github.com/stretchr/testify/require"
 
 	"github.com/heraldhq/herald/internal/testinfra"
@@ -22,7 +23,7 @@ func TestPolicySavepointsReleasedLazily(t *testing.T) {
 	tx, err := db.BeginTxx(ctx, nil)
 	require.NoError(t, err)
 	defer tx.Rollback() //nolint:errcheck // test
-	ptx := rules.NewPolicyTx(tx)
+	ptx := rules.NewPolicyTx(db.DB, tx)
 	var sessionDefault string
 	require.NoError(t, tx.GetContext(ctx, &sessionDefault, `SHOW statement_timeout`))
 
@@ -81,17 +82,18 @@ func TestPolicySavepointsReleasedLazily(t *testing.T) {
 	require.Error(t, err)
 }
 
-// A policy query that a batch runs again is prepared once and gives the
-// same rows; one that runs once is not prepared.
-func TestPolicyQueriesRepeatedInABatchArePrepared(t *testing.T) {
+// A policy query that runs again is prepared, once per connection, and
+// gives the same rows; one that runs once is not prepared.
+func TestRepeatedPolicyQueriesArePrepared(t *testing.T) {
 	t.Parallel()
 	db := testinfra.Postgres(t)
 	ctx := t.Context()
 	db.MustExec(t, `INSERT INTO users (username) VALUES ('ann'), ('bob'), ('cy')`)
+	db.SetMaxOpenConns(2) // one for the batch, one to prepare on
 	tx, err := db.BeginTxx(ctx, nil)
 	require.NoError(t, err)
 	defer tx.Rollback() //nolint:errcheck // test
-	ptx := rules.NewPolicyTx(tx)
+	ptx := rules.NewPolicyTx(db.DB, tx)
 	users := rules.Models["User"]
 
 	var got [][]map[string]any
@@ -118,4 +120,24 @@ func TestPolicyQueriesRepeatedInABatchArePrepared(t *testing.T) {
 	require.NoError(t, err)
 	require.EqualValues(t, 1, n)
 	require.Equal(t, 1, ptx.Prepared(), "a query run once is not prepared")
+	require.NoError(t, tx.Commit())
+
+	// Later batches run it prepared from the start, and the statement
+	// outlives the transactions: both connections of the pool have it.
+	tx2, err := db.BeginTxx(ctx, nil)
+	require.NoError(t, err)
+	defer tx2.Rollback() //nolint:errcheck // test
+	tx3, err := db.BeginTxx(ctx, nil)
+	require.NoError(t, err)
+	defer tx3.Rollback() //nolint:errcheck // test
+	for _, tx := range []*sqlx.Tx{tx2, tx3} {
+		var prepared int
+		require.NoError(t, tx.GetContext(ctx, &prepared, `SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE 'SELECT % FROM users WHERE username = %'`))
+		require.Equal(t, 1, prepared)
+	}
+	next := ptx.Next(tx2)
+	rows, err := rules.Find(ctx, next, rules.Query{Model: users, Filters: map[string]any{"username": "ann"}}, 1, true)
+	require.NoError(t, err)
+	require.Len(t, rows, 1)
+	require.Equal(t, 1, next.Prepared())
 }

@@ -24,7 +24,7 @@ func TestOptimisticSavesAreQueuedUntilAStatementCouldSeeThem(t *testing.T) {
 	tx, err := db.BeginTxx(ctx, nil)
 	require.NoError(t, err)
 	defer tx.Rollback() //nolint:errcheck // test
-	ptx := rules.NewOptimisticPolicyTx(tx)
+	ptx := rules.NewOptimisticPolicyTx(db.DB, tx)
 	groups := rules.Models["Group"]
 	stored := func(id string) (attrs string) {
 		t.Helper()
@@ -87,7 +87,7 @@ func TestSaveWithSavepointsWritesAtOnce(t *testing.T) {
 	tx, err := db.BeginTxx(ctx, nil)
 	require.NoError(t, err)
 	defer tx.Rollback() //nolint:errcheck // test
-	ptx := rules.NewPolicyTx(tx)
+	ptx := rules.NewPolicyTx(db.DB, tx)
 	groups := rules.Models["Group"]
 	rows, err := rules.Find(ctx, ptx, rules.Query{Model: groups, Filters: map[string]any{"pk": g}}, 1, true)
 	require.NoError(t, err)

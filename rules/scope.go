@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jmoiron/sqlx"
@@ -67,8 +68,8 @@ const (
 // the database.
 //
 // Policies' queries run through it (it is a [sqlx.QueryerContext]): a query
-// text that a batch runs a second time is prepared, so that PostgreSQL
-// parses and plans it once per batch instead of once per event.
+// text that runs a second time is prepared, once per connection (see
+// [stmtCache]), so that PostgreSQL does not parse and plan it per event.
 //
 // In an optimistic batch, model saves are queued instead of sent: they go
 // out, as one UPDATE per table and field list, before the first statement
@@ -83,8 +84,10 @@ type policyTx struct {
 	optimistic bool
 	// releasePending: the savepoint of a policy that succeeded is open.
 	releasePending bool
-	runs           map[string]int
-	prepared       map[string]*sqlx.Stmt
+	// stmts are the engine's prepared statements; prepared those bound
+	// to this transaction.
+	stmts    *stmtCache
+	prepared map[string]*sqlx.Stmt
 
 	// saves are the queued saves, savedRows their rows; saveErr is the
 	// first failure to write them, which fails the batch.
@@ -96,32 +99,96 @@ type policyTx struct {
 	lastSave time.Time
 }
 
-// maxPrepared bounds the statements a batch keeps prepared.
+// maxPrepared bounds the statements a batch binds to its transaction.
 const maxPrepared = 64
 
 var _ sqlx.QueryerContext = (*policyTx)(nil)
 
-// stmt returns query prepared when it runs for the second time or more in
-// this batch, or nil to run it unprepared.
-func (t *policyTx) stmt(ctx context.Context, query string) (*sqlx.Stmt, error) {
+// stmt returns query's statement of the engine's cache bound to this
+// transaction, or nil to run it unprepared.
+func (t *policyTx) stmt(ctx context.Context, query string) *sqlx.Stmt {
 	if st, ok := t.prepared[query]; ok {
-		return st, nil
+		return st
 	}
-	if t.runs == nil {
-		t.runs = make(map[string]int)
+	if t.stmts == nil || len(t.prepared) >= maxPrepared {
+		return nil
+	}
+	shared := t.stmts.get(ctx, query)
+	if shared == nil {
+		return nil
+	}
+	if t.prepared == nil {
 		t.prepared = make(map[string]*sqlx.Stmt)
 	}
-	t.runs[query]++
-	if t.runs[query] < 2 || len(t.prepared) >= maxPrepared {
-		return nil, nil
-	}
-	// Closed by database/sql when the transaction ends.
-	st, err := t.Tx.PreparexContext(ctx, query)
-	if err != nil {
-		return nil, fmt.Errorf("prepare: %w", err)
-	}
+	// Prepared on this transaction's connection the first time only;
+	// closing it with the transaction leaves it prepared there.
+	st := t.Tx.StmtxContext(ctx, shared)
 	t.prepared[query] = st
-	return st, nil
+	return st
+}
+
+// stmtCache holds the prepared statements of the policy queries that run
+// more than once. database/sql prepares each on a connection the first time
+// a transaction there uses it and keeps it for the connection's later
+// transactions, so a policy query costs no prepare or close round trips
+// per batch, and PostgreSQL can settle on a generic plan for it.
+type stmtCache struct {
+	db    *sqlx.DB
+	mu    sync.Mutex
+	runs  map[string]int
+	stmts map[string]*sqlx.Stmt
+}
+
+// Bounds of a stmtCache: the statements it keeps and the query texts it
+// counts runs of.
+const (
+	maxCachedStmts = 256
+	maxCountedRuns = 4096
+)
+
+func newStmtCache(db *sqlx.DB) *stmtCache {
+	return &stmtCache{db: db, runs: make(map[string]int), stmts: make(map[string]*sqlx.Stmt)}
+}
+
+// prepareWait bounds the wait for a connection to prepare a statement on:
+// a batch holding its own connection must not wait for the pool to free
+// one.
+const prepareWait = 200 * time.Millisecond
+
+// get returns query prepared when it runs for the second time or more, or
+// nil to run it unprepared (also while another batch prepares it, and when
+// preparing fails: the unprepared run then reports any error).
+func (c *stmtCache) get(ctx context.Context, query string) *sqlx.Stmt {
+	c.mu.Lock()
+	if st, ok := c.stmts[query]; ok {
+		c.mu.Unlock()
+		return st
+	}
+	if len(c.runs) >= maxCountedRuns {
+		clear(c.runs)
+	}
+	c.runs[query]++
+	stats := c.db.Stats()
+	spare := stats.MaxOpenConnections == 0 || stats.InUse < stats.MaxOpenConnections
+	if c.runs[query] < 2 || len(c.stmts) >= maxCachedStmts || !spare {
+		c.mu.Unlock()
+		return nil
+	}
+	c.stmts[query] = nil // being prepared
+	c.mu.Unlock()
+
+	pctx, cancel := context.WithTimeout(ctx, prepareWait)
+	defer cancel()
+	st, err := c.db.PreparexContext(pctx, query)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.runs, query)
+	if err != nil {
+		delete(c.stmts, query)
+		return nil
+	}
+	c.stmts[query] = st
+	return st
 }
 
 // QueryContext implements [sqlx.QueryerContext], after the queued saves.
@@ -152,31 +219,21 @@ func (t *policyTx) QueryRowxContext(ctx context.Context, query string, args ...a
 type readerTx struct{ t *policyTx }
 
 func (r readerTx) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
-	st, err := r.t.stmt(ctx, query)
-	switch {
-	case err != nil:
-		return nil, err
-	case st != nil:
+	if st := r.t.stmt(ctx, query); st != nil {
 		return st.QueryContext(ctx, args...)
 	}
 	return r.t.Tx.QueryContext(ctx, query, args...)
 }
 
 func (r readerTx) QueryxContext(ctx context.Context, query string, args ...any) (*sqlx.Rows, error) {
-	st, err := r.t.stmt(ctx, query)
-	switch {
-	case err != nil:
-		return nil, err
-	case st != nil:
+	if st := r.t.stmt(ctx, query); st != nil {
 		return st.QueryxContext(ctx, args...)
 	}
 	return r.t.Tx.QueryxContext(ctx, query, args...)
 }
 
-// QueryRowxContext runs query prepared when it can; a statement that fails
-// to prepare runs unprepared, which reports the error.
 func (r readerTx) QueryRowxContext(ctx context.Context, query string, args ...any) *sqlx.Row {
-	if st, err := r.t.stmt(ctx, query); err == nil && st != nil {
+	if st := r.t.stmt(ctx, query); st != nil {
 		return st.QueryRowxContext(ctx, args...)
 	}
 	return r.t.Tx.QueryRowxContext(ctx, query, args...)
