@@ -215,7 +215,7 @@ func (t *policyTx) QueryRowxContext(ctx context.Context, query string, args ...a
 }
 
 // readerTx runs a policyTx's queries without sending its queued saves
-// first: for model queries that cannot see them (see [policyTx.reader]).
+// first: for model queries that cannot see them (see [reader]).
 type readerTx struct{ t *policyTx }
 
 func (r readerTx) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
