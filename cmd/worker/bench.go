@@ -47,6 +47,8 @@ type benchResult struct {
 	MachineCPUPerEvent float64 `json:"machine_cpu_us_per_event"`
 	PeakRSSMB          float64 `json:"peak_rss_mb"`
 	MeanBatch          float64 `json:"mean_batch"` // events per committed transaction
+	Batches            int64   `json:"batches"`
+	BatchesRedone      int64   `json:"batches_redone"` // run again with a savepoint per policy
 	Fired              int64   `json:"rules_fired"`
 	Notified           int64   `json:"notifications"`
 
@@ -194,6 +196,8 @@ func (b *bench) herald(ctx context.Context, nc *natsConn, db *sqlx.DB, res *benc
 		latencies = make([]time.Duration, 0, n)
 	)
 	cfg := b.cfg
+	var engine *rules.Engine
+	cfg.onEngine = func(e *rules.Engine) { engine = e }
 	allDone := make(chan struct{})
 	cfg.afterCommit = func(batch []events.Event) {
 		now := time.Now()
@@ -301,6 +305,10 @@ wait:
 	res.Rate = float64(n) / elapsed.Seconds()
 	res.CPUPerEvent = float64(cpu.Microseconds()) / float64(n)
 	res.MeanBatch = float64(committed.Load()) / float64(max(batches.Load(), 1))
+	res.Batches = batches.Load()
+	if engine != nil {
+		res.BatchesRedone = engine.Stats().BatchesRedone.Load()
+	}
 	res.MachineCPUPerEvent = float64(machineCPU.Microseconds()) / float64(n)
 	slices.Sort(latencies)
 	res.LatencyP50 = percentile(latencies, 0.50)
@@ -549,6 +557,7 @@ func printBench(w io.Writer, r *benchResult) {
 	}
 	fmt.Fprintf(w, "machine:      %s\n", r.Machine)
 	fmt.Fprintf(w, "workload:     %d events (%s), %d rules, batch %d (%.1f on average), concurrency %d\n", r.Events, mode, r.Rules, r.BatchSize, r.MeanBatch, r.Concurrency)
+	fmt.Fprintf(w, "batches:      %d committed, %d of them run again with savepoints\n", r.Batches, r.BatchesRedone)
 	fmt.Fprintf(w, "herald:       %.0f events/s end to end (%.2fs); %d rule firings, %d notifications\n", r.Rate, r.Seconds, r.Fired, r.Notified)
 	fmt.Fprintf(w, "latency:      publish→commit p50 %.1f ms, p95 %.1f ms, p99 %.1f ms\n", r.LatencyP50, r.LatencyP95, r.LatencyP99)
 	fmt.Fprintf(w, "cost:         %.1f µs CPU per event in the worker, %.1f µs in the whole machine; peak RSS %.0f MB\n", r.CPUPerEvent, r.MachineCPUPerEvent, r.PeakRSSMB)

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/heraldhq/herald/events"
+	"github.com/heraldhq/herald/rules"
 )
 
 // config is the worker's configuration. Every field is read from the
@@ -45,8 +46,10 @@ type config struct {
 	LogLevel           slog.Level    // HERALD_LOG_LEVEL
 	LogFormat          string        // HERALD_LOG_FORMAT: text or json
 
-	// afterCommit observes committed batches (the bench command).
+	// afterCommit observes committed batches, onEngine the engine once
+	// built (the bench command).
 	afterCommit func([]events.Event)
+	onEngine    func(*rules.Engine)
 }
 
 const defaultDatabaseURL = "postgres://postgres@127.0.0.1:5432/herald?sslmode=disable"

@@ -119,6 +119,9 @@ func run(ctx context.Context, cfg config, logger *slog.Logger) error {
 		},
 		Logger: logger,
 	})
+	if cfg.onEngine != nil {
+		cfg.onEngine(engine)
+	}
 	sub := events.NewSubscriber(nc.js, engine, rules.NewStore(db), events.SubscriberConfig{
 		Stream:        cfg.Stream,
 		Consumer:      cfg.Consumer,
