@@ -141,10 +141,7 @@ func (q Query) where(args *[]any) (string, error) {
 	var conds []string
 	for _, key := range keys {
 		value := q.Filters[key]
-		name, lookup := key, ""
-		if i := strings.LastIndex(key, "__"); i > 0 && slices.Contains(lookups, key[i+2:]) {
-			name, lookup = key[:i], key[i+2:]
-		}
+		name, lookup := splitLookup(key)
 		if q.Model.Name == "PolicyBinding" && name == "target" {
 			v, err := convert(field{name: "target", typ: colUUID}, pkOf(value))
 			if err != nil {
@@ -171,15 +168,24 @@ func (q Query) where(args *[]any) (string, error) {
 	return strings.Join(conds, " AND "), nil
 }
 
-// pkRows returns the rows (see [modelSave.row]) that a pk filter of q
+// splitLookup splits a filter key into its field and lookup ("" for exact).
+func splitLookup(key string) (name, lookup string) {
+	if i := strings.LastIndex(key, "__"); i > 0 && slices.Contains(lookups, key[i+2:]) {
+		return key[:i], key[i+2:]
+	}
+	return key, ""
+}
+
+// rowKey identifies the row of m with the (converted) pk among a batch's
+// saves.
+func rowKey(m *Model, pk any) string { return m.table + "\x00" + fmt.Sprint(pk) }
+
+// pkRows returns the rows (see [rowKey]) that a pk filter of q
 // limits it to; false when q has no such filter.
 func (q Query) pkRows() ([]string, bool) {
 	pkField, _ := q.Model.field("pk")
 	for key, value := range q.Filters {
-		name, lookup := key, ""
-		if i := strings.LastIndex(key, "__"); i > 0 {
-			name, lookup = key[:i], key[i+2:]
-		}
+		name, lookup := splitLookup(key)
 		if f, ok := q.Model.field(name); !ok || f.name != pkField.name {
 			continue
 		}
@@ -202,7 +208,7 @@ func (q Query) pkRows() ([]string, bool) {
 			if err != nil {
 				return nil, false
 			}
-			rows = append(rows, (&modelSave{model: q.Model, pk: v}).row())
+			rows = append(rows, rowKey(q.Model, v))
 		}
 		return rows, true
 	}
@@ -504,7 +510,7 @@ type modelSave struct {
 }
 
 // row identifies the saved row among a batch's saves.
-func (s *modelSave) row() string { return s.model.table + "\x00" + fmt.Sprint(s.pk) }
+func (s *modelSave) row() string { return rowKey(s.model, s.pk) }
 
 // shape groups saves that one statement can write: same table, same fields.
 func (s *modelSave) shape() string {
