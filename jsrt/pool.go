@@ -27,7 +27,9 @@ type Config struct {
 	MaxCallStackSize int
 	// DefaultTimeout applies when a request has none. Defaults to 30s.
 	DefaultTimeout time.Duration
-	// Logger receives ak_logger lines. Defaults to slog.Default().
+	// Logger receives ak_logger lines; those of a policy evaluated for an
+	// engine's batch are held until the batch ends (see [rules.BatchLogger]).
+	// Defaults to slog.Default().
 	Logger *slog.Logger
 }
 
@@ -61,7 +63,7 @@ var _ rules.Evaluator = (*Pool)(nil)
 // New returns a Pool with cfg.Size runtimes ready.
 func New(cfg Config) *Pool {
 	cfg = cfg.withDefaults()
-	p := &Pool{cfg: cfg, log: cfg.Logger, vms: make(chan *vm, cfg.Size)}
+	p := &Pool{cfg: cfg, log: rules.BatchLogger(cfg.Logger), vms: make(chan *vm, cfg.Size)}
 	for range cfg.Size {
 		p.vms <- newVM(p)
 	}

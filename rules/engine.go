@@ -84,7 +84,7 @@ func NewEngine(db *sqlx.DB, rules RuleSource, eval Evaluator, cfg EngineConfig) 
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Engine{db: db, stmts: newStmtCache(db), rules: rules, eval: eval, cfg: cfg, log: cfg.Logger}
+	return &Engine{db: db, stmts: newStmtCache(db), rules: rules, eval: eval, cfg: cfg, log: BatchLogger(cfg.Logger)}
 }
 
 // batchStats are a batch's counts, added to the engine's totals when the
@@ -120,14 +120,22 @@ func (e *Engine) Stats() *EngineStats { return &e.stats }
 // policy that fails after it used the database, or any other failure, makes
 // the batch run again from the start with a savepoint per policy, which
 // undoes exactly the failed policy's writes (see [Scope]).
+//
+// What the batch logs through a [BatchLogger] (the engine's rule firings
+// and policy failures, and policies' ak_logger lines) is written when the
+// batch ends; the lines of an optimistic run that is run again are dropped,
+// so that each is written once.
 func (e *Engine) HandleEvents(ctx context.Context, evs []events.Event) error {
-	err := e.handleBatch(ctx, evs, true)
+	logs := &batchLogs{}
+	defer logs.write(ctx)
+	err := e.handleBatch(withBatchLogs(ctx, logs), evs, true)
 	if err == nil || ctx.Err() != nil {
 		return err
 	}
+	logs.drop()
 	e.stats.BatchesRedone.Add(1)
 	e.log.DebugContext(ctx, "batch runs again with a savepoint per policy", slog.Int("events", len(evs)), slog.Any("reason", err))
-	return e.handleBatch(ctx, evs, false)
+	return e.handleBatch(withBatchLogs(ctx, logs), evs, false)
 }
 
 func (e *Engine) handleBatch(ctx context.Context, evs []events.Event, optimistic bool) error {

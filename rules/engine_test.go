@@ -68,10 +68,15 @@ func setup(t *testing.T) *testBundle {
 // setupOn builds the bundle on db.
 func setupOn(t *testing.T, db *testinfra.DB) *testBundle {
 	t.Helper()
+	return setupLogged(t, db, testLogger(t))
+}
+
+// setupLogged builds the bundle on db, logging to logger.
+func setupLogged(t *testing.T, db *testinfra.DB, logger *slog.Logger) *testBundle {
+	t.Helper()
 	// Many tests run at once, each on its own schema: keep the connections
 	// few. The engine needs one for its transaction, the cache one to reload.
 	db.SetMaxOpenConns(4)
-	logger := testLogger(t)
 	cache, err := rules.NewRuleCache(t.Context(), db.DB, rules.RuleCacheConfig{DSN: db.URL, ActionGuard: jsrt.ActionGuard, Logger: logger})
 	require.NoError(t, err)
 	evals := &recordingEvaluator{Evaluator: jsrt.New(jsrt.Config{Logger: logger})}

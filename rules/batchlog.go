@@ -1,0 +1,95 @@
+package rules
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+)
+
+// BatchLogger returns l with records logged while a batch of events is
+// processed held until the batch ends: they are written when it commits or
+// finally fails, and dropped when it runs again (see [Engine.HandleEvents]),
+// whose second run logs them anew. So a batch that runs twice logs each
+// rule firing and each ak_logger line once. Records logged outside a batch
+// are written at once. The engine holds its own records; an [Evaluator]'s
+// logger needs this wrapper for its policies' log lines.
+func BatchLogger(l *slog.Logger) *slog.Logger {
+	if _, ok := l.Handler().(*batchLogHandler); ok {
+		return l
+	}
+	return slog.New(&batchLogHandler{h: l.Handler()})
+}
+
+// maxHeldRecords bounds the records a batch holds: past it, records are
+// written at once, so that a policy logging in a loop cannot grow memory
+// without bound.
+const maxHeldRecords = 10000
+
+type batchLogHandler struct{ h slog.Handler }
+
+func (b *batchLogHandler) Enabled(ctx context.Context, level slog.Level) bool {
+	return b.h.Enabled(ctx, level)
+}
+
+func (b *batchLogHandler) Handle(ctx context.Context, r slog.Record) error {
+	if held, ok := ctx.Value(batchLogsKey{}).(*batchLogs); ok && held.hold(b.h, r) {
+		return nil
+	}
+	return b.h.Handle(ctx, r)
+}
+
+func (b *batchLogHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
+	return &batchLogHandler{h: b.h.WithAttrs(attrs)}
+}
+
+func (b *batchLogHandler) WithGroup(name string) slog.Handler {
+	return &batchLogHandler{h: b.h.WithGroup(name)}
+}
+
+type batchLogsKey struct{}
+
+// batchLogs are the records held for one batch, with the handler each was
+// logged to.
+type batchLogs struct {
+	mu      sync.Mutex
+	records []heldRecord
+}
+
+type heldRecord struct {
+	h slog.Handler
+	r slog.Record
+}
+
+func withBatchLogs(ctx context.Context, logs *batchLogs) context.Context {
+	return context.WithValue(ctx, batchLogsKey{}, logs)
+}
+
+func (l *batchLogs) hold(h slog.Handler, r slog.Record) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.records) >= maxHeldRecords {
+		return false
+	}
+	l.records = append(l.records, heldRecord{h: h, r: r.Clone()})
+	return true
+}
+
+// write writes the held records, with their original times, and forgets
+// them.
+func (l *batchLogs) write(ctx context.Context) {
+	l.mu.Lock()
+	records := l.records
+	l.records = nil
+	l.mu.Unlock()
+	ctx = context.WithValue(ctx, batchLogsKey{}, nil)
+	for _, hr := range records {
+		_ = hr.h.Handle(ctx, hr.r)
+	}
+}
+
+// drop forgets the held records.
+func (l *batchLogs) drop() {
+	l.mu.Lock()
+	l.records = nil
+	l.mu.Unlock()
+}
