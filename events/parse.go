@@ -27,6 +27,14 @@ type parser struct {
 	spans map[string][]byte
 }
 
+// ParseJSON decodes data, which must hold exactly one JSON value, into the
+// values encoding/json gives with UseNumber (numbers are json.Number), at
+// a fraction of its cost.
+func ParseJSON(data []byte) (any, error) {
+	v, _, err := parseJSON(data)
+	return v, err
+}
+
 // parseJSON decodes data, which must hold exactly one JSON value.
 func parseJSON(data []byte) (any, *parser, error) {
 	p := &parser{data: data}

@@ -18,6 +18,7 @@ const maxAllRows = 10000
 // installModels puts User, Group, Application, PolicyBinding and Event on
 // the runtime, each with an `objects` manager.
 func (v *vm) installModels() {
+	v.installQueryMethods()
 	v.protos = make(map[string]*goja.Object, len(rules.Models))
 	for name, m := range rules.Models {
 		proto := v.rt.NewObject()
@@ -40,68 +41,113 @@ func (v *vm) modelObject(m *rules.Model, row map[string]any) *goja.Object {
 }
 
 // querySet is a lazily evaluated filter: filter() narrows it, first(),
-// get(), all(), count() and exists() run it.
+// get(), all(), count() and exists() run it. Its methods are shared by
+// every query set of the runtime (see [vm.installQueryMethods]), so that
+// filter() costs one small object.
+type querySet struct {
+	v       *vm
+	model   *rules.Model
+	filters map[string]any
+}
+
+var _ goja.DynamicObject = (*querySet)(nil)
+
+// querySetMethods are the methods of a query set, in the order Object.keys
+// lists them.
+var querySetMethods = []string{"filter", "first", "all", "get", "count", "exists"}
+
 func (v *vm) querySet(m *rules.Model, filters map[string]any) *goja.Object {
-	qs := v.rt.NewObject()
-	query := func(extra goja.Value) rules.Query {
-		f := maps.Clone(filters)
-		if extra != nil && !goja.IsUndefined(extra) && !goja.IsNull(extra) {
-			more, ok := exportJSON(extra).(map[string]any)
-			if !ok {
-				v.throw("%s.objects.filter: want an object of field lookups, got %s", m.Name, extra.String())
-			}
-			for k, x := range more {
-				f[k] = x
-			}
+	return v.rt.NewDynamicObject(&querySet{v: v, model: m, filters: filters})
+}
+
+func (q *querySet) Get(key string) goja.Value   { return q.v.queryMethods[key] }
+func (q *querySet) Set(string, goja.Value) bool { return false }
+func (q *querySet) Has(key string) bool         { return q.v.queryMethods[key] != nil }
+func (q *querySet) Delete(string) bool          { return false }
+func (q *querySet) Keys() []string              { return querySetMethods }
+
+// query is q's lookups and, when extra is an object, its lookups too.
+func (q *querySet) query(extra goja.Value) rules.Query {
+	f := maps.Clone(q.filters)
+	if extra != nil && !goja.IsUndefined(extra) && !goja.IsNull(extra) {
+		more, ok := exportJSON(extra).(map[string]any)
+		if !ok {
+			q.v.throw("%s.objects.filter: want an object of field lookups, got %s", q.model.Name, extra.String())
 		}
-		return rules.Query{Model: m, Filters: f}
+		for k, x := range more {
+			f[k] = x
+		}
 	}
-	// first() and get() lock the row they return until the event commits
-	// (the usual read, change, save); all() does not, and save() of such an
-	// object checks that it was not changed meanwhile.
-	find := func(q rules.Query, limit int, lock bool) []map[string]any {
-		tx := v.db()
-		rows, err := rules.Find(v.cur.dbCtx, tx, q, limit, lock)
-		v.check(err)
-		return rows
+	return rules.Query{Model: q.model, Filters: f}
+}
+
+// find runs query. first() and get() lock the row they return until the
+// event commits (the usual read, change, save); all() does not, and save()
+// of such an object checks that it was not changed meanwhile.
+func (q *querySet) find(query rules.Query, limit int, lock bool) []map[string]any {
+	v := q.v
+	rows, err := rules.Find(v.cur.dbCtx, v.db(), query, limit, lock)
+	v.check(err)
+	return rows
+}
+
+func (q *querySet) count(extra goja.Value) int64 {
+	n, err := rules.Count(q.v.cur.dbCtx, q.v.db(), q.query(extra))
+	q.v.check(err)
+	return n
+}
+
+// installQueryMethods builds the query set methods of the runtime.
+func (v *vm) installQueryMethods() {
+	method := func(name string, fn func(q *querySet, call goja.FunctionCall) goja.Value) {
+		v.queryMethods[name] = v.rt.ToValue(func(call goja.FunctionCall) goja.Value {
+			this, _ := call.This.(*goja.Object)
+			var q *querySet
+			if this != nil {
+				q, _ = this.Export().(*querySet)
+			}
+			if q == nil {
+				v.throw("objects.%s: call it on a query set, such as User.objects", name)
+			}
+			return fn(q, call)
+		})
 	}
-	_ = qs.Set("filter", func(call goja.FunctionCall) goja.Value {
-		return v.querySet(m, query(call.Argument(0)).Filters)
+	v.queryMethods = make(map[string]goja.Value, len(querySetMethods))
+	method("filter", func(q *querySet, call goja.FunctionCall) goja.Value {
+		return v.querySet(q.model, q.query(call.Argument(0)).Filters)
 	})
-	_ = qs.Set("first", func(goja.FunctionCall) goja.Value {
-		rows := find(query(nil), 1, true)
+	method("first", func(q *querySet, _ goja.FunctionCall) goja.Value {
+		rows := q.find(q.query(nil), 1, true)
 		if len(rows) == 0 {
 			return goja.Null()
 		}
-		return v.modelObject(m, rows[0])
+		return v.modelObject(q.model, rows[0])
 	})
-	_ = qs.Set("all", func(goja.FunctionCall) goja.Value {
-		rows := find(query(nil), maxAllRows, false)
+	method("all", func(q *querySet, _ goja.FunctionCall) goja.Value {
+		rows := q.find(q.query(nil), maxAllRows, false)
 		items := make([]any, len(rows))
 		for i, r := range rows {
-			items[i] = v.modelObject(m, r)
+			items[i] = v.modelObject(q.model, r)
 		}
 		return v.rt.NewArray(items...)
 	})
-	_ = qs.Set("get", func(call goja.FunctionCall) goja.Value {
-		rows := find(query(call.Argument(0)), 2, true)
+	method("get", func(q *querySet, call goja.FunctionCall) goja.Value {
+		rows := q.find(q.query(call.Argument(0)), 2, true)
 		switch len(rows) {
 		case 0:
-			panic(v.rt.NewGoError(fmt.Errorf("%s matching query does not exist", m.Name)))
+			panic(v.rt.NewGoError(fmt.Errorf("%s matching query does not exist", q.model.Name)))
 		case 1:
-			return v.modelObject(m, rows[0])
+			return v.modelObject(q.model, rows[0])
 		default:
-			panic(v.rt.NewGoError(fmt.Errorf("get() returned more than one %s", m.Name)))
+			panic(v.rt.NewGoError(fmt.Errorf("get() returned more than one %s", q.model.Name)))
 		}
 	})
-	count := func(call goja.FunctionCall) int64 {
-		n, err := rules.Count(v.cur.dbCtx, v.db(), query(call.Argument(0)))
-		v.check(err)
-		return n
-	}
-	_ = qs.Set("count", func(call goja.FunctionCall) goja.Value { return v.rt.ToValue(count(call)) })
-	_ = qs.Set("exists", func(call goja.FunctionCall) goja.Value { return v.rt.ToValue(count(call) > 0) })
-	return qs
+	method("count", func(q *querySet, call goja.FunctionCall) goja.Value {
+		return v.rt.ToValue(q.count(call.Argument(0)))
+	})
+	method("exists", func(q *querySet, call goja.FunctionCall) goja.Value {
+		return v.rt.ToValue(q.count(call.Argument(0)) > 0)
+	})
 }
 
 // saveFunc is the save({update_fields}) method of m's objects.

@@ -25,6 +25,8 @@ type vm struct {
 	cur *evaluation
 	// protos holds the prototype (with save) of each model's objects.
 	protos map[string]*goja.Object
+	// queryMethods are the methods of query sets, shared by all of them.
+	queryMethods map[string]goja.Value
 	// cache holds the objects built for the last event evaluated here.
 	cache eventCache
 	// ipProto and netProto are the prototypes of ip_address and

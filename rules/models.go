@@ -390,7 +390,8 @@ func (m *Model) selectList() string {
 }
 
 // Find runs q and returns at most limit rows (0: no limit) as plain maps
-// keyed by field name, plus "pk". With lock, the rows are locked until the
+// keyed by field name, plus "pk"; JSON fields hold decoded JSON with
+// numbers as json.Number, as events' objects do. With lock, the rows are locked until the
 // transaction ends, so that a read-modify-save by one event cannot be lost
 // to a concurrent one.
 func Find(ctx context.Context, db sqlx.QueryerContext, q Query, limit int, lock bool) ([]map[string]any, error) {
@@ -451,8 +452,8 @@ func fromColumn(f field, v any) any {
 	case []byte:
 		switch f.typ {
 		case colJSON:
-			var out any
-			if err := json.Unmarshal(t, &out); err != nil {
+			out, err := events.ParseJSON(t)
+			if err != nil {
 				return string(t)
 			}
 			return out

@@ -1,6 +1,7 @@
 package rules_test
 
 import (
+	"encoding/json"
 	"testing"
 	"time"
 
@@ -50,7 +51,7 @@ func TestOptimisticSavesAreQueuedUntilAStatementCouldSeeThem(t *testing.T) {
 
 	again := find(map[string]any{"pk": g1})
 	require.Zero(t, ptx.QueuedSaves(), "a query of the saved row sends it first")
-	require.Equal(t, map[string]any{"n": float64(1)}, again[0]["attributes"])
+	require.Equal(t, map[string]any{"n": json.Number("1")}, again[0]["attributes"])
 	require.Equal(t, `{"n": 1}`, stored(g1))
 	require.Equal(t, updated, again[0]["updated"], "save returns the updated value it stores")
 
