@@ -108,23 +108,42 @@ func (v *vm) userObject(u *rules.User) *goja.Object {
 		_ = obj.Set("attributes", v.rt.NewObject())
 		return obj
 	}
-	// A model object like those of User.objects: it has save().
+	// A model object like those of User.objects (it has save()), whose
+	// fields are converted when first read: most policies read one or two.
+	obj = v.newLazy(userKeys, func(key string) goja.Value {
+		switch key {
+		case "pk", "id":
+			return v.rt.ToValue(u.ID)
+		case "uuid":
+			return v.rt.ToValue(u.UUID)
+		case "username":
+			return v.rt.ToValue(u.Username)
+		case "name":
+			return v.rt.ToValue(u.Name)
+		case "email":
+			return v.rt.ToValue(u.Email)
+		case "is_active":
+			return v.rt.ToValue(u.IsActive)
+		case "is_superuser":
+			return v.rt.ToValue(u.IsSuperuser)
+		case "is_anonymous":
+			return v.rt.ToValue(false)
+		case "attributes":
+			return v.toJS(map[string]any(u.Attributes))
+		case "last_login":
+			return v.toJS(u.LastLogin)
+		case "created":
+			return v.toJS(u.Created)
+		}
+		return v.toJS(u.Updated)
+	})
 	_ = obj.SetPrototype(v.protos["User"])
-	_ = obj.Set("pk", u.ID)
-	_ = obj.Set("id", u.ID)
-	_ = obj.Set("uuid", u.UUID)
-	_ = obj.Set("username", u.Username)
-	_ = obj.Set("name", u.Name)
-	_ = obj.Set("email", u.Email)
-	_ = obj.Set("is_active", u.IsActive)
-	_ = obj.Set("is_superuser", u.IsSuperuser)
-	_ = obj.Set("is_anonymous", false)
-	_ = obj.Set("attributes", v.toJS(map[string]any(u.Attributes)))
-	_ = obj.Set("last_login", v.toJS(u.LastLogin))
-	_ = obj.Set("created", v.toJS(u.Created))
-	_ = obj.Set("updated", v.toJS(u.Updated))
 	return obj
 }
+
+// userKeys are the fields of a user object, in the order policies see them.
+var userKeys = []string{"pk", "id", "uuid", "username", "name", "email", "is_active", "is_superuser",
+	"is_anonymous", "attributes", "last_login", "created", "updated"}
 
 // requestObject builds `request`: {user, context: {event, ...}, obj, debug}.
 func (v *vm) requestObject(req *rules.PolicyRequest) *goja.Object {

@@ -34,28 +34,47 @@ func isPrivate(a netip.Addr) bool {
 	return false
 }
 
-// ipObject is what ip_address returns: version, is_private, is_global,
-// is_loopback, is_multicast, is_link_local, is_unspecified, and toString().
 // sharedAddressSpace is RFC 6598's carrier-grade NAT range, not global.
 var sharedAddressSpace = netip.MustParsePrefix("100.64.0.0/10")
 
+// ipObject is what ip_address returns: version, is_private, is_global,
+// is_loopback, is_multicast, is_link_local, is_unspecified, compressed,
+// and toString().
 func (v *vm) ipObject(a netip.Addr) *goja.Object {
-	obj := v.rt.NewObject()
-	_ = obj.SetPrototype(v.ipProto)
 	version := 4
 	if a.Is6() && !a.Is4In6() {
 		version = 6
 	}
-	_ = obj.Set("version", version)
-	_ = obj.Set("is_private", isPrivate(a))
-	_ = obj.Set("is_global", !isPrivate(a) && !a.IsMulticast() && !(version == 4 && sharedAddressSpace.Contains(a)))
-	_ = obj.Set("is_loopback", a.IsLoopback())
-	_ = obj.Set("is_multicast", a.IsMulticast())
-	_ = obj.Set("is_link_local", a.IsLinkLocalUnicast())
-	_ = obj.Set("is_unspecified", a.IsUnspecified())
-	_ = obj.Set("compressed", a.String())
+	// Properties are computed when first read: a policy usually reads one,
+	// or none (ip_network(...).contains(ak_client_ip)).
+	obj := v.newLazy(ipKeys, func(key string) goja.Value {
+		switch key {
+		case "version":
+			return v.rt.ToValue(version)
+		case "is_private":
+			return v.rt.ToValue(isPrivate(a))
+		case "is_global":
+			return v.rt.ToValue(!isPrivate(a) && !a.IsMulticast() && !(version == 4 && sharedAddressSpace.Contains(a)))
+		case "is_loopback":
+			return v.rt.ToValue(a.IsLoopback())
+		case "is_multicast":
+			return v.rt.ToValue(a.IsMulticast())
+		case "is_link_local":
+			return v.rt.ToValue(a.IsLinkLocalUnicast())
+		case "is_unspecified":
+			return v.rt.ToValue(a.IsUnspecified())
+		}
+		return v.rt.ToValue(a.String())
+	})
+	_ = obj.SetPrototype(v.ipProto)
 	return obj
 }
+
+// ipKeys are the properties of an ip_address object.
+var ipKeys = []string{"version", "is_private", "is_global", "is_loopback", "is_multicast", "is_link_local", "is_unspecified", "compressed"}
+
+// netKeys are the properties of an ip_network object.
+var netKeys = []string{"version", "prefixlen", "network_address", "is_private", "with_prefixlen"}
 
 // installIP creates the prototypes of ip_address and ip_network objects and
 // ak_client_ip, computed on first use for each event.
@@ -124,17 +143,23 @@ func (v *vm) ipNetwork(call goja.FunctionCall) goja.Value {
 	if p.Masked() != p {
 		panic(v.rt.NewGoError(fmt.Errorf("ValueError: %s has host bits set", s)))
 	}
-	obj := v.rt.NewObject()
+	obj := v.newLazy(netKeys, func(key string) goja.Value {
+		switch key {
+		case "version":
+			if p.Addr().Is6() {
+				return v.rt.ToValue(6)
+			}
+			return v.rt.ToValue(4)
+		case "prefixlen":
+			return v.rt.ToValue(p.Bits())
+		case "network_address":
+			return v.ipObject(p.Addr())
+		case "is_private":
+			return v.rt.ToValue(isPrivate(p.Addr()))
+		}
+		return v.rt.ToValue(p.String())
+	})
 	_ = obj.SetPrototype(v.netProto)
-	version := 4
-	if p.Addr().Is6() {
-		version = 6
-	}
-	_ = obj.Set("version", version)
-	_ = obj.Set("prefixlen", p.Bits())
-	_ = obj.Set("network_address", v.ipObject(p.Addr()))
-	_ = obj.Set("is_private", isPrivate(p.Addr()))
-	_ = obj.Set("with_prefixlen", p.String())
 	return obj
 }
 

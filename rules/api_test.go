@@ -850,6 +850,9 @@ return {private: a.is_private, version: a.version, text: String(a), loopback: ip
 		"network": `const n = ip_network("10.0.0.0/8");
 return {in: n.contains(ip_address("10.1.2.3")), out: n.contains(ip_address("11.0.0.1")), text: String(n),
         string_arg: n.contains("10.9.9.9"), single: ip_network("192.0.2.7").contains(ip_address("192.0.2.7"))};`,
+		"ip-fields": `const n = ip_network("10.0.0.0/8"); const a = ip_address("100.64.0.1");
+return {props: Object.keys(a).join(","), net: Object.keys(n).join(","), json: JSON.stringify({a: ip_address("::1"), n: n}),
+        prefixlen: n.prefixlen, address: n.network_address.compressed, global: a.is_global, link_local: ip_address("169.254.1.1").is_link_local};`,
 		"host-bits":  `return ip_network("10.0.0.1/8");`,
 		"bad-ip":     `return ip_address("10.0.0.256");`,
 		"client-ip":  `return {text: String(ak_client_ip), private: ak_client_ip.is_private, in_doc_net: ip_network("192.0.2.0/24").contains(ak_client_ip)};`,
@@ -862,6 +865,9 @@ return {in: n.contains(ip_address("10.1.2.3")), out: n.contains(ip_address("11.0
 
 	requireJSON(t, `{"private": true, "version": 4, "text": "10.0.0.1", "loopback": true, "public": false, "v6": 6}`, b.result(t, withIP.PK, "ip").Raw)
 	requireJSON(t, `{"in": true, "out": false, "text": "10.0.0.0/8", "string_arg": true, "single": true}`, b.result(t, withIP.PK, "network").Raw)
+	requireJSON(t, `{"props": "version,is_private,is_global,is_loopback,is_multicast,is_link_local,is_unspecified,compressed",
+		"net": "version,prefixlen,network_address,is_private,with_prefixlen", "json": "{\"a\":\"::1\",\"n\":\"10.0.0.0/8\"}",
+		"prefixlen": 8, "address": "10.0.0.0", "global": false, "link_local": true}`, b.result(t, withIP.PK, "ip-fields").Raw)
 	require.Contains(t, b.thrown(t, withIP.PK, "host-bits"), "host bits set")
 	require.Contains(t, b.thrown(t, withIP.PK, "bad-ip"), "10.0.0.256")
 	requireJSON(t, `{"text": "192.0.2.10", "private": true, "in_doc_net": true}`, b.result(t, withIP.PK, "client-ip").Raw)
