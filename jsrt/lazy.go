@@ -19,7 +19,8 @@ type lazyObject struct {
 
 var _ goja.DynamicObject = (*lazyObject)(nil)
 
-// newLazy returns an object with the given keys, each built by build.
+// newLazy returns an object with the given keys, each built by build. The
+// keys may be shared with other objects: the object never changes them.
 func (v *vm) newLazy(keys []string, build func(key string) goja.Value) *goja.Object {
 	return v.rt.NewDynamicObject(&lazyObject{keys: keys, build: build, values: make(map[string]goja.Value, len(keys))})
 }
@@ -38,7 +39,8 @@ func (o *lazyObject) Get(key string) goja.Value {
 
 func (o *lazyObject) Set(key string, val goja.Value) bool {
 	if !slices.Contains(o.keys, key) {
-		o.keys = append(o.keys, key)
+		// Never into a backing array the keys may share with other objects.
+		o.keys = append(slices.Clip(o.keys), key)
 	}
 	delete(o.gone, key)
 	o.values[key] = val

@@ -30,13 +30,12 @@ func (v *vm) installModels() {
 	}
 }
 
-// modelObject turns a row into a plain object whose prototype has save().
+// modelObject turns a row into an object whose prototype has save(). Its
+// fields are converted when first read: policies usually read a few of
+// them (the username of each user of an all(), say).
 func (v *vm) modelObject(m *rules.Model, row map[string]any) *goja.Object {
-	obj := v.rt.NewObject()
+	obj := v.newLazy(m.RowKeys(), func(key string) goja.Value { return v.toJS(row[key]) })
 	_ = obj.SetPrototype(v.protos[m.Name])
-	for k, x := range row {
-		_ = obj.Set(k, v.toJS(x))
-	}
 	return obj
 }
 

@@ -49,7 +49,23 @@ type Model struct {
 	fields []field
 	// hasUpdated: saves set the updated column.
 	hasUpdated bool
+	// keys are the keys of the rows Find returns, in order.
+	keys []string
 }
+
+func init() {
+	for _, m := range Models {
+		m.keys = []string{"pk"}
+		for _, f := range m.fields {
+			m.keys = append(m.keys, f.name)
+		}
+		m.keys = slices.Clip(m.keys)
+	}
+}
+
+// RowKeys are the keys of the rows [Find] returns: "pk", then the fields in
+// column order. The slice is shared: do not change it.
+func (m *Model) RowKeys() []string { return m.keys }
 
 // Models are the models of the policy API, by JavaScript name.
 var Models = map[string]*Model{
