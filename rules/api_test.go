@@ -916,21 +916,7 @@ func TestAPIGroupUserHistory(t *testing.T) {
 	devs := b.group(t, "devs", "")
 	b.db.MustExec(t, `UPDATE groups SET attributes = '{"UserAddedHistory": ["old entry"]}' WHERE id = $1`, devs)
 	rl := b.rule(t, rule{Name: "group-user-history"})
-	b.bind(t, rl, binding{Policy: b.policy(t, "group-user-history", `const event = request.context.event;
-if (!event || event.action !== "model_updated") return false;
-const model = event.context.model || {};
-if (model.app !== "authentik_core" || model.model_name !== "group") return false;
-const group = Group.objects.filter({pk: model.pk}).first();
-if (!group) return false;
-const added = ((event.context.diff || {}).users || {}).add || [];
-if (added.length === 0) return false;
-group.attributes.UserAddedHistory = group.attributes.UserAddedHistory || [];
-const now = new Date().toISOString().slice(0, 19);
-for (const u of User.objects.filter({pk__in: added}).all()) {
-  group.attributes.UserAddedHistory.push(`+"`${now} - Added user: ${u.username}`"+`);
-}
-group.save({update_fields: ["attributes"]});
-return false;`)})
+	b.bind(t, rl, binding{Policy: b.policy(t, "group-user-history", groupHistoryPolicy)})
 	b.reload(t)
 
 	model := map[string]any{"app": "authentik_core", "model_name": "group", "pk": strings.ReplaceAll(devs, "-", ""), "name": "devs"}

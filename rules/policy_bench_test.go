@@ -11,8 +11,8 @@ import (
 	"github.com/heraldhq/herald/rules"
 )
 
-// groupHistoryPolicy is DESIGN.md's group-history example: two model
-// queries and a save per event.
+// groupHistoryPolicy is DESIGN.md's group-user-history example (§7): two
+// model queries and a save per event.
 const groupHistoryPolicy = `const event = request.context.event;
 if (!event || event.action !== "model_updated") return false;
 const model = event.context.model || {};
