@@ -183,6 +183,7 @@ return {pk: g.pk, name: g.name, parent: g.parent, attributes: g.attributes, same
 		"group-pk":    fmt.Sprintf(`return Group.objects.filter({pk: %q}).first().name;`, strings.ReplaceAll(dev, "-", "")),
 		"group-pk-in": fmt.Sprintf(`return Group.objects.filter({pk__in: [%q, %q]}).all().map(g => g.name).sort();`, ops, dev),
 		"application": `const a = Application.objects.filter({slug: "grafana"}).first(); return a.name + "/" + a.slug;`,
+		"detached-method": `const first = User.objects.first; return first();`,
 		"object-fields": `const [a, b] = User.objects.filter({is_active: true}).all();
 a.extra_a = 1; b.extra_b = 2; delete b.name;
 return [Object.keys(a).join(","), Object.keys(b).join(","), typeof a.save];`,
@@ -216,6 +217,7 @@ return {logins: Event.objects.filter({action: "login"}).count(),
 	require.Equal(t, "dev", b.result(t, ev.PK, "group-pk").Raw, "a dashless UUID is accepted")
 	requireJSON(t, `["dev", "ops"]`, b.result(t, ev.PK, "group-pk-in").Raw)
 	require.Equal(t, "Grafana/grafana", b.result(t, ev.PK, "application").Raw)
+	require.Contains(t, b.thrown(t, ev.PK, "detached-method"), "call it on a query set")
 	requireJSON(t, `["pk,id,uuid,username,name,email,is_active,is_superuser,attributes,last_login,created,updated,extra_a",
 		"pk,id,uuid,username,email,is_active,is_superuser,attributes,last_login,created,updated,extra_b", "function"]`, b.result(t, ev.PK, "object-fields").Raw,
 		"fields in column order; each object's own properties")
