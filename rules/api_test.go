@@ -180,9 +180,9 @@ return {pk: u.pk, id: u.id, username: u.username, name: u.name, email: u.email, 
 		"get-many":  `return User.objects.get({is_active: true});`,
 		"group": fmt.Sprintf(`const g = Group.objects.filter({name: "ops"}).first();
 return {pk: g.pk, name: g.name, parent: g.parent, attributes: g.attributes, same: g.pk === %q};`, ops),
-		"group-pk":    fmt.Sprintf(`return Group.objects.filter({pk: %q}).first().name;`, strings.ReplaceAll(dev, "-", "")),
-		"group-pk-in": fmt.Sprintf(`return Group.objects.filter({pk__in: [%q, %q]}).all().map(g => g.name).sort();`, ops, dev),
-		"application": `const a = Application.objects.filter({slug: "grafana"}).first(); return a.name + "/" + a.slug;`,
+		"group-pk":        fmt.Sprintf(`return Group.objects.filter({pk: %q}).first().name;`, strings.ReplaceAll(dev, "-", "")),
+		"group-pk-in":     fmt.Sprintf(`return Group.objects.filter({pk__in: [%q, %q]}).all().map(g => g.name).sort();`, ops, dev),
+		"application":     `const a = Application.objects.filter({slug: "grafana"}).first(); return a.name + "/" + a.slug;`,
 		"detached-method": `const first = User.objects.first; return first();`,
 		"object-fields": `const [a, b] = User.objects.filter({is_active: true}).all();
 a.extra_a = 1; b.extra_b = 2; delete b.name;
