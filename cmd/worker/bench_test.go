@@ -7,9 +7,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
 	"github.com/heraldhq/herald/events"
+	"github.com/heraldhq/herald/internal/testinfra"
 )
 
 // TestBatchSizeDoesNotChangeResults runs the bench's standard workload
@@ -50,4 +52,52 @@ func TestBatchSizeDoesNotChangeResults(t *testing.T) {
 	require.Equal(t, results[1], results[500], "notifications differ between batch sizes 1 and 500")
 	require.NotEmpty(t, results[-1])
 	require.Equal(t, results[-1], results[-500], "group history entries differ between batch sizes 1 and 500")
+}
+
+// The bench's rate publisher sends the workload's events, each stamped with
+// the time it went out and otherwise as encoded.
+func TestRatePublisherStampsEachEventAsItGoesOut(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	_, js, names := testinfra.JetStream(t)
+	_, err := events.EnsureStream(ctx, js, events.StreamConfig{Name: names.Name, SubjectPrefix: names.SubjectPrefix})
+	require.NoError(t, err)
+	b := &bench{n: 50, rules: 10, users: 10, progress: io.Discard}
+	evs := b.workload()
+	pub, err := newRatePublisher(names.SubjectPrefix, evs)
+	require.NoError(t, err)
+
+	start := time.Now()
+	require.NoError(t, pub.run(ctx, js, 1000))
+	select {
+	case <-js.PublishAsyncComplete():
+	case <-time.After(10 * time.Second):
+		t.Fatal("publish acks did not arrive")
+	}
+	end := time.Now()
+	require.GreaterOrEqual(t, end.Sub(start), 45*time.Millisecond, "50 events at 1000/s take about 50 ms")
+
+	cons, err := js.OrderedConsumer(ctx, names.Name, jetstream.OrderedConsumerConfig{})
+	require.NoError(t, err)
+	batch, err := cons.Fetch(len(evs), jetstream.FetchMaxWait(5*time.Second))
+	require.NoError(t, err)
+	var got []events.Event
+	for m := range batch.Messages() {
+		ev, err := events.Decode(m.Data())
+		require.NoError(t, err)
+		require.Equal(t, events.Subject(names.SubjectPrefix, ev.Action), m.Subject())
+		require.Equal(t, ev.PK, m.Headers().Get(jetstream.MsgIDHeader))
+		got = append(got, ev)
+	}
+	require.Len(t, got, len(evs))
+	for i, ev := range got {
+		require.Equal(t, evs[i].PK, ev.PK)
+		require.Equal(t, evs[i].Action, ev.Action)
+		require.Equal(t, evs[i].ClientIP, ev.ClientIP)
+		require.False(t, ev.Created.Before(start.Truncate(time.Microsecond)), "event %d stamped before the run", i)
+		require.False(t, ev.Created.After(end), "event %d stamped after the run", i)
+		if i > 0 {
+			require.False(t, ev.Created.Before(got[i-1].Created), "stamps go forward")
+		}
+	}
 }
