@@ -77,7 +77,11 @@ func (p *parser) value() (any, error) {
 	case c == '[':
 		return p.array()
 	case c == '"':
-		return p.string()
+		s, err := p.string()
+		if err != nil {
+			return nil, err
+		}
+		return s, nil
 	case c == '-' || c >= '0' && c <= '9':
 		return p.number()
 	case c == 't':
@@ -121,7 +125,7 @@ func (p *parser) object() (any, error) {
 		if p.pos >= len(p.data) || p.data[p.pos] != '"' {
 			return nil, p.errorf("want a string for an object key")
 		}
-		k, err := p.string()
+		key, err := p.key()
 		if err != nil {
 			return nil, err
 		}
@@ -136,7 +140,6 @@ func (p *parser) object() (any, error) {
 		if err != nil {
 			return nil, err
 		}
-		key := k.(string)
 		if _, dup := m[key]; dup {
 			// The input holds a value that decoding drops, which
 			// PostgreSQL would still read: it cannot be stored as it came.
@@ -253,9 +256,41 @@ func (p *parser) number() (any, error) {
 	return json.Number(d[start:i]), nil
 }
 
+// commonKeys are object keys of authentik's events, decoded without
+// allocating a string for each.
+var commonKeys = func() map[string]string {
+	m := make(map[string]string)
+	for _, k := range []string{"pk", "action", "app", "user", "context", "client_ip", "created", "brand", "expires",
+		"username", "email", "name", "is_anonymous", "model", "model_name", "diff", "add", "remove", "clear",
+		"http_request", "path", "method", "args", "user_agent", "request_id", "auth_method", "auth_method_args",
+		"known_device", "geo", "continent", "country", "lat", "long", "city", "asn", "as_org", "network",
+		"message", "domain", "branding_title", "flow", "stage", "policy_uuid", "binding", "rule", "request"} {
+		m[k] = k
+	}
+	return m
+}()
+
+// key reads an object key, without allocating when it is a common one.
+func (p *parser) key() (string, error) {
+	d := p.data
+	start := p.pos + 1
+	for i := start; i < len(d); i++ {
+		if c := d[i]; c == '"' {
+			if k, ok := commonKeys[string(d[start:i])]; ok {
+				p.pos = i + 1
+				return k, nil
+			}
+			break
+		} else if c == '\\' || c < 0x20 || c >= utf8.RuneSelf {
+			break
+		}
+	}
+	return p.string()
+}
+
 // string reads a quoted string. Like encoding/json, it turns invalid UTF-8
 // and lone surrogates into U+FFFD and rejects control characters.
-func (p *parser) string() (any, error) {
+func (p *parser) string() (string, error) {
 	p.pos++ // "
 	start := p.pos
 	d := p.data
@@ -281,11 +316,11 @@ func (p *parser) string() (any, error) {
 			return b.String(), nil
 		case c < 0x20:
 			p.pos = i
-			return nil, p.errorf("invalid control character in string")
+			return "", p.errorf("invalid control character in string")
 		case c == '\\':
 			if i+1 >= len(d) {
 				p.pos = i
-				return nil, p.errorf("unexpected end of JSON input")
+				return "", p.errorf("unexpected end of JSON input")
 			}
 			switch e := d[i+1]; e {
 			case '"', '\\', '/':
@@ -304,7 +339,7 @@ func (p *parser) string() (any, error) {
 				r, ok := hex4(d[i+2:])
 				if !ok {
 					p.pos = i
-					return nil, p.errorf("invalid \\u escape in string")
+					return "", p.errorf("invalid \\u escape in string")
 				}
 				i += 6
 				if utf16.IsSurrogate(r) {
@@ -322,7 +357,7 @@ func (p *parser) string() (any, error) {
 				continue
 			default:
 				p.pos = i
-				return nil, p.errorf("invalid escape in string")
+				return "", p.errorf("invalid escape in string")
 			}
 			i += 2
 		case c < utf8.RuneSelf:
@@ -338,7 +373,7 @@ func (p *parser) string() (any, error) {
 		}
 	}
 	p.pos = i
-	return nil, p.errorf("unexpected end of JSON input")
+	return "", p.errorf("unexpected end of JSON input")
 }
 
 // lowSurrogate reads a `\uXXXX` escape at the start of d.
