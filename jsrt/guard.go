@@ -6,10 +6,11 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/dop251/goja"
 	"github.com/dop251/goja/ast"
 	"github.com/dop251/goja/parser"
 	"github.com/dop251/goja/token"
+
+	"github.com/heraldhq/herald/rules"
 )
 
 // ActionGuard implements [rules.ActionGuard]: it reads a policy's opening
@@ -25,8 +26,18 @@ import (
 // Only declarations whose values are plain reads of the request may come
 // before the guard, so that skipping the policy for other actions skips no
 // side effect and no exception. It returns nil when it cannot tell, and for
-// policies that do not compile (they must still report their error).
-func ActionGuard(expression string) (actions []string) {
+// policies that do not compile (they must still report their error). The
+// policy is compiled once, for the guard and for its evaluations.
+func (p *Pool) ActionGuard(pol *rules.Policy) []string {
+	if _, c := p.program(pol.Name, pol.Expression); c.err != nil {
+		return nil
+	}
+	return guardActions(pol.Expression)
+}
+
+// guardActions is the analysis of [Pool.ActionGuard], for an expression
+// that compiles.
+func guardActions(expression string) (actions []string) {
 	defer func() {
 		if recover() != nil {
 			actions = nil // an input the analysis did not foresee
@@ -36,9 +47,6 @@ func ActionGuard(expression string) (actions []string) {
 	// declares or rebinds it, or passes it anywhere bare, is not analysed,
 	// nor one with escapes that could spell it.
 	if requestNotRead.MatchString(expression) || strings.Contains(expression, `\u`) {
-		return nil
-	}
-	if _, err := goja.Compile("guard", functionPrefix+expression+"\n})", true); err != nil {
 		return nil
 	}
 	fn, err := wrappedFunction(expression)

@@ -6,6 +6,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/heraldhq/herald/jsrt"
+	"github.com/heraldhq/herald/rules"
 )
 
 func TestActionGuard(t *testing.T) {
@@ -70,10 +71,11 @@ function \u0072equest() {}
 return true;`, nil},
 		{"or in return without guard on the left", `return request.user.is_superuser || request.context.event.action === "login";`, nil},
 	}
+	pool := jsrt.New(jsrt.Config{Size: 1})
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
-			require.Equal(t, c.want, jsrt.ActionGuard(c.expression))
+			require.Equal(t, c.want, pool.ActionGuard(&rules.Policy{Name: c.name, Kind: rules.KindExpression, Expression: c.expression}))
 		})
 	}
 }

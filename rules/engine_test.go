@@ -77,9 +77,10 @@ func setupLogged(t *testing.T, db *testinfra.DB, logger *slog.Logger) *testBundl
 	// Many tests run at once, each on its own schema: keep the connections
 	// few. The engine needs one for its transaction, the cache one to reload.
 	db.SetMaxOpenConns(4)
-	cache, err := rules.NewRuleCache(t.Context(), db.DB, rules.RuleCacheConfig{DSN: db.URL, ActionGuard: jsrt.ActionGuard, Logger: logger})
+	pool := jsrt.New(jsrt.Config{Logger: logger})
+	cache, err := rules.NewRuleCache(t.Context(), db.DB, rules.RuleCacheConfig{DSN: db.URL, ActionGuard: pool.ActionGuard, Logger: logger})
 	require.NoError(t, err)
-	evals := &recordingEvaluator{Evaluator: jsrt.New(jsrt.Config{Logger: logger})}
+	evals := &recordingEvaluator{Evaluator: pool}
 	engine := rules.NewEngine(db.DB, cache, evals, rules.EngineConfig{Logger: logger})
 	return &testBundle{db: db, cache: cache, engine: engine, evals: evals}
 }

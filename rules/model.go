@@ -44,8 +44,8 @@ type Policy struct {
 // for which it can do anything but return a falsy value straight away,
 // without side effects or errors; nil when it cannot tell. Rules whose
 // policies all have such actions are skipped for other events without
-// evaluating anything. [jsrt.ActionGuard] implements it.
-type ActionGuard func(expression string) []string
+// evaluating anything. [jsrt.Pool.ActionGuard] implements it.
+type ActionGuard func(p *Policy) []string
 
 // Binding is an enabled row of policy_bindings that targets a rule. Exactly
 // one of Policy, GroupID and UserID is set.

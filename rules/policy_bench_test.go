@@ -63,11 +63,12 @@ FROM generate_series(0, %d) i`, groups-1),
 		}
 	}
 	logger := slog.New(slog.DiscardHandler)
-	cache, err := rules.NewRuleCache(ctx, db.DB, rules.RuleCacheConfig{ActionGuard: jsrt.ActionGuard, Logger: logger})
+	pool := jsrt.New(jsrt.Config{Size: 1, Logger: logger})
+	cache, err := rules.NewRuleCache(ctx, db.DB, rules.RuleCacheConfig{ActionGuard: pool.ActionGuard, Logger: logger})
 	if err != nil {
 		b.Fatal(err)
 	}
-	engine := rules.NewEngine(db.DB, cache, jsrt.New(jsrt.Config{Size: 1, Logger: logger}), rules.EngineConfig{Logger: logger})
+	engine := rules.NewEngine(db.DB, cache, pool, rules.EngineConfig{Logger: logger})
 
 	evs := make([]events.Event, batch)
 	n := 0

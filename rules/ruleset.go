@@ -128,7 +128,7 @@ func LoadRuleSet(ctx context.Context, db *sqlx.DB) (*RuleSet, error) {
 func (rs *RuleSet) Guard(guard ActionGuard) {
 	for _, p := range rs.Policies {
 		if p.Kind == KindExpression {
-			p.guardActions = guard(p.Expression)
+			p.guardActions = guard(p)
 		}
 	}
 	for _, r := range rs.Rules {

@@ -68,7 +68,7 @@ func run(ctx context.Context, cfg config, logger *slog.Logger) error {
 
 	// A runtime per batch worker, and spare ones for webhook mappings.
 	pool := jsrt.New(jsrt.Config{Size: cfg.Concurrency + 2, Logger: logger})
-	cache, err := rules.NewRuleCache(ctx, db, rules.RuleCacheConfig{DSN: cfg.DatabaseURL, ActionGuard: jsrt.ActionGuard, Logger: logger})
+	cache, err := rules.NewRuleCache(ctx, db, rules.RuleCacheConfig{DSN: cfg.DatabaseURL, ActionGuard: pool.ActionGuard, Logger: logger})
 	if err != nil {
 		return err
 	}
