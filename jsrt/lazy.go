@@ -11,10 +11,12 @@ import (
 // the action first) never pay for the parts of an event they do not read.
 // Properties can be assigned and deleted like those of a plain object.
 type lazyObject struct {
-	keys   []string
-	build  func(key string) goja.Value
-	values map[string]goja.Value
-	gone   map[string]bool
+	keys []string
+	// ownKeys: keys is this object's own slice, not one shared with others.
+	ownKeys bool
+	build   func(key string) goja.Value
+	values  map[string]goja.Value
+	gone    map[string]bool
 }
 
 var _ goja.DynamicObject = (*lazyObject)(nil)
@@ -39,8 +41,11 @@ func (o *lazyObject) Get(key string) goja.Value {
 
 func (o *lazyObject) Set(key string, val goja.Value) bool {
 	if !slices.Contains(o.keys, key) {
-		// Never into a backing array the keys may share with other objects.
-		o.keys = append(slices.Clip(o.keys), key)
+		if !o.ownKeys {
+			// Never into a backing array shared with other objects.
+			o.keys, o.ownKeys = slices.Clip(o.keys), true
+		}
+		o.keys = append(o.keys, key)
 	}
 	delete(o.gone, key)
 	o.values[key] = val

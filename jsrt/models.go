@@ -40,30 +40,27 @@ func (v *vm) modelObject(m *rules.Model, row map[string]any) *goja.Object {
 }
 
 // querySet is a lazily evaluated filter: filter() narrows it, first(),
-// get(), all(), count() and exists() run it. Its methods are shared by
-// every query set of the runtime (see [vm.installQueryMethods]), so that
-// filter() costs one small object.
+// get(), all(), count() and exists() run it. A query set is a plain-acting
+// object whose methods are made when first read (a chain such as
+// User.objects.filter({...}).first() makes one per step), each bound to its
+// query set as a closure is, so that a method also works detached.
 type querySet struct {
 	v       *vm
 	model   *rules.Model
 	filters map[string]any
 }
 
-var _ goja.DynamicObject = (*querySet)(nil)
-
 // querySetMethods are the methods of a query set, in the order Object.keys
 // lists them.
 var querySetMethods = []string{"filter", "first", "all", "get", "count", "exists"}
 
 func (v *vm) querySet(m *rules.Model, filters map[string]any) *goja.Object {
-	return v.rt.NewDynamicObject(&querySet{v: v, model: m, filters: filters})
+	q := &querySet{v: v, model: m, filters: filters}
+	return v.newLazy(querySetMethods, func(name string) goja.Value {
+		method := v.queryMethods[name]
+		return v.rt.ToValue(func(call goja.FunctionCall) goja.Value { return method(q, call) })
+	})
 }
-
-func (q *querySet) Get(key string) goja.Value   { return q.v.queryMethods[key] }
-func (q *querySet) Set(string, goja.Value) bool { return false }
-func (q *querySet) Has(key string) bool         { return q.v.queryMethods[key] != nil }
-func (q *querySet) Delete(string) bool          { return false }
-func (q *querySet) Keys() []string              { return querySetMethods }
 
 // query is q's lookups and, when extra is an object, its lookups too.
 func (q *querySet) query(extra goja.Value) rules.Query {
@@ -96,57 +93,48 @@ func (q *querySet) count(extra goja.Value) int64 {
 	return n
 }
 
+// queryMethod is a query set method, given the query set it is bound to.
+type queryMethod func(q *querySet, call goja.FunctionCall) goja.Value
+
 // installQueryMethods builds the query set methods of the runtime.
 func (v *vm) installQueryMethods() {
-	method := func(name string, fn func(q *querySet, call goja.FunctionCall) goja.Value) {
-		v.queryMethods[name] = v.rt.ToValue(func(call goja.FunctionCall) goja.Value {
-			this, _ := call.This.(*goja.Object)
-			var q *querySet
-			if this != nil {
-				q, _ = this.Export().(*querySet)
+	v.queryMethods = map[string]queryMethod{
+		"filter": func(q *querySet, call goja.FunctionCall) goja.Value {
+			return v.querySet(q.model, q.query(call.Argument(0)).Filters)
+		},
+		"first": func(q *querySet, _ goja.FunctionCall) goja.Value {
+			rows := q.find(q.query(nil), 1, true)
+			if len(rows) == 0 {
+				return goja.Null()
 			}
-			if q == nil {
-				v.throw("objects.%s: call it on a query set, such as User.objects", name)
-			}
-			return fn(q, call)
-		})
-	}
-	v.queryMethods = make(map[string]goja.Value, len(querySetMethods))
-	method("filter", func(q *querySet, call goja.FunctionCall) goja.Value {
-		return v.querySet(q.model, q.query(call.Argument(0)).Filters)
-	})
-	method("first", func(q *querySet, _ goja.FunctionCall) goja.Value {
-		rows := q.find(q.query(nil), 1, true)
-		if len(rows) == 0 {
-			return goja.Null()
-		}
-		return v.modelObject(q.model, rows[0])
-	})
-	method("all", func(q *querySet, _ goja.FunctionCall) goja.Value {
-		rows := q.find(q.query(nil), maxAllRows, false)
-		items := make([]any, len(rows))
-		for i, r := range rows {
-			items[i] = v.modelObject(q.model, r)
-		}
-		return v.rt.NewArray(items...)
-	})
-	method("get", func(q *querySet, call goja.FunctionCall) goja.Value {
-		rows := q.find(q.query(call.Argument(0)), 2, true)
-		switch len(rows) {
-		case 0:
-			panic(v.rt.NewGoError(fmt.Errorf("%s matching query does not exist", q.model.Name)))
-		case 1:
 			return v.modelObject(q.model, rows[0])
-		default:
-			panic(v.rt.NewGoError(fmt.Errorf("get() returned more than one %s", q.model.Name)))
-		}
-	})
-	method("count", func(q *querySet, call goja.FunctionCall) goja.Value {
-		return v.rt.ToValue(q.count(call.Argument(0)))
-	})
-	method("exists", func(q *querySet, call goja.FunctionCall) goja.Value {
-		return v.rt.ToValue(q.count(call.Argument(0)) > 0)
-	})
+		},
+		"all": func(q *querySet, _ goja.FunctionCall) goja.Value {
+			rows := q.find(q.query(nil), maxAllRows, false)
+			items := make([]any, len(rows))
+			for i, r := range rows {
+				items[i] = v.modelObject(q.model, r)
+			}
+			return v.rt.NewArray(items...)
+		},
+		"get": func(q *querySet, call goja.FunctionCall) goja.Value {
+			rows := q.find(q.query(call.Argument(0)), 2, true)
+			switch len(rows) {
+			case 0:
+				panic(v.rt.NewGoError(fmt.Errorf("%s matching query does not exist", q.model.Name)))
+			case 1:
+				return v.modelObject(q.model, rows[0])
+			default:
+				panic(v.rt.NewGoError(fmt.Errorf("get() returned more than one %s", q.model.Name)))
+			}
+		},
+		"count": func(q *querySet, call goja.FunctionCall) goja.Value {
+			return v.rt.ToValue(q.count(call.Argument(0)))
+		},
+		"exists": func(q *querySet, call goja.FunctionCall) goja.Value {
+			return v.rt.ToValue(q.count(call.Argument(0)) > 0)
+		},
+	}
 }
 
 // saveFunc is the save({update_fields}) method of m's objects.

@@ -128,12 +128,14 @@ return [u.pk, u.username, u.email, u.name, u.is_active, u.is_superuser, u.is_ano
 
 		req = request("user-fields", `const u = request.user;
 u.name = "Jane D.";
-return [Object.keys(u).join(","), typeof u.save, u.name, JSON.stringify(u.attributes)];`)
+let frozen = "yes";
+try { Object.freeze(u); } catch (e) { frozen = "throws"; }
+return [Object.keys(u).join(","), typeof u.save, u.name, JSON.stringify(u.attributes), frozen, String(Object.isFrozen(Object.freeze({...u})))];`)
 		req.User = &rules.User{ID: 12, Username: "jane", Name: "Jane Doe", Attributes: rules.JSONMap{"team": "ops"}}
 		res = evaluate(t, pool, req)
 		require.Nil(t, res.Err)
 		require.Equal(t, []any{"pk,id,uuid,username,name,email,is_active,is_superuser,is_anonymous,attributes,last_login,created,updated",
-			"function", "Jane D.", `{"team":"ops"}`}, res.Raw)
+			"function", "Jane D.", `{"team":"ops"}`, "throws", "true"}, res.Raw)
 	})
 
 	t.Run("Anonymous", func(t *testing.T) {

@@ -25,8 +25,8 @@ type vm struct {
 	cur *evaluation
 	// protos holds the prototype (with save) of each model's objects.
 	protos map[string]*goja.Object
-	// queryMethods are the methods of query sets, shared by all of them.
-	queryMethods map[string]goja.Value
+	// queryMethods are the methods of query sets, by name.
+	queryMethods map[string]queryMethod
 	// cache holds the objects built for the last event evaluated here.
 	cache eventCache
 	// ipProto and netProto are the prototypes of ip_address and

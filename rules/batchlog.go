@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"sync"
+	"time"
 )
 
 // BatchLogger returns l with records logged while a batch of events is
@@ -20,9 +21,9 @@ func BatchLogger(l *slog.Logger) *slog.Logger {
 	return slog.New(&batchLogHandler{h: l.Handler()})
 }
 
-// maxHeldRecords bounds the records a batch holds: past it, records are
-// written at once, so that a policy logging in a loop cannot grow memory
-// without bound.
+// maxHeldRecords bounds the records a batch holds, so that a policy
+// logging in a loop cannot grow memory without bound: past it, records are
+// dropped, and a warning says how many when the batch ends.
 const maxHeldRecords = 10000
 
 type batchLogHandler struct{ h slog.Handler }
@@ -32,7 +33,8 @@ func (b *batchLogHandler) Enabled(ctx context.Context, level slog.Level) bool {
 }
 
 func (b *batchLogHandler) Handle(ctx context.Context, r slog.Record) error {
-	if held, ok := ctx.Value(batchLogsKey{}).(*batchLogs); ok && held.hold(b.h, r) {
+	if held, ok := ctx.Value(batchLogsKey{}).(*batchLogs); ok {
+		held.hold(ctx, b.h, r)
 		return nil
 	}
 	return b.h.Handle(ctx, r)
@@ -48,48 +50,57 @@ func (b *batchLogHandler) WithGroup(name string) slog.Handler {
 
 type batchLogsKey struct{}
 
-// batchLogs are the records held for one batch, with the handler each was
-// logged to.
+// batchLogs are the records held for one batch, with the handler and the
+// context each was logged with; dropped counts those past maxHeldRecords.
 type batchLogs struct {
 	mu      sync.Mutex
 	records []heldRecord
+	dropped int
+	// last is the handler of the latest record, for the dropped warning.
+	last slog.Handler
 }
 
 type heldRecord struct {
-	h slog.Handler
-	r slog.Record
+	ctx context.Context
+	h   slog.Handler
+	r   slog.Record
 }
 
 func withBatchLogs(ctx context.Context, logs *batchLogs) context.Context {
 	return context.WithValue(ctx, batchLogsKey{}, logs)
 }
 
-func (l *batchLogs) hold(h slog.Handler, r slog.Record) bool {
+func (l *batchLogs) hold(ctx context.Context, h slog.Handler, r slog.Record) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.last = h
 	if len(l.records) >= maxHeldRecords {
-		return false
+		l.dropped++
+		return
 	}
-	l.records = append(l.records, heldRecord{h: h, r: r.Clone()})
-	return true
+	l.records = append(l.records, heldRecord{ctx: ctx, h: h, r: r.Clone()})
 }
 
-// write writes the held records, with their original times, and forgets
-// them.
+// write writes the held records, with their original times and contexts,
+// and forgets them.
 func (l *batchLogs) write(ctx context.Context) {
 	l.mu.Lock()
-	records := l.records
-	l.records = nil
+	records, dropped, last := l.records, l.dropped, l.last
+	l.records, l.dropped = nil, 0
 	l.mu.Unlock()
-	ctx = context.WithValue(ctx, batchLogsKey{}, nil)
 	for _, hr := range records {
-		_ = hr.h.Handle(ctx, hr.r)
+		_ = hr.h.Handle(hr.ctx, hr.r)
+	}
+	if dropped > 0 {
+		r := slog.NewRecord(time.Now(), slog.LevelWarn, "log records of a batch dropped", 0)
+		r.AddAttrs(slog.Int("dropped", dropped), slog.Int("limit", maxHeldRecords))
+		_ = last.Handle(ctx, r)
 	}
 }
 
 // drop forgets the held records.
 func (l *batchLogs) drop() {
 	l.mu.Lock()
-	l.records = nil
+	l.records, l.dropped = nil, 0
 	l.mu.Unlock()
 }

@@ -213,6 +213,7 @@ func (b *bench) herald(ctx context.Context, nc *natsConn, db *sqlx.DB, res *benc
 		}
 	}
 	var pub *ratePublisher
+	pubErr := make(chan error, 1)
 	if b.rate == 0 {
 		b.logf("publishing %d events", len(evs))
 		if err := publishAll(ctx, nc.js, cfg.SubjectPrefix, evs, time.Now); err != nil {
@@ -263,8 +264,8 @@ func (b *bench) herald(ctx context.Context, nc *natsConn, db *sqlx.DB, res *benc
 		}
 		start = time.Now()
 		go func() {
-			if err := pub.run(ctx, nc.js, b.rate); err != nil {
-				b.logf("publish: %v", err)
+			if err := pub.run(workerCtx, nc.js, b.rate); err != nil && workerCtx.Err() == nil {
+				pubErr <- err
 			}
 		}()
 	}
@@ -280,6 +281,10 @@ wait:
 			b.logf("%d/%d events committed (%.0f/s)", committed.Load(), n, float64(committed.Load())/time.Since(start).Seconds())
 		case runErr = <-done:
 			break wait
+		case err := <-pubErr:
+			stopWorker()
+			<-done
+			return fmt.Errorf("publish at %.0f/s: %w", b.rate, err)
 		case <-ctx.Done():
 			stopWorker()
 			return ctx.Err()
@@ -393,7 +398,8 @@ func newRatePublisher(prefix string, evs []events.Event) (*ratePublisher, error)
 }
 
 // run publishes every payload, rate a second, asynchronously so that it
-// keeps the rate however slowly the stream acknowledges.
+// keeps the rate however slowly the stream acknowledges. When too many
+// acknowledgements are outstanding, it waits for them and tries again.
 func (p *ratePublisher) run(ctx context.Context, js jetstream.JetStream, rate float64) error {
 	start := time.Now()
 	for sent := 0; sent < len(p.payloads); {
@@ -401,7 +407,16 @@ func (p *ratePublisher) run(ctx context.Context, js jetstream.JetStream, rate fl
 		for ; sent < due; sent++ {
 			data := p.payloads[sent]
 			time.Now().UTC().AppendFormat(data[p.stamps[sent]:p.stamps[sent]], benchStampLayout)
-			if _, err := js.PublishAsync(p.subjects[sent], data, jetstream.WithMsgID(p.ids[sent])); err != nil {
+			_, err := js.PublishAsync(p.subjects[sent], data, jetstream.WithMsgID(p.ids[sent]))
+			if errors.Is(err, jetstream.ErrTooManyStalledMsgs) {
+				select {
+				case <-js.PublishAsyncComplete():
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+				_, err = js.PublishAsync(p.subjects[sent], data, jetstream.WithMsgID(p.ids[sent]))
+			}
+			if err != nil {
 				return err
 			}
 		}
