@@ -923,7 +923,7 @@ func TestAPIGroupUserHistory(t *testing.T) {
 	devs := b.group(t, "devs", "")
 	b.db.MustExec(t, `UPDATE groups SET attributes = '{"UserAddedHistory": ["old entry"]}' WHERE id = $1`, devs)
 	rl := b.rule(t, rule{Name: "group-user-history"})
-	b.bind(t, rl, binding{Policy: b.policy(t, "group-user-history", groupHistoryPolicy)})
+	b.bind(t, rl, binding{Policy: b.policy(t, "group-user-history", groupHistoryPolicy(t))})
 	b.reload(t)
 
 	model := map[string]any{"app": "authentik_core", "model_name": "group", "pk": strings.ReplaceAll(devs, "-", ""), "name": "devs"}

@@ -9,25 +9,19 @@ import (
 	"github.com/heraldhq/herald/internal/testinfra"
 	"github.com/heraldhq/herald/jsrt"
 	"github.com/heraldhq/herald/rules"
+	"github.com/heraldhq/herald/schema"
 )
 
-// groupHistoryPolicy is DESIGN.md's group-user-history example (§7): two
-// model queries and a save per event.
-const groupHistoryPolicy = `const event = request.context.event;
-if (!event || event.action !== "model_updated") return false;
-const model = event.context.model || {};
-if (model.app !== "authentik_core" || model.model_name !== "group") return false;
-const group = Group.objects.filter({pk: model.pk}).first();
-if (!group) return false;
-const added = ((event.context.diff || {}).users || {}).add || [];
-if (added.length === 0) return false;
-group.attributes.UserAddedHistory = group.attributes.UserAddedHistory || [];
-const now = new Date().toISOString().slice(0, 19);
-for (const u of User.objects.filter({pk__in: added}).all()) {
-  group.attributes.UserAddedHistory.push(` + "`${now} - Added user: ${u.username}`" + `);
+// groupHistoryPolicy is DESIGN.md's group-user-history example (§7), as
+// the example seed file ships it: two model queries and a save per event.
+func groupHistoryPolicy(tb testing.TB) string {
+	tb.Helper()
+	expression, err := schema.ExampleExpression("group-user-history")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return expression
 }
-group.save({update_fields: ["attributes"]});
-return false;`
 
 // BenchmarkModelPolicy measures the engine on a policy that reads and saves
 // models: batches of 50 group membership events, each running the
@@ -56,7 +50,7 @@ FROM generate_series(0, %d) i`, groups-1),
 	for _, q := range setup {
 		var args []any
 		if q == setup[3] {
-			args = append(args, groupHistoryPolicy)
+			args = append(args, groupHistoryPolicy(b))
 		}
 		if _, err := db.ExecContext(ctx, q, args...); err != nil {
 			b.Fatalf("%s: %v", q, err)

@@ -22,6 +22,21 @@ var migrations embed.FS
 //go:embed examples/*.sql
 var Examples embed.FS
 
+// ExampleExpression returns the expression of the first policy that the
+// example seed file examples/NAME.sql defines (the text between its $js$
+// quotes), so that code and tests can run the example as shipped.
+func ExampleExpression(name string) (string, error) {
+	b, err := Examples.ReadFile("examples/" + name + ".sql")
+	if err != nil {
+		return "", fmt.Errorf("example %s: %w", name, err)
+	}
+	parts := strings.SplitN(string(b), "$js$", 3)
+	if len(parts) < 3 {
+		return "", fmt.Errorf("example %s: no $js$-quoted expression", name)
+	}
+	return strings.Trim(parts[1], "\n"), nil
+}
+
 // Migration is one embedded SQL file, applied in Version order.
 type Migration struct {
 	Version string // the file name without ".sql", e.g. "0001_init"

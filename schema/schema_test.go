@@ -3,6 +3,7 @@ package schema_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"testing"
 
@@ -108,4 +109,14 @@ func TestExamplesSeedTwice(t *testing.T) {
 	require.NoError(t, db.Get(&bindings, `SELECT count(*) FROM policy_bindings`))
 	require.Equal(t, 5, rules)
 	require.Equal(t, 5, bindings)
+}
+
+func TestExampleExpression(t *testing.T) {
+	t.Parallel()
+	expression, err := schema.ExampleExpression("group-user-history")
+	require.NoError(t, err)
+	require.True(t, strings.HasPrefix(expression, "const event = request.context.event;\n"), "%q", expression)
+	require.True(t, strings.HasSuffix(expression, "group.save({update_fields: [\"attributes\"]});\nreturn false;"), "%q", expression)
+	_, err = schema.ExampleExpression("no-such-example")
+	require.Error(t, err)
 }

@@ -697,26 +697,21 @@ var benchPolicies = []struct {
 	{name: "unknown-device-login", kind: rules.KindExpression, expression: `const event = request.context.event;
 if (!event || event.action !== "login") return false;
 return (event.context.auth_method_args || {}).known_device === false;`},
-	{name: "group-user-history", kind: rules.KindExpression, expression: `const event = request.context.event;
-if (!event || event.action !== "model_updated") return false;
-const model = event.context.model || {};
-if (model.app !== "authentik_core" || model.model_name !== "group") return false;
-const group = Group.objects.filter({pk: model.pk}).first();
-if (!group) return false;
-const added = ((event.context.diff || {}).users || {}).add || [];
-if (added.length === 0) return false;
-group.attributes.UserAddedHistory = group.attributes.UserAddedHistory || [];
-const now = new Date().toISOString().slice(0, 19);
-for (const u of User.objects.filter({pk__in: added}).all()) {
-  group.attributes.UserAddedHistory.push(` + "`${now} - Added user: ${u.username}`" + `);
-}
-group.save({update_fields: ["attributes"]});
-return false;`},
+	{name: "group-user-history", kind: rules.KindExpression, expression: mustExampleExpression("group-user-history")},
 	{name: "superuser-login", kind: rules.KindExpression, expression: `return request.context.event.action === "login" && request.user.is_superuser;`},
 	{name: "outside-network", kind: rules.KindExpression, expression: `if (request.context.event.action !== "login") return false;
 return !ip_network("10.0.0.0/8").contains(ak_client_ip);`},
 	{name: "admin-named-user-created", kind: rules.KindExpression, expression: `const m = request.context.event.context.model || {};
 return request.context.event.action === "model_created" && m.model_name === "user" && regex_match(m.name || "", "^[Aa]dmin");`},
+}
+
+// mustExampleExpression is the expression of a shipped example seed file.
+func mustExampleExpression(name string) string {
+	expression, err := schema.ExampleExpression(name)
+	if err != nil {
+		panic(err)
+	}
+	return expression
 }
 
 // seed writes the standard workload's users, groups, policies, rules and
