@@ -50,3 +50,6 @@ func (t *policyTx) QueuedSaves() int { return len(t.saves) }
 
 // Next is a policyTx for the next batch, sharing t's prepared statements.
 func (t *policyTx) Next(tx *sqlx.Tx) *PolicyTx { return &policyTx{Tx: tx, stmts: t.stmts} }
+
+// StoredJSON is storedJSON.
+func StoredJSON(b []byte) []byte { return storedJSON(b) }

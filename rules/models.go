@@ -51,6 +51,9 @@ type Model struct {
 	hasUpdated bool
 	// keys are the keys of the rows Find returns, in order.
 	keys []string
+	// pkIndex and updatedIndex are the positions of the pk and updated
+	// fields (updatedIndex is -1 without hasUpdated).
+	pkIndex, updatedIndex int
 }
 
 func init() {
@@ -60,7 +63,18 @@ func init() {
 			m.keys = append(m.keys, f.name)
 		}
 		m.keys = slices.Clip(m.keys)
+		m.pkIndex = m.fieldIndex(m.pk)
+		m.updatedIndex = -1
+		if m.hasUpdated {
+			m.updatedIndex = m.fieldIndex("updated")
+		}
 	}
+}
+
+// fieldIndex is the position of the field called name among m's fields,
+// or -1.
+func (m *Model) fieldIndex(name string) int {
+	return slices.IndexFunc(m.fields, func(f field) bool { return f.name == name })
 }
 
 // RowKeys are the keys of the rows [Find] returns: "pk", then the fields in
@@ -420,8 +434,15 @@ func Find(ctx context.Context, db sqlx.QueryerContext, q Query, limit int, lock 
 	if limit > 0 {
 		sql += fmt.Sprintf(" LIMIT %d", limit)
 	}
-	if lock && q.Model.hasUpdated {
+	locking := lock && q.Model.hasUpdated
+	if locking {
 		sql += " FOR NO KEY UPDATE"
+	}
+	t, isPolicyTx := db.(*policyTx)
+	if isPolicyTx {
+		if out, ok := t.findLocked(q, limit); ok {
+			return out, nil
+		}
 	}
 	rows, err := reader(db, q).QueryxContext(ctx, sql, args...)
 	if err != nil {
@@ -434,17 +455,25 @@ func Find(ctx context.Context, db sqlx.QueryerContext, q Query, limit int, lock 
 		if err != nil {
 			return nil, fmt.Errorf("scan %s: %w", q.Model.Name, err)
 		}
-		obj := make(map[string]any, len(vals)+1)
-		for i, f := range q.Model.fields {
-			obj[f.name] = fromColumn(f, vals[i])
+		out = append(out, rowMap(q.Model, vals))
+		if locking && isPolicyTx {
+			t.rememberLocked(q.Model, vals)
 		}
-		obj["pk"] = obj[q.Model.pk]
-		out = append(out, obj)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("read %s: %w", q.Model.Name, err)
 	}
 	return out, nil
+}
+
+// rowMap is a row as [Find] returns it, from its columns in field order.
+func rowMap(m *Model, vals []any) map[string]any {
+	obj := make(map[string]any, len(vals)+1)
+	for i, f := range m.fields {
+		obj[f.name] = fromColumn(f, vals[i])
+	}
+	obj["pk"] = obj[m.pk]
+	return obj
 }
 
 // Count returns how many rows match q.

@@ -2,11 +2,14 @@ package rules_test
 
 import (
 	"encoding/json"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/jmoiron/sqlx"
 	"github.com/stretchr/testify/require"
 
+	"github.com/heraldhq/herald/events"
 	"github.com/heraldhq/herald/internal/testinfra"
 	"github.com/heraldhq/herald/rules"
 )
@@ -14,7 +17,8 @@ import (
 // In an optimistic batch a save is queued until a statement could see it:
 // a model query limited by pk to other rows runs first, any other query
 // sends the save before it, and a queued save that fails fails the batch
-// when it settles.
+// when it settles. (The reads here take no lock: rows read with one are
+// answered from the batch, see TestLockedRowsAnswerReadsInTheBatch.)
 func TestOptimisticSavesAreQueuedUntilAStatementCouldSeeThem(t *testing.T) {
 	t.Parallel()
 	db := testinfra.Postgres(t)
@@ -34,7 +38,7 @@ func TestOptimisticSavesAreQueuedUntilAStatementCouldSeeThem(t *testing.T) {
 	}
 	find := func(filters map[string]any) []map[string]any {
 		t.Helper()
-		rows, err := rules.Find(ctx, ptx, rules.Query{Model: groups, Filters: filters}, 0, true)
+		rows, err := rules.Find(ctx, ptx, rules.Query{Model: groups, Filters: filters}, 0, false)
 		require.NoError(t, err)
 		return rows
 	}
@@ -106,4 +110,94 @@ func TestSaveWithSavepointsWritesAtOnce(t *testing.T) {
 	require.True(t, t2.After(t1), "saves in one batch set increasing updated values")
 	_, err = rules.Save(ctx, ptx, groups, g, rows[0]["updated"], map[string]any{"name": "stale"})
 	require.ErrorIs(t, err, rules.ErrConflict)
+}
+
+// In an optimistic batch, a row read with a lock (first(), get()) cannot
+// change until the batch ends but through the batch's own saves: a later
+// read of it by pk is answered from the batch, with its queued saves
+// applied, exactly as the database answers once they are written; and a
+// save made on that reading joins the queued one in a single UPDATE.
+func TestLockedRowsAnswerReadsInTheBatch(t *testing.T) {
+	t.Parallel()
+	db := testinfra.Postgres(t)
+	ctx := t.Context()
+	var g1, g2, parent string
+	require.NoError(t, db.Get(&parent, `INSERT INTO groups (name) VALUES ('parent') RETURNING id`))
+	require.NoError(t, db.Get(&g1, `INSERT INTO groups (name, attributes) VALUES ('one', '{"keep": [1, 2.50, "x"]}') RETURNING id`))
+	require.NoError(t, db.Get(&g2, `INSERT INTO groups (name) VALUES ('two') RETURNING id`))
+	tx, err := db.BeginTxx(ctx, nil)
+	require.NoError(t, err)
+	defer tx.Rollback() //nolint:errcheck // test
+	ptx := rules.NewOptimisticPolicyTx(db.DB, tx)
+	groups := rules.Models["Group"]
+	find := func(q sqlx.QueryerContext, lock bool, filters map[string]any) []map[string]any {
+		t.Helper()
+		rows, err := rules.Find(ctx, q, rules.Query{Model: groups, Filters: filters}, 0, lock)
+		require.NoError(t, err)
+		return rows
+	}
+	// rowsUpdated counts the groups rows this transaction has updated.
+	rowsUpdated := func() int {
+		t.Helper()
+		var n int
+		require.NoError(t, tx.GetContext(ctx, &n, `SELECT n_tup_upd FROM pg_stat_xact_user_tables WHERE relid = 'groups'::regclass`))
+		return n
+	}
+
+	one := find(ptx, true, map[string]any{"pk": g1})
+	require.Len(t, one, 1)
+	first, err := rules.Save(ctx, ptx, groups, g1, one[0]["updated"], map[string]any{
+		"attributes": map[string]any{"keep": []any{1, 2.5, "x"}, "n": 1e21, "s": "é\n\"", "f": 0.1},
+		"parent":     strings.ToUpper(parent),
+		"name":       "uno",
+	})
+	require.NoError(t, err)
+
+	again := find(ptx, true, map[string]any{"pk": strings.ToUpper(g1)})
+	require.Equal(t, 1, ptx.QueuedSaves(), "the locked row is answered without sending the save")
+	require.Equal(t, first, again[0]["updated"])
+	require.Equal(t, parent, again[0]["parent"])
+	second, err := rules.Save(ctx, ptx, groups, g1, again[0]["updated"], map[string]any{"is_superuser": true, "name": "eins"})
+	require.NoError(t, err)
+	require.Equal(t, 1, ptx.QueuedSaves(), "a save made on the saved row joins the queued one")
+	answered := find(ptx, false, map[string]any{"pk__in": []any{g1, g1}})
+	require.Len(t, answered, 1)
+	require.Equal(t, second, answered[0]["updated"])
+
+	require.NoError(t, ptx.Settle(ctx))
+	require.Zero(t, ptx.QueuedSaves())
+	require.Equal(t, 1, rowsUpdated(), "both saves went out as one UPDATE")
+	require.Equal(t, find(tx, false, map[string]any{"pk": g1}), answered, "the batch answered what the database now holds")
+
+	// Several locked rows come in pk order, as the database gives them.
+	find(ptx, true, map[string]any{"pk": g2})
+	both := find(ptx, false, map[string]any{"pk__in": []any{g2, g1}})
+	require.Equal(t, find(tx, false, map[string]any{"pk__in": []any{g2, g1}}), both)
+
+	// A save made on an older reading of the row is not answered from the
+	// batch: the database reports the conflict when the batch settles.
+	_, err = rules.Save(ctx, ptx, groups, g1, one[0]["updated"], map[string]any{"name": "stale"})
+	require.NoError(t, err, "queued, not yet checked")
+	require.ErrorIs(t, ptx.Settle(ctx), rules.ErrConflict)
+}
+
+// What the batch answers for a saved JSON field reads, number text for
+// number text, as PostgreSQL gives it back from the jsonb column: checked
+// against the server itself.
+func TestStoredJSONWritesNumbersAsPostgreSQLDoes(t *testing.T) {
+	t.Parallel()
+	db := testinfra.Postgres(t)
+	for _, in := range []string{
+		`{"n": 1e+21, "m": -1.5e-07, "k": [0.5e1, 2.50e1, -0, -0.0, 1E2, 7, -3.25, 1e0, 0e5, 10.0]}`,
+		`{"s": "1e+21 -0 \"2e3\" \\", "x": [1e-7, {"y": 123456789e-3}]}`,
+		`[]`,
+	} {
+		var stored []byte
+		require.NoError(t, db.Get(&stored, `SELECT $1::jsonb::text`, in))
+		want, err := events.ParseJSON(stored)
+		require.NoError(t, err)
+		got, err := events.ParseJSON(rules.StoredJSON([]byte(in)))
+		require.NoError(t, err)
+		require.Equal(t, want, got, "%s, stored as %s", in, stored)
+	}
 }

@@ -92,8 +92,11 @@ type policyTx struct {
 	// saves are the queued saves, savedRows their rows; saveErr is the
 	// first failure to write them, which fails the batch.
 	saves     []*modelSave
-	savedRows map[string]bool
+	savedRows map[string]int // index in saves
 	saveErr   error
+	// locked are the rows the batch read with a lock, by [rowKey]
+	// (optimistic batches only).
+	locked map[string]*lockedRow
 	// lastSave is the updated value of the batch's latest save: saves in
 	// one batch set distinct, increasing values.
 	lastSave time.Time
@@ -252,7 +255,7 @@ func reader(db sqlx.QueryerContext, q Query) sqlx.QueryerContext {
 		return t
 	}
 	for _, row := range rows {
-		if t.savedRows[row] {
+		if _, saved := t.savedRows[row]; saved {
 			return t
 		}
 	}
@@ -269,19 +272,26 @@ func (t *policyTx) saveTime() time.Time {
 	return now
 }
 
-// queueSave queues s until a statement could see it. A second save of a
-// row sends the first.
+// queueSave queues s until a statement could see it, and applies it to the
+// row if the batch holds it locked (see [lockedRow]). A second save of a
+// row made on the row as the first leaves it joins the first; another sends
+// the first.
 func (t *policyTx) queueSave(ctx context.Context, s *modelSave) error {
-	if t.savedRows[s.row()] {
+	if i, queued := t.savedRows[s.row()]; queued {
+		if t.saves[i].absorb(s) {
+			t.applyToLocked(s)
+			return nil
+		}
 		if err := t.flushSaves(ctx); err != nil {
 			return err
 		}
 	}
 	if t.savedRows == nil {
-		t.savedRows = make(map[string]bool)
+		t.savedRows = make(map[string]int)
 	}
+	t.savedRows[s.row()] = len(t.saves)
 	t.saves = append(t.saves, s)
-	t.savedRows[s.row()] = true
+	t.applyToLocked(s)
 	return nil
 }
 

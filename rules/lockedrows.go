@@ -1,0 +1,296 @@
+package rules
+
+import (
+	"cmp"
+	"slices"
+	"strings"
+	"time"
+)
+
+// lockedRow is a model row that a batch's transaction locked by reading it
+// (first() and get() read FOR NO KEY UPDATE). Until the batch ends no other
+// transaction can change or delete it, so in an optimistic batch a later
+// read of it by pk is answered from here, without a round trip.
+//
+// A queued save of the row changes vals too, so that later reads see the
+// save before it is sent, as they would after it (see [policyTx.queueSave]).
+// Only optimistic batches keep locked rows: there a policy that used the
+// database and failed fails the whole batch, so nothing here ever has to be
+// undone on its own.
+type lockedRow struct {
+	model *Model
+	// vals are the row's columns in field order, as the driver scans them
+	// (or, after a queued save, as a read would return them).
+	vals []any
+}
+
+// maxLockedRows bounds the locked rows a batch keeps.
+const maxLockedRows = 10_000
+
+// rememberLocked keeps the row a locking read returned.
+func (t *policyTx) rememberLocked(m *Model, vals []any) {
+	if !t.optimistic || len(t.locked) >= maxLockedRows {
+		return
+	}
+	if t.locked == nil {
+		t.locked = make(map[string]*lockedRow)
+	}
+	t.locked[rowKey(m, scannedPK(vals[m.pkIndex]))] = &lockedRow{model: m, vals: vals}
+}
+
+// scannedPK is a pk as the driver scans it, in the form [convert] gives
+// (uuids come as text bytes).
+func scannedPK(v any) any {
+	if b, ok := v.([]byte); ok {
+		return string(b)
+	}
+	return v
+}
+
+// findLocked answers q from the batch's locked rows when q filters on the
+// pk alone and every row it names is locked; false when it must go to the
+// database. Rows come as [Find] returns them: in pk order, at most limit.
+func (t *policyTx) findLocked(q Query, limit int) ([]map[string]any, bool) {
+	if !t.optimistic || len(t.locked) == 0 || len(q.Filters) != 1 {
+		return nil, false
+	}
+	keys, ok := q.pkRows()
+	if !ok {
+		return nil, false
+	}
+	found := make([]*lockedRow, 0, len(keys))
+	for _, k := range keys {
+		r, ok := t.locked[k]
+		if !ok {
+			return nil, false
+		}
+		if !slices.Contains(found, r) {
+			found = append(found, r)
+		}
+	}
+	pk := q.Model.pkIndex
+	slices.SortFunc(found, func(a, b *lockedRow) int {
+		return comparePK(scannedPK(a.vals[pk]), scannedPK(b.vals[pk]))
+	})
+	if limit > 0 && len(found) > limit {
+		found = found[:limit]
+	}
+	out := make([]map[string]any, len(found))
+	for i, r := range found {
+		out[i] = rowMap(q.Model, r.vals)
+	}
+	return out, true
+}
+
+// comparePK orders pk values as PostgreSQL does: bigints by value, uuids
+// (canonical, lower-case text) byte by byte.
+func comparePK(a, b any) int {
+	switch x := a.(type) {
+	case int64:
+		if y, ok := b.(int64); ok {
+			return cmp.Compare(x, y)
+		}
+	case string:
+		if y, ok := b.(string); ok {
+			return cmp.Compare(x, y)
+		}
+	}
+	return 0
+}
+
+// applyToLocked makes the locked row that s saves, if any, read as it will
+// after s. A save made on an older reading of the row than the locked one
+// (the database would report a conflict) and a save of a value whose
+// stored form cannot be told in advance drop the row, so that the next
+// read goes to the database.
+func (t *policyTx) applyToLocked(s *modelSave) {
+	key := s.row()
+	r, ok := t.locked[key]
+	if !ok {
+		return
+	}
+	m := s.model
+	if readAt, checked := s.readAt.(time.Time); checked {
+		if held, ok := r.vals[m.updatedIndex].(time.Time); !ok || !held.Equal(readAt) {
+			delete(t.locked, key)
+			return
+		}
+	}
+	vals := slices.Clone(r.vals)
+	for i, f := range s.fields {
+		v, ok := storedValue(f, s.values[i])
+		if !ok {
+			delete(t.locked, key)
+			return
+		}
+		vals[m.fieldIndex(f.name)] = v
+	}
+	vals[m.updatedIndex] = s.updated
+	r.vals = vals
+}
+
+// storedValue is how a read returns the value v (converted for f's column,
+// see [convert]) once it is stored; false when that cannot be told in
+// advance.
+func storedValue(f field, v any) (any, bool) {
+	switch f.typ {
+	case colJSON:
+		s, ok := v.(string)
+		return storedJSON([]byte(s)), ok
+	case colTime:
+		if ts, ok := v.(time.Time); ok {
+			return ts.Round(time.Microsecond), true
+		}
+		return v, v == nil
+	case colInet:
+		return nil, false // PostgreSQL rewrites addresses
+	}
+	return v, true
+}
+
+// absorb merges s, a later save of the row p saves, into p when s was made
+// on the row as p leaves it, so that one UPDATE writes both; false when s
+// must be checked against the database on its own.
+func (p *modelSave) absorb(s *modelSave) bool {
+	switch readAt := s.readAt.(type) {
+	case nil: // not checked
+	case time.Time:
+		if !readAt.Equal(p.updated) {
+			return false
+		}
+	default:
+		return false
+	}
+	for i, f := range s.fields {
+		if j := slices.IndexFunc(p.fields, func(g field) bool { return g.name == f.name }); j >= 0 {
+			p.values[j] = s.values[i]
+			continue
+		}
+		p.fields = append(p.fields, f)
+		p.values = append(p.values, s.values[i])
+	}
+	// Fields stay in name order, as newModelSave puts them: saves of the
+	// same fields share a statement.
+	order := make([]int, len(p.fields))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortFunc(order, func(a, b int) int { return cmp.Compare(p.fields[a].name, p.fields[b].name) })
+	fields, values := make([]field, len(order)), make([]any, len(order))
+	for i, j := range order {
+		fields[i], values[i] = p.fields[j], p.values[j]
+	}
+	p.fields, p.values = fields, values
+	p.updated = s.updated
+	return true
+}
+
+// storedJSON is JSON text as PostgreSQL returns it once stored in a jsonb
+// column, as far as [Find] can tell: its numbers are written the way
+// numeric writes them (encoding/json writes 1e+21 where PostgreSQL writes
+// 1000000000000000000000, and -0 where it writes 0). Layout and key order
+// differ too, but Find decodes objects into maps.
+func storedJSON(b []byte) []byte {
+	var out []byte // nil until a number changes
+	inString, escaped := false, false
+	for i := 0; i < len(b); i++ {
+		c := b[i]
+		switch {
+		case inString:
+			switch {
+			case escaped:
+				escaped = false
+			case c == '\\':
+				escaped = true
+			case c == '"':
+				inString = false
+			}
+		case c == '"':
+			inString = true
+		case c == '-' || c >= '0' && c <= '9':
+			j := i + 1
+			for j < len(b) && strings.IndexByte("+-.eE0123456789", b[j]) >= 0 {
+				j++
+			}
+			tok := string(b[i:j])
+			if n := numericText(tok); n != tok {
+				if out == nil {
+					out = append(make([]byte, 0, len(b)+32), b[:i]...)
+				}
+				out = append(out, n...)
+			} else if out != nil {
+				out = append(out, tok...)
+			}
+			i = j - 1
+			continue
+		}
+		if out != nil {
+			out = append(out, c)
+		}
+	}
+	if out == nil {
+		return b
+	}
+	return out
+}
+
+// numericText is a JSON number as PostgreSQL's numeric type writes it: no
+// exponent, as many decimals as the number has after applying it, no sign
+// on zero.
+func numericText(tok string) string {
+	mantissa, exp := tok, 0
+	k := strings.IndexAny(tok, "eE")
+	if k < 0 && !strings.HasPrefix(tok, "-") {
+		return tok
+	}
+	if k >= 0 {
+		mantissa = tok[:k]
+		e := tok[k+1:]
+		sign := 1
+		if e != "" && (e[0] == '+' || e[0] == '-') {
+			if e[0] == '-' {
+				sign = -1
+			}
+			e = e[1:]
+		}
+		if e == "" || len(e) > 6 {
+			return tok
+		}
+		for _, d := range e {
+			if d < '0' || d > '9' {
+				return tok
+			}
+			exp = exp*10 + int(d-'0')
+		}
+		exp *= sign
+	}
+	negative := strings.HasPrefix(mantissa, "-")
+	mantissa = strings.TrimPrefix(mantissa, "-")
+	intPart, frac, _ := strings.Cut(mantissa, ".")
+	digits := intPart + frac
+	point := len(intPart) + exp // position of the decimal point in digits
+	var whole, decimals string
+	switch {
+	case point <= 0:
+		whole, decimals = "0", strings.Repeat("0", -point)+digits
+	case point >= len(digits):
+		whole, decimals = digits+strings.Repeat("0", point-len(digits)), ""
+	default:
+		whole, decimals = digits[:point], digits[point:]
+	}
+	whole = strings.TrimLeft(whole, "0")
+	if whole == "" {
+		whole = "0"
+	}
+	if strings.Trim(whole+decimals, "0") == "" {
+		negative = false
+	}
+	n := whole
+	if decimals != "" {
+		n += "." + decimals
+	}
+	if negative {
+		n = "-" + n
+	}
+	return n
+}
