@@ -75,7 +75,7 @@ func StoreEvents(ctx context.Context, tx *sqlx.Tx, evs []events.Event) ([]*event
 	}
 	args := make([]any, len(cols))
 	for i, c := range cols {
-		args[i] = pq.StringArray(c)
+		args[i] = textArray(c)
 	}
 	var ids []string
 	if err := tx.SelectContext(ctx, &ids, insertEvents, args...); err != nil {
@@ -176,9 +176,9 @@ func (w *batchWriter) flush(ctx context.Context, tx *sqlx.Tx) error {
 	for i, d := range w.deliveries {
 		nids[i], tids[i], status[i] = d.notificationID, d.transportID, d.status
 	}
-	if _, err := tx.ExecContext(ctx, insertNotifications, pq.StringArray(ids), pq.StringArray(rules), pq.StringArray(evs),
-		pq.Int64Array(users), pq.StringArray(sev), pq.StringArray(body), pq.StringArray(link), pq.StringArray(label),
-		pq.StringArray(nids), pq.StringArray(tids), pq.StringArray(status)); err != nil {
+	if _, err := tx.ExecContext(ctx, insertNotifications, textArray(ids), textArray(rules), textArray(evs),
+		pq.Int64Array(users), textArray(sev), textArray(body), textArray(link), textArray(label),
+		textArray(nids), textArray(tids), textArray(status)); err != nil {
 		return fmt.Errorf("insert %d notifications and %d deliveries: %w", n, m, err)
 	}
 	return nil

@@ -53,3 +53,6 @@ func (t *policyTx) Next(tx *sqlx.Tx) *PolicyTx { return &policyTx{Tx: tx, stmts:
 
 // StoredJSON is storedJSON.
 func StoredJSON(b []byte) []byte { return storedJSON(b) }
+
+// TextArray is textArray.
+type TextArray = textArray

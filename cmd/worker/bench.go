@@ -70,6 +70,7 @@ func benchCommand(ctx context.Context, e env, args []string) error {
 	asJSON := fs.Bool("json", false, "print the result as JSON")
 	keep := fs.Bool("keep", false, "keep the bench schema and stream")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the worker phase to `FILE`")
+	memProfile := fs.String("memprofile", "", "write an allocation profile to `FILE` when the worker phase ends (it counts from the start of the run: set-up is under bench.*)")
 	fs.Usage = func() {
 		fmt.Fprintln(e.stderr, "usage: worker bench [flags]\n\nMeasures Herald end to end on a fresh schema and stream, with the floor of the same run.")
 		fs.PrintDefaults()
@@ -84,7 +85,7 @@ func benchCommand(ctx context.Context, e env, args []string) error {
 	if *conc > 0 {
 		cfg.Concurrency = *conc
 	}
-	b := &bench{cfg: cfg, n: *n, cpuProfile: *cpuProfile, rules: *nRules, users: *users, rate: *rate, progress: e.stderr,
+	b := &bench{cfg: cfg, n: *n, cpuProfile: *cpuProfile, memProfile: *memProfile, rules: *nRules, users: *users, rate: *rate, progress: e.stderr,
 		id: fmt.Sprintf("bench_%d", time.Now().UnixNano()%1e9)}
 	res, err := b.run(ctx, *keep)
 	if err != nil {
@@ -109,6 +110,7 @@ type bench struct {
 	progress io.Writer
 
 	cpuProfile string
+	memProfile string
 }
 
 func (b *bench) logf(format string, args ...any) {
@@ -296,6 +298,11 @@ wait:
 	stopWorker()
 	if runErr == nil {
 		runErr = <-done
+	}
+	if b.memProfile != "" {
+		if err := writeAllocProfile(b.memProfile); err != nil {
+			return err
+		}
 	}
 	if runErr != nil {
 		return fmt.Errorf("worker: %w", runErr)
@@ -603,6 +610,19 @@ func peakRSS() int64 {
 		}
 	}
 	return 0
+}
+
+// writeAllocProfile writes the allocations sampled so far to path.
+func writeAllocProfile(path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
+		f.Close() //nolint:errcheck,gosec // the write error is the one to report
+		return fmt.Errorf("write allocation profile: %w", err)
+	}
+	return f.Close()
 }
 
 func machine() string {
