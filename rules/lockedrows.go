@@ -1,6 +1,7 @@
 package rules
 
 import (
+	"bytes"
 	"cmp"
 	"slices"
 	"strings"
@@ -136,7 +137,7 @@ func storedValue(f field, v any) (any, bool) {
 	switch f.typ {
 	case colJSON:
 		s, ok := v.(string)
-		return storedJSON([]byte(s)), ok
+		return savedJSON(s), ok
 	case colTime:
 		if ts, ok := v.(time.Time); ok {
 			return ts.Round(time.Microsecond), true
@@ -185,6 +186,11 @@ func (p *modelSave) absorb(s *modelSave) bool {
 	return true
 }
 
+// savedJSON is the JSON text a queued save writes to a jsonb column, as a
+// locked row holds it: turned into what a read returns (see [storedJSON])
+// only if the row is read again.
+type savedJSON string
+
 // storedJSON is JSON text as PostgreSQL returns it once stored in a jsonb
 // column, as far as [Find] can tell: its numbers are written the way
 // numeric writes them (encoding/json writes 1e+21 where PostgreSQL writes
@@ -192,21 +198,11 @@ func (p *modelSave) absorb(s *modelSave) bool {
 // differ too, but Find decodes objects into maps.
 func storedJSON(b []byte) []byte {
 	var out []byte // nil until a number changes
-	inString, escaped := false, false
+	last := 0      // b[last:i] is not yet copied to out
 	for i := 0; i < len(b); i++ {
-		c := b[i]
-		switch {
-		case inString:
-			switch {
-			case escaped:
-				escaped = false
-			case c == '\\':
-				escaped = true
-			case c == '"':
-				inString = false
-			}
+		switch c := b[i]; {
 		case c == '"':
-			inString = true
+			i = stringEnd(b, i+1)
 		case c == '-' || c >= '0' && c <= '9':
 			j := i + 1
 			for j < len(b) && strings.IndexByte("+-.eE0123456789", b[j]) >= 0 {
@@ -215,23 +211,39 @@ func storedJSON(b []byte) []byte {
 			tok := string(b[i:j])
 			if n := numericText(tok); n != tok {
 				if out == nil {
-					out = append(make([]byte, 0, len(b)+32), b[:i]...)
+					out = make([]byte, 0, len(b)+32)
 				}
-				out = append(out, n...)
-			} else if out != nil {
-				out = append(out, tok...)
+				out = append(append(out, b[last:i]...), n...)
+				last = j
 			}
 			i = j - 1
-			continue
-		}
-		if out != nil {
-			out = append(out, c)
 		}
 	}
 	if out == nil {
 		return b
 	}
-	return out
+	return append(out, b[last:]...)
+}
+
+// stringEnd returns the position of the quote that closes the JSON string
+// starting at b[from] (len(b) if none does).
+func stringEnd(b []byte, from int) int {
+	for i := from; i < len(b); {
+		k := bytes.IndexByte(b[i:], '"')
+		if k < 0 {
+			return len(b)
+		}
+		q := i + k
+		escapes := 0
+		for p := q - 1; p >= from && b[p] == '\\'; p-- {
+			escapes++
+		}
+		if escapes%2 == 0 {
+			return q
+		}
+		i = q + 1
+	}
+	return len(b)
 }
 
 // numericText is a JSON number as PostgreSQL's numeric type writes it: no

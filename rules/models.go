@@ -494,6 +494,12 @@ func fromColumn(f field, v any) any {
 	switch t := v.(type) {
 	case nil:
 		return nil
+	case savedJSON:
+		out, err := events.ParseJSON(storedJSON([]byte(t)))
+		if err != nil {
+			return string(t)
+		}
+		return out
 	case []byte:
 		switch f.typ {
 		case colJSON:
