@@ -52,7 +52,7 @@ func scannedPK(v any) any {
 // pk alone and every row it names is locked; false when it must go to the
 // database. Rows come as [Find] returns them: in pk order, at most limit.
 func (t *policyTx) findLocked(q Query, limit int) ([]map[string]any, bool) {
-	if !t.optimistic || len(t.locked) == 0 || len(q.Filters) != 1 {
+	if !t.optimistic || t.saveErr != nil || len(t.locked) == 0 || len(q.Filters) != 1 {
 		return nil, false
 	}
 	keys, ok := q.pkRows()
@@ -60,12 +60,14 @@ func (t *policyTx) findLocked(q Query, limit int) ([]map[string]any, bool) {
 		return nil, false
 	}
 	found := make([]*lockedRow, 0, len(keys))
+	seen := make(map[*lockedRow]bool, len(keys))
 	for _, k := range keys {
 		r, ok := t.locked[k]
 		if !ok {
 			return nil, false
 		}
-		if !slices.Contains(found, r) {
+		if !seen[r] {
+			seen[r] = true
 			found = append(found, r)
 		}
 	}
@@ -139,8 +141,10 @@ func storedValue(f field, v any) (any, bool) {
 		s, ok := v.(string)
 		return savedJSON(s), ok
 	case colTime:
+		// PostgreSQL keeps microseconds, rounding the rest in a way not
+		// worth copying: a time with more is read back from the database.
 		if ts, ok := v.(time.Time); ok {
-			return ts.Round(time.Microsecond), true
+			return ts, ts.Nanosecond()%1000 == 0
 		}
 		return v, v == nil
 	case colInet:

@@ -2,6 +2,8 @@ package rules_test
 
 import (
 	"encoding/json"
+	"fmt"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -52,6 +54,10 @@ func TestOptimisticSavesAreQueuedUntilAStatementCouldSeeThem(t *testing.T) {
 
 	require.Len(t, find(map[string]any{"pk__in": []any{g2}}), 1)
 	require.Equal(t, 1, ptx.QueuedSaves(), "a query of other rows by pk does not send it")
+	locked, err := rules.Find(ctx, ptx, rules.Query{Model: groups, Filters: map[string]any{"pk": g2}}, 1, true)
+	require.NoError(t, err)
+	require.Len(t, locked, 1)
+	require.Equal(t, 1, ptx.QueuedSaves(), "nor does a locking one")
 
 	again := find(map[string]any{"pk": g1})
 	require.Zero(t, ptx.QueuedSaves(), "a query of the saved row sends it first")
@@ -121,10 +127,12 @@ func TestLockedRowsAnswerReadsInTheBatch(t *testing.T) {
 	t.Parallel()
 	db := testinfra.Postgres(t)
 	ctx := t.Context()
-	var g1, g2, parent string
+	// g2 sorts before g1.
+	const g1, g2 = "ffffffff-0000-4000-8000-000000000001", "00000000-0000-4000-8000-000000000002"
+	var parent string
 	require.NoError(t, db.Get(&parent, `INSERT INTO groups (name) VALUES ('parent') RETURNING id`))
-	require.NoError(t, db.Get(&g1, `INSERT INTO groups (name, attributes) VALUES ('one', '{"keep": [1, 2.50, "x"]}') RETURNING id`))
-	require.NoError(t, db.Get(&g2, `INSERT INTO groups (name) VALUES ('two') RETURNING id`))
+	db.MustExec(t, `INSERT INTO groups (id, name, attributes) VALUES ($1, 'one', '{"keep": [1, 2.50, "x"]}')`, g1)
+	db.MustExec(t, `INSERT INTO groups (id, name) VALUES ($1, 'two')`, g2)
 	tx, err := db.BeginTxx(ctx, nil)
 	require.NoError(t, err)
 	defer tx.Rollback() //nolint:errcheck // test
@@ -136,11 +144,18 @@ func TestLockedRowsAnswerReadsInTheBatch(t *testing.T) {
 		require.NoError(t, err)
 		return rows
 	}
-	// rowsUpdated counts the groups rows this transaction has updated.
+	// rowsUpdated counts the groups rows this transaction has updated,
+	// scans its reads of the table.
 	rowsUpdated := func() int {
 		t.Helper()
 		var n int
 		require.NoError(t, tx.GetContext(ctx, &n, `SELECT n_tup_upd FROM pg_stat_xact_user_tables WHERE relid = 'groups'::regclass`))
+		return n
+	}
+	scans := func() int {
+		t.Helper()
+		var n int
+		require.NoError(t, tx.GetContext(ctx, &n, `SELECT COALESCE(idx_scan, 0) + seq_scan FROM pg_stat_xact_user_tables WHERE relid = 'groups'::regclass`))
 		return n
 	}
 
@@ -153,8 +168,10 @@ func TestLockedRowsAnswerReadsInTheBatch(t *testing.T) {
 	})
 	require.NoError(t, err)
 
+	read := scans()
 	again := find(ptx, true, map[string]any{"pk": strings.ToUpper(g1)})
 	require.Equal(t, 1, ptx.QueuedSaves(), "the locked row is answered without sending the save")
+	require.Equal(t, read, scans(), "without reading the table")
 	require.Equal(t, first, again[0]["updated"])
 	require.Equal(t, parent, again[0]["parent"])
 	second, err := rules.Save(ctx, ptx, groups, g1, again[0]["updated"], map[string]any{"is_superuser": true, "name": "eins"})
@@ -171,14 +188,96 @@ func TestLockedRowsAnswerReadsInTheBatch(t *testing.T) {
 
 	// Several locked rows come in pk order, as the database gives them.
 	find(ptx, true, map[string]any{"pk": g2})
-	both := find(ptx, false, map[string]any{"pk__in": []any{g2, g1}})
-	require.Equal(t, find(tx, false, map[string]any{"pk__in": []any{g2, g1}}), both)
+	read = scans()
+	both := find(ptx, false, map[string]any{"pk__in": []any{g1, g2}})
+	require.Equal(t, read, scans(), "answered from the batch")
+	require.Equal(t, []any{g2, g1}, []any{both[0]["pk"], both[1]["pk"]})
+	require.Equal(t, find(tx, false, map[string]any{"pk__in": []any{g1, g2}}), both)
 
 	// A save made on an older reading of the row is not answered from the
-	// batch: the database reports the conflict when the batch settles.
+	// batch: the next read goes to the database, which reports the
+	// conflict.
 	_, err = rules.Save(ctx, ptx, groups, g1, one[0]["updated"], map[string]any{"name": "stale"})
 	require.NoError(t, err, "queued, not yet checked")
+	_, err = rules.Find(ctx, ptx, rules.Query{Model: groups, Filters: map[string]any{"pk": g1}}, 1, true)
+	require.ErrorIs(t, err, rules.ErrConflict)
 	require.ErrorIs(t, ptx.Settle(ctx), rules.ErrConflict)
+}
+
+// The same holds for users (bigint pks, here given as text) and their
+// time field, for get() and first() limits and for saves without a read
+// time. A time finer than PostgreSQL keeps is read back from the database.
+func TestLockedUsersAnswerReadsInTheBatch(t *testing.T) {
+	t.Parallel()
+	db := testinfra.Postgres(t)
+	ctx := t.Context()
+	var u1, u2 int64
+	require.NoError(t, db.Get(&u1, `INSERT INTO users (username) VALUES ('one') RETURNING id`))
+	require.NoError(t, db.Get(&u2, `INSERT INTO users (username) VALUES ('two') RETURNING id`))
+	tx, err := db.BeginTxx(ctx, nil)
+	require.NoError(t, err)
+	defer tx.Rollback() //nolint:errcheck // test
+	ptx := rules.NewOptimisticPolicyTx(db.DB, tx)
+	users := rules.Models["User"]
+	find := func(q sqlx.QueryerContext, limit int, lock bool, filters map[string]any) []map[string]any {
+		t.Helper()
+		rows, err := rules.Find(ctx, q, rules.Query{Model: users, Filters: filters}, limit, lock)
+		require.NoError(t, err)
+		return rows
+	}
+	both := map[string]any{"pk__in": []any{fmt.Sprint(u2), u1}}
+	locked := find(ptx, 2, true, both)
+	require.Len(t, locked, 2)
+
+	_, err = rules.Save(ctx, ptx, users, fmt.Sprint(u1), nil, map[string]any{"last_login": "2024-05-01T10:00:00.123456Z", "attributes": map[string]any{"a": 1}})
+	require.NoError(t, err)
+	_, err = rules.Save(ctx, ptx, users, u1, nil, map[string]any{"email": "one@example.com"})
+	require.NoError(t, err)
+	require.Equal(t, 1, ptx.QueuedSaves(), "a save without a read time joins the queued one")
+	first := find(ptx, 1, true, both)
+	all := find(ptx, 0, false, both)
+	require.Equal(t, 1, ptx.QueuedSaves(), "answered from the batch")
+	require.Len(t, first, 1)
+	require.Equal(t, all[:1], first)
+	require.NoError(t, ptx.Settle(ctx))
+	require.Equal(t, find(tx, 0, false, both), all, "the batch answered what the database now holds")
+
+	_, err = rules.Save(ctx, ptx, users, u2, locked[1]["updated"], map[string]any{"last_login": "2024-05-01T10:00:00.0000005Z"})
+	require.NoError(t, err)
+	fine := find(ptx, 0, true, map[string]any{"pk": u2})
+	require.Zero(t, ptx.QueuedSaves(), "read from the database")
+	require.NoError(t, ptx.Settle(ctx))
+	require.Equal(t, find(tx, 0, false, map[string]any{"pk": u2}), fine)
+}
+
+// Numbers as encoding/json writes them, at their extremes, through saves.
+func TestLockedRowsAnswerSavedNumbersAsStored(t *testing.T) {
+	t.Parallel()
+	db := testinfra.Postgres(t)
+	ctx := t.Context()
+	var g string
+	require.NoError(t, db.Get(&g, `INSERT INTO groups (name) VALUES ('g') RETURNING id`))
+	tx, err := db.BeginTxx(ctx, nil)
+	require.NoError(t, err)
+	defer tx.Rollback() //nolint:errcheck // test
+	ptx := rules.NewOptimisticPolicyTx(db.DB, tx)
+	groups := rules.Models["Group"]
+	find := func(q sqlx.QueryerContext, lock bool) []map[string]any {
+		t.Helper()
+		rows, err := rules.Find(ctx, q, rules.Query{Model: groups, Filters: map[string]any{"pk": g}}, 0, lock)
+		require.NoError(t, err)
+		return rows
+	}
+	one := find(ptx, true)
+	_, err = rules.Save(ctx, ptx, groups, g, one[0]["updated"], map[string]any{"attributes": map[string]any{
+		"a": 5e-324, "b": 1.7976931348623157e308, "c": -1e-7, "d": 1.2345e-20, "e": math.Copysign(0, -1),
+		"f": 1e21, "g": 123456789.125, "h": int64(-9007199254740993), "i": []any{0.1, -2.5e-9, 1e100},
+	}})
+	require.NoError(t, err)
+	answered := find(ptx, true)
+	require.Equal(t, 1, ptx.QueuedSaves(), "answered from the batch")
+	require.NoError(t, ptx.Settle(ctx))
+	require.Equal(t, find(tx, false), answered)
 }
 
 // What the batch answers for a saved JSON field reads, number text for
