@@ -205,6 +205,11 @@ func (s *Subscriber) Run(ctx, stopCtx context.Context) error {
 		return fmt.Errorf("consume %s: %w", s.cfg.Consumer, err)
 	}
 
+	// A batch that is not full (the stream is keeping up) takes one of
+	// half the slots: while it waits for one its queue fills, so a steady
+	// stream goes out in fewer, larger batches, which cost less per event.
+	// Full batches (a backlog) run on every worker at once.
+	partial := make(chan struct{}, max(1, s.cfg.Concurrency/2))
 	var wg sync.WaitGroup
 	for _, q := range queues {
 		wg.Go(func() {
@@ -213,17 +218,21 @@ func (s *Subscriber) Run(ctx, stopCtx context.Context) error {
 				case <-stopping:
 					return
 				case it := <-q:
-					batch := []item{it}
-				fill:
-					for len(batch) < s.cfg.BatchSize {
-						select {
-						case it := <-q:
-							batch = append(batch, it)
-						default:
-							break fill
-						}
+					batch := s.fill([]item{it}, q)
+					if len(batch) == s.cfg.BatchSize {
+						s.process(workCtx, batch)
+						continue
 					}
-					s.process(workCtx, batch)
+					select {
+					case partial <- struct{}{}:
+					case <-stopping:
+						for _, it := range batch {
+							_ = it.msg.NakWithDelay(shutdownRedelivery)
+						}
+						return
+					}
+					s.process(workCtx, s.fill(batch, q))
+					<-partial
 				}
 			}
 		})
@@ -249,6 +258,19 @@ func (s *Subscriber) Run(ctx, stopCtx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// fill adds to batch what q holds, up to the batch size, without waiting.
+func (s *Subscriber) fill(batch []item, q chan item) []item {
+	for len(batch) < s.cfg.BatchSize {
+		select {
+		case it := <-q:
+			batch = append(batch, it)
+		default:
+			return batch
+		}
+	}
+	return batch
 }
 
 // item is a message and what decoding it gave.

@@ -1,0 +1,4 @@
+package events
+
+// Partition is partition, for the tests of package events_test.
+var Partition = partition
