@@ -195,12 +195,22 @@ func (e *Engine) loadUsers(ctx context.Context, tx *sqlx.Tx, evs []*events.Event
 	if len(ids) == 0 {
 		return users, nil
 	}
-	var rows []*User
-	if err := tx.SelectContext(ctx, &rows, selectUsers, pq.Array(ids)); err != nil {
+	// Scanned field by field: sqlx's reflection showed in profiles.
+	rows, err := tx.QueryContext(ctx, selectUsers, pq.Array(ids))
+	if err != nil {
 		return nil, fmt.Errorf("load event users: %w", err)
 	}
-	for _, u := range rows {
+	defer rows.Close()
+	for rows.Next() {
+		u := &User{}
+		if err := rows.Scan(&u.ID, &u.UUID, &u.Username, &u.Name, &u.Email, &u.IsActive, &u.IsSuperuser,
+			&u.Attributes, &u.LastLogin, &u.Created, &u.Updated); err != nil {
+			return nil, fmt.Errorf("load event users: %w", err)
+		}
 		users[u.ID] = u
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("load event users: %w", err)
 	}
 	return users, nil
 }
