@@ -15,8 +15,12 @@ type lazyObject struct {
 	// ownKeys: keys is this object's own slice, not one shared with others.
 	ownKeys bool
 	build   func(key string) goja.Value
-	values  map[string]goja.Value
-	gone    map[string]bool
+	// values[i] is the value of keys[i] once built or assigned; gone[i]
+	// marks a deleted key (nil until a key is deleted). Objects have few
+	// keys: a scan of keys finds one faster than a map, and costs no map
+	// per object.
+	values []goja.Value
+	gone   []bool
 }
 
 var _ goja.DynamicObject = (*lazyObject)(nil)
@@ -24,54 +28,77 @@ var _ goja.DynamicObject = (*lazyObject)(nil)
 // newLazy returns an object with the given keys, each built by build. The
 // keys may be shared with other objects: the object never changes them.
 func (v *vm) newLazy(keys []string, build func(key string) goja.Value) *goja.Object {
-	return v.rt.NewDynamicObject(&lazyObject{keys: keys, build: build, values: make(map[string]goja.Value, len(keys))})
+	return v.rt.NewDynamicObject(&lazyObject{keys: keys, build: build, values: make([]goja.Value, len(keys))})
+}
+
+// index is the position of key in keys, or -1 (also when deleted).
+func (o *lazyObject) index(key string) int {
+	i := slices.Index(o.keys, key)
+	if i >= 0 && o.gone != nil && o.gone[i] {
+		return -1
+	}
+	return i
 }
 
 func (o *lazyObject) Get(key string) goja.Value {
-	if val, ok := o.values[key]; ok {
-		return val
-	}
-	if o.gone[key] || !slices.Contains(o.keys, key) {
+	i := o.index(key)
+	if i < 0 {
 		return nil
 	}
-	val := o.build(key)
-	o.values[key] = val
-	return val
+	if o.values[i] == nil {
+		o.values[i] = o.build(key)
+	}
+	return o.values[i]
 }
 
 func (o *lazyObject) Set(key string, val goja.Value) bool {
-	if !slices.Contains(o.keys, key) {
+	i := slices.Index(o.keys, key)
+	if i < 0 {
 		if !o.ownKeys {
 			// Never into a backing array shared with other objects.
 			o.keys, o.ownKeys = slices.Clip(o.keys), true
 		}
 		o.keys = append(o.keys, key)
+		o.values = append(o.values, nil)
+		if o.gone != nil {
+			o.gone = append(o.gone, false)
+		}
+		i = len(o.keys) - 1
 	}
-	delete(o.gone, key)
-	o.values[key] = val
+	if o.gone != nil {
+		o.gone[i] = false
+	}
+	if val == nil {
+		val = goja.Undefined()
+	}
+	o.values[i] = val
 	return true
 }
 
 func (o *lazyObject) Has(key string) bool {
-	return !o.gone[key] && slices.Contains(o.keys, key)
+	return o.index(key) >= 0
 }
 
 func (o *lazyObject) Delete(key string) bool {
-	if o.gone == nil {
-		o.gone = make(map[string]bool)
+	i := slices.Index(o.keys, key)
+	if i < 0 {
+		return true
 	}
-	o.gone[key] = true
-	delete(o.values, key)
+	if o.gone == nil {
+		o.gone = make([]bool, len(o.keys))
+	}
+	o.gone[i] = true
+	o.values[i] = nil
 	return true
 }
 
 func (o *lazyObject) Keys() []string {
-	if len(o.gone) == 0 {
+	if o.gone == nil {
 		return o.keys
 	}
 	keys := make([]string, 0, len(o.keys))
-	for _, k := range o.keys {
-		if !o.gone[k] {
+	for i, k := range o.keys {
+		if !o.gone[i] {
 			keys = append(keys, k)
 		}
 	}
