@@ -112,7 +112,7 @@ func loadConfig(getenv func(string) string, fs *flag.FlagSet, args []string) (co
 		SubjectPrefix:      str("HERALD_SUBJECT_PREFIX", events.DefaultSubjectPrefix),
 		Consumer:           str("HERALD_CONSUMER", events.DefaultConsumer),
 		StreamMaxAge:       dur("HERALD_STREAM_MAX_AGE", 7*24*time.Hour),
-		BatchSize:          num("HERALD_BATCH_SIZE", 250),
+		BatchSize:          num("HERALD_BATCH_SIZE", 500),
 		Concurrency:        num("HERALD_CONCURRENCY", 2*runtime.GOMAXPROCS(0)),
 		MaxEventDepth:      num("HERALD_MAX_EVENT_DEPTH", 3),
 		MaxPayload:         num("HERALD_MAX_PAYLOAD", 1<<20),
