@@ -19,7 +19,6 @@ import (
 // database and failed fails the whole batch, so nothing here ever has to be
 // undone on its own.
 type lockedRow struct {
-	model *Model
 	// vals are the row's columns in field order, as the driver scans them
 	// (or, after a queued save, as a read would return them).
 	vals []any
@@ -36,7 +35,7 @@ func (t *policyTx) rememberLocked(m *Model, vals []any) {
 	if t.locked == nil {
 		t.locked = make(map[string]*lockedRow)
 	}
-	t.locked[rowKey(m, scannedPK(vals[m.pkIndex]))] = &lockedRow{model: m, vals: vals}
+	t.locked[rowKey(m, scannedPK(vals[m.pkIndex]))] = &lockedRow{vals: vals}
 }
 
 // scannedPK is a pk as the driver scans it, in the form [convert] gives
