@@ -28,22 +28,14 @@ func TestOptimisticSavesAreQueuedUntilAStatementCouldSeeThem(t *testing.T) {
 	var g1, g2 string
 	require.NoError(t, db.Get(&g1, `INSERT INTO groups (name) VALUES ('one') RETURNING id`))
 	require.NoError(t, db.Get(&g2, `INSERT INTO groups (name) VALUES ('two') RETURNING id`))
-	tx, err := db.BeginTxx(ctx, nil)
-	require.NoError(t, err)
-	defer tx.Rollback() //nolint:errcheck // test
-	ptx := rules.NewOptimisticPolicyTx(db.DB, tx)
+	tx, ptx := openBatch(t, db)
 	groups := rules.Models["Group"]
 	stored := func(id string) (attrs string) {
 		t.Helper()
 		require.NoError(t, tx.GetContext(ctx, &attrs, `SELECT attributes::text FROM groups WHERE id = $1`, id))
 		return attrs
 	}
-	find := func(filters map[string]any) []map[string]any {
-		t.Helper()
-		rows, err := rules.Find(ctx, ptx, rules.Query{Model: groups, Filters: filters}, 0, false)
-		require.NoError(t, err)
-		return rows
-	}
+	find := func(filters map[string]any) []map[string]any { return finder(t, groups)(ptx, 0, false, filters) }
 
 	one := find(map[string]any{"pk": g1})
 	require.Len(t, one, 1)
@@ -133,16 +125,10 @@ func TestLockedRowsAnswerReadsInTheBatch(t *testing.T) {
 	require.NoError(t, db.Get(&parent, `INSERT INTO groups (name) VALUES ('parent') RETURNING id`))
 	db.MustExec(t, `INSERT INTO groups (id, name, attributes) VALUES ($1, 'one', '{"keep": [1, 2.50, "x"]}')`, g1)
 	db.MustExec(t, `INSERT INTO groups (id, name) VALUES ($1, 'two')`, g2)
-	tx, err := db.BeginTxx(ctx, nil)
-	require.NoError(t, err)
-	defer tx.Rollback() //nolint:errcheck // test
-	ptx := rules.NewOptimisticPolicyTx(db.DB, tx)
+	tx, ptx := openBatch(t, db)
 	groups := rules.Models["Group"]
 	find := func(q sqlx.QueryerContext, lock bool, filters map[string]any) []map[string]any {
-		t.Helper()
-		rows, err := rules.Find(ctx, q, rules.Query{Model: groups, Filters: filters}, 0, lock)
-		require.NoError(t, err)
-		return rows
+		return finder(t, groups)(q, 0, lock, filters)
 	}
 	// rowsUpdated counts the groups rows this transaction has updated,
 	// scans its reads of the table.
@@ -214,22 +200,14 @@ func TestLockedUsersAnswerReadsInTheBatch(t *testing.T) {
 	var u1, u2 int64
 	require.NoError(t, db.Get(&u1, `INSERT INTO users (username) VALUES ('one') RETURNING id`))
 	require.NoError(t, db.Get(&u2, `INSERT INTO users (username) VALUES ('two') RETURNING id`))
-	tx, err := db.BeginTxx(ctx, nil)
-	require.NoError(t, err)
-	defer tx.Rollback() //nolint:errcheck // test
-	ptx := rules.NewOptimisticPolicyTx(db.DB, tx)
+	tx, ptx := openBatch(t, db)
 	users := rules.Models["User"]
-	find := func(q sqlx.QueryerContext, limit int, lock bool, filters map[string]any) []map[string]any {
-		t.Helper()
-		rows, err := rules.Find(ctx, q, rules.Query{Model: users, Filters: filters}, limit, lock)
-		require.NoError(t, err)
-		return rows
-	}
+	find := finder(t, users)
 	both := map[string]any{"pk__in": []any{fmt.Sprint(u2), u1}}
 	locked := find(ptx, 2, true, both)
 	require.Len(t, locked, 2)
 
-	_, err = rules.Save(ctx, ptx, users, fmt.Sprint(u1), nil, map[string]any{"last_login": "2024-05-01T10:00:00.123456Z", "attributes": map[string]any{"a": 1}})
+	_, err := rules.Save(ctx, ptx, users, fmt.Sprint(u1), nil, map[string]any{"last_login": "2024-05-01T10:00:00.123456Z", "attributes": map[string]any{"a": 1}})
 	require.NoError(t, err)
 	_, err = rules.Save(ctx, ptx, users, u1, nil, map[string]any{"email": "one@example.com"})
 	require.NoError(t, err)
@@ -257,19 +235,13 @@ func TestLockedRowsAnswerSavedNumbersAsStored(t *testing.T) {
 	ctx := t.Context()
 	var g string
 	require.NoError(t, db.Get(&g, `INSERT INTO groups (name) VALUES ('g') RETURNING id`))
-	tx, err := db.BeginTxx(ctx, nil)
-	require.NoError(t, err)
-	defer tx.Rollback() //nolint:errcheck // test
-	ptx := rules.NewOptimisticPolicyTx(db.DB, tx)
-	groups := rules.Models["Group"]
+	tx, ptx := openBatch(t, db)
 	find := func(q sqlx.QueryerContext, lock bool) []map[string]any {
-		t.Helper()
-		rows, err := rules.Find(ctx, q, rules.Query{Model: groups, Filters: map[string]any{"pk": g}}, 0, lock)
-		require.NoError(t, err)
-		return rows
+		return finder(t, rules.Models["Group"])(q, 0, lock, map[string]any{"pk": g})
 	}
+	groups := rules.Models["Group"]
 	one := find(ptx, true)
-	_, err = rules.Save(ctx, ptx, groups, g, one[0]["updated"], map[string]any{"attributes": map[string]any{
+	_, err := rules.Save(ctx, ptx, groups, g, one[0]["updated"], map[string]any{"attributes": map[string]any{
 		"a": 5e-324, "b": 1.7976931348623157e308, "c": -1e-7, "d": 1.2345e-20, "e": math.Copysign(0, -1),
 		"f": 1e21, "g": 123456789.125, "h": int64(-9007199254740993), "i": []any{0.1, -2.5e-9, 1e100},
 	}})
@@ -298,5 +270,25 @@ func TestStoredJSONWritesNumbersAsPostgreSQLDoes(t *testing.T) {
 		got, err := events.ParseJSON(rules.StoredJSON([]byte(in)))
 		require.NoError(t, err)
 		require.Equal(t, want, got, "%s, stored as %s", in, stored)
+	}
+}
+
+// openBatch begins a transaction on db, rolled back when the test ends, and
+// returns it with the policyTx of an optimistic batch on it.
+func openBatch(t *testing.T, db *testinfra.DB) (*sqlx.Tx, *rules.PolicyTx) {
+	t.Helper()
+	tx, err := db.BeginTxx(t.Context(), nil)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = tx.Rollback() })
+	return tx, rules.NewOptimisticPolicyTx(db.DB, tx)
+}
+
+// finder returns Find on m's rows, failing the test on an error.
+func finder(t *testing.T, m *rules.Model) func(q sqlx.QueryerContext, limit int, lock bool, filters map[string]any) []map[string]any {
+	return func(q sqlx.QueryerContext, limit int, lock bool, filters map[string]any) []map[string]any {
+		t.Helper()
+		rows, err := rules.Find(t.Context(), q, rules.Query{Model: m, Filters: filters}, limit, lock)
+		require.NoError(t, err)
+		return rows
 	}
 }
