@@ -7,6 +7,7 @@ import (
 	"hash/fnv"
 	"log/slog"
 	"runtime"
+	"slices"
 	"sync"
 	"time"
 
@@ -197,7 +198,7 @@ func (s *Subscriber) Run(ctx, stopCtx context.Context) error {
 			_ = m.NakWithDelay(shutdownRedelivery)
 		}
 	},
-		jetstream.PullMaxMessages(2*s.cfg.BatchSize*s.cfg.Concurrency),
+		jetstream.PullMaxMessagesWithBytesLimit(2*s.cfg.BatchSize*s.cfg.Concurrency, s.pullBytes()),
 		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 			s.log.WarnContext(ctx, "jetstream consume", slog.Any("error", err))
 		}))
@@ -223,16 +224,17 @@ func (s *Subscriber) Run(ctx, stopCtx context.Context) error {
 						s.process(workCtx, batch)
 						continue
 					}
-					select {
-					case partial <- struct{}{}:
-					case <-stopping:
+					batch, slot, ok := s.awaitSlot(batch, q, partial, stopping)
+					if !ok {
 						for _, it := range batch {
 							_ = it.msg.NakWithDelay(shutdownRedelivery)
 						}
 						return
 					}
 					s.process(workCtx, s.fill(batch, q))
-					<-partial
+					if slot {
+						<-partial
+					}
 				}
 			}
 		})
@@ -273,6 +275,38 @@ func (s *Subscriber) fill(batch []item, q chan item) []item {
 	return batch
 }
 
+// pullBytes bounds the bytes of one pull request: a backlog of large
+// events must not run past the server's and the client's limit on what a
+// connection may have pending (64 MB), which would drop the connection as a
+// slow consumer. It is at least twice the largest message the server takes
+// (a larger bound than one message stalls the consumer).
+func (s *Subscriber) pullBytes() int {
+	return max(8<<20, 2*int(s.js.Conn().MaxPayload()))
+}
+
+// awaitSlot holds a batch that is not full until one of the partial slots
+// is free (slot: it took one), keeping the batch's messages alive and
+// adding what arrives on q; a batch that fills meanwhile returns at once,
+// without a slot. ok is false when the subscriber stops.
+func (s *Subscriber) awaitSlot(batch []item, q chan item, partial, stopping chan struct{}) (_ []item, slot, ok bool) {
+	alive := s.keepAlive(batch)
+	defer alive.stop()
+	for {
+		select {
+		case partial <- struct{}{}:
+			return batch, true, true
+		case it := <-q:
+			batch = append(batch, it)
+			alive.add(it)
+			if len(batch) == s.cfg.BatchSize {
+				return batch, false, true
+			}
+		case <-stopping:
+			return batch, false, false
+		}
+	}
+}
+
 // item is a message and what decoding it gave.
 type item struct {
 	msg jetstream.Msg
@@ -303,8 +337,8 @@ func partition(key string, n int) int {
 // process dead-letters what could not be decoded, hands the rest of the
 // batch to the handler and settles every message.
 func (s *Subscriber) process(ctx context.Context, batch []item) {
-	stopProgress := s.keepAlive(batch)
-	defer stopProgress()
+	alive := s.keepAlive(batch)
+	defer alive.stop()
 
 	evs := make([]Event, 0, len(batch))
 	msgs := make([]jetstream.Msg, 0, len(batch))
@@ -402,23 +436,42 @@ func (s *Subscriber) deadLetter(ctx context.Context, m jetstream.Msg, reason str
 	}
 }
 
-// keepAlive sends progress acks for the batch's messages while it is being
-// processed, so that a batch with slow policies is not redelivered.
-func (s *Subscriber) keepAlive(batch []item) (stop func()) {
-	done := make(chan struct{})
+// keepAlive sends progress acks for the batch's messages until stopped,
+// while it waits for a slot or is processed, so that a batch held up by
+// slow policies is not redelivered.
+func (s *Subscriber) keepAlive(batch []item) *progress {
+	p := &progress{items: slices.Clone(batch), done: make(chan struct{})}
 	t := time.NewTicker(s.cfg.AckWait / 3)
 	go func() {
 		defer t.Stop()
 		for {
 			select {
-			case <-done:
+			case <-p.done:
 				return
 			case <-t.C:
-				for _, it := range batch {
+				p.mu.Lock()
+				for _, it := range p.items {
 					_ = it.msg.InProgress()
 				}
+				p.mu.Unlock()
 			}
 		}
 	}()
-	return func() { close(done) }
+	return p
 }
+
+// progress keeps messages alive (see [Subscriber.keepAlive]).
+type progress struct {
+	mu    sync.Mutex
+	items []item
+	done  chan struct{}
+}
+
+// add keeps it alive too.
+func (p *progress) add(it item) {
+	p.mu.Lock()
+	p.items = append(p.items, it)
+	p.mu.Unlock()
+}
+
+func (p *progress) stop() { close(p.done) }

@@ -2,8 +2,10 @@ package events_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -75,4 +77,101 @@ func TestPartialBatchesRunOnHalfTheWorkers(t *testing.T) {
 			require.NoError(t, <-done)
 		})
 	}
+}
+
+// A batch waiting for a slot behind a long one is kept alive like the
+// batch it waits for: its message is not redelivered when the wait
+// outlasts AckWait, and reaches the handler once.
+func TestBatchWaitingForASlotIsKeptAlive(t *testing.T) {
+	t.Parallel()
+	_, js, st := testinfra.JetStream(t)
+	ctx := t.Context()
+	_, err := events.EnsureStream(ctx, js, events.StreamConfig{Name: st.Name, SubjectPrefix: st.SubjectPrefix})
+	require.NoError(t, err)
+	pub := events.NewPublisher(js, st.SubjectPrefix)
+
+	const workers = 2 // one slot for batches that are not full
+	pkOn := func(q int) string {
+		for i := 0; ; i++ {
+			if pk := fmt.Sprintf("00000000-0000-4000-8000-%012d", i); events.Partition(pk, workers) == q {
+				return pk
+			}
+		}
+	}
+	long, waiting := pkOn(0), pkOn(1)
+	var mu sync.Mutex
+	seen := map[string]int{}
+	started := make(chan struct{}, 1)
+	handler := events.HandlerFunc(func(_ context.Context, evs []events.Event) error {
+		mu.Lock()
+		for _, ev := range evs {
+			seen[ev.PK]++
+		}
+		mu.Unlock()
+		if evs[0].PK == long {
+			started <- struct{}{}
+			time.Sleep(2500 * time.Millisecond) // 2.5 times AckWait
+		}
+		return nil
+	})
+	sub := events.NewSubscriber(js, handler, nil, events.SubscriberConfig{
+		Stream: st.Name, Consumer: st.Consumer, SubjectPrefix: st.SubjectPrefix,
+		BatchSize: 10, Concurrency: workers, AckWait: time.Second,
+		PartitionKey: func(ev *events.Event) string { return ev.PK },
+	})
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- sub.Run(runCtx, context.Background()) }()
+
+	require.NoError(t, pub.Publish(ctx, events.Event{PK: long, Action: "login", Created: time.Now()}))
+	<-started
+	require.NoError(t, pub.Publish(ctx, events.Event{PK: waiting, Action: "login", Created: time.Now()}))
+	require.Eventually(t, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return seen[waiting] > 0
+	}, 10*time.Second, 10*time.Millisecond)
+	time.Sleep(1500 * time.Millisecond) // room for a redelivery
+	stop()
+	require.NoError(t, <-done)
+	mu.Lock()
+	defer mu.Unlock()
+	require.Equal(t, map[string]int{long: 1, waiting: 1}, seen)
+}
+
+// Each pull request bounds the bytes it brings, so that a backlog of large
+// events cannot exceed what a connection may have pending (64 MB on the
+// server and in the client) and be dropped as a slow consumer.
+func TestPullRequestsAreBoundedInBytes(t *testing.T) {
+	t.Parallel()
+	nc, js, st := testinfra.JetStream(t)
+	ctx := t.Context()
+	_, err := events.EnsureStream(ctx, js, events.StreamConfig{Name: st.Name, SubjectPrefix: st.SubjectPrefix})
+	require.NoError(t, err)
+	requests, err := nc.SubscribeSync("$JS.API.CONSUMER.MSG.NEXT." + st.Name + "." + st.Consumer)
+	require.NoError(t, err)
+
+	handler := events.HandlerFunc(func(context.Context, []events.Event) error { return nil })
+	sub := events.NewSubscriber(js, handler, nil, events.SubscriberConfig{
+		Stream: st.Name, Consumer: st.Consumer, SubjectPrefix: st.SubjectPrefix, BatchSize: 500, Concurrency: 16,
+	})
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- sub.Run(runCtx, context.Background()) }()
+	defer func() {
+		stop()
+		require.NoError(t, <-done)
+	}()
+
+	msg, err := requests.NextMsg(10 * time.Second)
+	require.NoError(t, err)
+	var req struct {
+		Batch    int `json:"batch"`
+		MaxBytes int `json:"max_bytes"`
+	}
+	require.NoError(t, json.Unmarshal(msg.Data, &req))
+	require.Equal(t, 2*500*16, req.Batch)
+	require.Positive(t, req.MaxBytes, "a pull request without a byte bound: %s", msg.Data)
+	require.LessOrEqual(t, req.MaxBytes, 16<<20)
+	require.GreaterOrEqual(t, req.MaxBytes, 2*int(nc.MaxPayload()), "room for the largest message")
 }
