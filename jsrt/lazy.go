@@ -1,7 +1,9 @@
 package jsrt
 
 import (
+	"cmp"
 	"slices"
+	"strings"
 
 	"github.com/dop251/goja"
 )
@@ -53,11 +55,17 @@ func (o *lazyObject) Get(key string) goja.Value {
 
 func (o *lazyObject) Set(key string, val goja.Value) bool {
 	i := slices.Index(o.keys, key)
-	if i < 0 {
-		if !o.ownKeys {
-			// Never into a backing array shared with other objects.
-			o.keys, o.ownKeys = slices.Clip(o.keys), true
-		}
+	if i >= 0 && o.gone != nil && o.gone[i] {
+		// A deleted key that comes back goes last, as in a plain object.
+		o.ownKeySlice()
+		o.keys = slices.Delete(o.keys, i, i+1)
+		o.values = slices.Delete(o.values, i, i+1)
+		o.gone = slices.Delete(o.gone, i, i+1)
+		i = -1
+	}
+	added := i < 0
+	if added {
+		o.ownKeySlice()
 		o.keys = append(o.keys, key)
 		o.values = append(o.values, nil)
 		if o.gone != nil {
@@ -65,14 +73,23 @@ func (o *lazyObject) Set(key string, val goja.Value) bool {
 		}
 		i = len(o.keys) - 1
 	}
-	if o.gone != nil {
-		o.gone[i] = false
-	}
 	if val == nil {
+		// Object.defineProperty without a value: an existing value stays.
+		if !added {
+			return true
+		}
 		val = goja.Undefined()
 	}
 	o.values[i] = val
 	return true
+}
+
+// ownKeySlice makes keys this object's own before it changes them: they
+// may be shared with other objects.
+func (o *lazyObject) ownKeySlice() {
+	if !o.ownKeys {
+		o.keys, o.ownKeys = slices.Clone(o.keys), true
+	}
 }
 
 func (o *lazyObject) Has(key string) bool {
@@ -116,13 +133,46 @@ func (v *vm) lazyJS(x any) goja.Value {
 		for k := range t {
 			keys = append(keys, k)
 		}
-		slices.Sort(keys)
+		slices.SortFunc(keys, jsKeyOrder)
 		return v.newLazy(keys, func(key string) goja.Value { return v.lazyJS(t[key]) })
 	case []any:
 		return v.rt.NewDynamicArray(&lazyArray{v: v, items: t, vals: make([]goja.Value, len(t))})
 	default:
 		return v.toJS(x)
 	}
+}
+
+// jsKeyOrder orders the keys of decoded JSON as JavaScript lists an
+// object's: array indexes first, by value, then the other keys (sorted, as
+// decoding does not keep their order).
+func jsKeyOrder(a, b string) int {
+	ai, aIndex := arrayIndex(a)
+	bi, bIndex := arrayIndex(b)
+	switch {
+	case aIndex && bIndex:
+		return cmp.Compare(ai, bi)
+	case aIndex:
+		return -1
+	case bIndex:
+		return 1
+	}
+	return strings.Compare(a, b)
+}
+
+// arrayIndex reports whether key is an array index ("0" to "4294967294",
+// without leading zeros) and its value.
+func arrayIndex(key string) (uint64, bool) {
+	if key == "" || len(key) > 10 || (len(key) > 1 && key[0] == '0') {
+		return 0, false
+	}
+	var n uint64
+	for i := 0; i < len(key); i++ {
+		if key[i] < '0' || key[i] > '9' {
+			return 0, false
+		}
+		n = n*10 + uint64(key[i]-'0')
+	}
+	return n, n < 1<<32-1
 }
 
 // lazyArray is the array counterpart of lazyObject.

@@ -95,3 +95,48 @@ func TestAkIsSSOFlowIsFalse(t *testing.T) {
 	require.Nil(t, res.Err)
 	require.Equal(t, "yes", res.Raw)
 }
+
+// Each script gives the same result on the event's data as on a plain copy
+// of it: key order after deletes and re-adds and with array-index keys,
+// undefined values, defineProperty, spreading, for…in while changing keys.
+func TestEventDataBehavesLikeItsPlainCopy(t *testing.T) {
+	t.Parallel()
+	pool := newPool(t, jsrt.Config{Size: 1})
+	scripts := map[string]string{
+		"deleteReadd":         `delete c.a; c.a = 9; return Object.keys(c).join(",");`,
+		"deleteReaddJSON":     `delete c.a; c.a = 9; return JSON.stringify(c);`,
+		"assignUndef":         `c.zz = undefined; return [("zz" in c), Object.keys(c).join(","), JSON.stringify(c), c.hasOwnProperty("zz")].join("|");`,
+		"assignUndefExisting": `c.a = undefined; return [("a" in c), Object.keys(c).join(","), JSON.stringify(c), String(c.a)].join("|");`,
+		"deleteMissing":       `return String(delete c.nope) + Object.keys(c).join(",");`,
+		"spreadAfterDel":      `delete c.b; return JSON.stringify({...c});`,
+		"assign":              `delete c.b; c.q = 1; return JSON.stringify(Object.assign({}, c));`,
+		"forinDelete":         `const out=[]; for (const k in c) { out.push(k); delete c.b; } return out.join(",");`,
+		"forinAdd":            `const out=[]; for (const k in c) { out.push(k); c["n"+out.length] = 1; } return out.join(",");`,
+		"hasOwn":              `delete c.a; return [c.hasOwnProperty("a"), "a" in c, c.a === undefined, Object.entries(c).length].join(",");`,
+		"entries":             `delete c.a; c.x = 2; return JSON.stringify(Object.entries(c));`,
+		"deleteTwice":         `delete c.a; delete c.a; c.a = 1; delete c.a; return [Object.keys(c).join(","), "a" in c].join("|");`,
+		"addDeleteAdd":        `c.x = 1; delete c.x; c.y = 2; c.x = 3; return Object.keys(c).join(",");`,
+		"arrayIndexKeys":      `return Object.keys(c.num).join(",");`,
+		"defineKeeps":         `Object.defineProperty(c, "a", {enumerable: true}); return String(c.a);`,
+		"defineNew":           `Object.defineProperty(c, "dn", {value: 5, enumerable: true, writable: true, configurable: true}); return String(c.dn) + Object.keys(c).join(",");`,
+		"sameObject":          `return String(c.nest === c.nest);`,
+		"null":                `return [c.n === null, "n" in c, JSON.stringify(c.n)].join(",");`,
+		"ownNames":            `delete c.b; return Object.getOwnPropertyNames(c).join(",");`,
+		"replaced":            `c.b = {x: 1}; delete c.a; c.a = [1]; return JSON.stringify(c);`,
+	}
+	for name, body := range scripts {
+		run := func(copied bool) any {
+			pre := `const c = request.context.event.context;`
+			if copied {
+				pre = `const c = JSON.parse(JSON.stringify(request.context.event.context));`
+			}
+			req := request(name, pre+body)
+			req.Event.Context = map[string]any{"a": int64(1), "b": "two", "c": true, "n": nil,
+				"nest": map[string]any{"x": int64(1)}, "num": map[string]any{"b": int64(1), "10": int64(2), "9": int64(3), "09": int64(4)}}
+			res := evaluate(t, pool, req)
+			require.Nil(t, res.Err, name)
+			return res.Raw
+		}
+		require.Equal(t, run(true), run(false), name)
+	}
+}
