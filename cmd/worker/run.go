@@ -45,6 +45,9 @@ func run(ctx context.Context, cfg config, logger *slog.Logger) error {
 		return err
 	}
 	defer db.Close()
+	// Each batch holds a connection: room for all of them, and for the
+	// dispatchers, the outbox and the reloads beside them.
+	db.SetMaxOpenConns(max(32, cfg.Concurrency+16))
 	if cfg.AutoMigrate {
 		applied, err := schema.Migrate(ctx, db)
 		if err != nil {
