@@ -4,12 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
 	"github.com/heraldhq/herald/events"
@@ -31,21 +32,14 @@ func TestPartialBatchesRunOnHalfTheWorkers(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			_, js, st := testinfra.JetStream(t)
+			_, js, st := stream(t)
 			ctx := t.Context()
-			_, err := events.EnsureStream(ctx, js, events.StreamConfig{Name: st.Name, SubjectPrefix: st.SubjectPrefix})
-			require.NoError(t, err)
 
 			// One event for each of the four workers' queues.
 			const workers = 4
 			pub := events.NewPublisher(js, st.SubjectPrefix)
-			var queued [workers]bool
-			for i := 0; slices.Index(queued[:], false) >= 0; i++ {
-				pk := fmt.Sprintf("00000000-0000-4000-8000-%012d", i)
-				if q := events.Partition(pk, workers); !queued[q] {
-					queued[q] = true
-					require.NoError(t, pub.Publish(ctx, events.Event{PK: pk, Action: "login", Created: time.Now()}))
-				}
+			for q := range workers {
+				require.NoError(t, pub.Publish(ctx, events.Event{PK: pkOnQueue(q, workers), Action: "login", Created: time.Now()}))
 			}
 
 			var running, most, handled atomic.Int32
@@ -64,9 +58,7 @@ func TestPartialBatchesRunOnHalfTheWorkers(t *testing.T) {
 				BatchSize: tc.batchSize, Concurrency: workers,
 				PartitionKey: func(ev *events.Event) string { return ev.PK },
 			})
-			runCtx, stop := context.WithCancel(ctx)
-			done := make(chan error, 1)
-			go func() { done <- sub.Run(runCtx, context.Background()) }()
+			stop := runSubscriber(t, sub)
 
 			require.Eventually(t, func() bool { return running.Load() == tc.want }, 10*time.Second, 10*time.Millisecond)
 			time.Sleep(300 * time.Millisecond) // room for a batch that should not start
@@ -74,7 +66,6 @@ func TestPartialBatchesRunOnHalfTheWorkers(t *testing.T) {
 			close(release)
 			require.Eventually(t, func() bool { return handled.Load() == workers }, 10*time.Second, 10*time.Millisecond)
 			stop()
-			require.NoError(t, <-done)
 		})
 	}
 }
@@ -84,21 +75,12 @@ func TestPartialBatchesRunOnHalfTheWorkers(t *testing.T) {
 // outlasts AckWait, and reaches the handler once.
 func TestBatchWaitingForASlotIsKeptAlive(t *testing.T) {
 	t.Parallel()
-	_, js, st := testinfra.JetStream(t)
+	_, js, st := stream(t)
 	ctx := t.Context()
-	_, err := events.EnsureStream(ctx, js, events.StreamConfig{Name: st.Name, SubjectPrefix: st.SubjectPrefix})
-	require.NoError(t, err)
 	pub := events.NewPublisher(js, st.SubjectPrefix)
 
 	const workers = 2 // one slot for batches that are not full
-	pkOn := func(q int) string {
-		for i := 0; ; i++ {
-			if pk := fmt.Sprintf("00000000-0000-4000-8000-%012d", i); events.Partition(pk, workers) == q {
-				return pk
-			}
-		}
-	}
-	long, waiting := pkOn(0), pkOn(1)
+	long, waiting := pkOnQueue(0, workers), pkOnQueue(1, workers)
 	var mu sync.Mutex
 	seen := map[string]int{}
 	started := make(chan struct{}, 1)
@@ -119,9 +101,7 @@ func TestBatchWaitingForASlotIsKeptAlive(t *testing.T) {
 		BatchSize: 10, Concurrency: workers, AckWait: time.Second,
 		PartitionKey: func(ev *events.Event) string { return ev.PK },
 	})
-	runCtx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- sub.Run(runCtx, context.Background()) }()
+	stop := runSubscriber(t, sub)
 
 	require.NoError(t, pub.Publish(ctx, events.Event{PK: long, Action: "login", Created: time.Now()}))
 	<-started
@@ -133,7 +113,6 @@ func TestBatchWaitingForASlotIsKeptAlive(t *testing.T) {
 	}, 10*time.Second, 10*time.Millisecond)
 	time.Sleep(1500 * time.Millisecond) // room for a redelivery
 	stop()
-	require.NoError(t, <-done)
 	mu.Lock()
 	defer mu.Unlock()
 	require.Equal(t, map[string]int{long: 1, waiting: 1}, seen)
@@ -144,10 +123,7 @@ func TestBatchWaitingForASlotIsKeptAlive(t *testing.T) {
 // server and in the client) and be dropped as a slow consumer.
 func TestPullRequestsAreBoundedInBytes(t *testing.T) {
 	t.Parallel()
-	nc, js, st := testinfra.JetStream(t)
-	ctx := t.Context()
-	_, err := events.EnsureStream(ctx, js, events.StreamConfig{Name: st.Name, SubjectPrefix: st.SubjectPrefix})
-	require.NoError(t, err)
+	nc, js, st := stream(t)
 	requests, err := nc.SubscribeSync("$JS.API.CONSUMER.MSG.NEXT." + st.Name + "." + st.Consumer)
 	require.NoError(t, err)
 
@@ -155,13 +131,7 @@ func TestPullRequestsAreBoundedInBytes(t *testing.T) {
 	sub := events.NewSubscriber(js, handler, nil, events.SubscriberConfig{
 		Stream: st.Name, Consumer: st.Consumer, SubjectPrefix: st.SubjectPrefix, BatchSize: 500, Concurrency: 16,
 	})
-	runCtx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- sub.Run(runCtx, context.Background()) }()
-	defer func() {
-		stop()
-		require.NoError(t, <-done)
-	}()
+	defer runSubscriber(t, sub)()
 
 	msg, err := requests.NextMsg(10 * time.Second)
 	require.NoError(t, err)
@@ -174,4 +144,35 @@ func TestPullRequestsAreBoundedInBytes(t *testing.T) {
 	require.Positive(t, req.MaxBytes, "a pull request without a byte bound: %s", msg.Data)
 	require.LessOrEqual(t, req.MaxBytes, 16<<20)
 	require.GreaterOrEqual(t, req.MaxBytes, 2*int(nc.MaxPayload()), "room for the largest message")
+}
+
+// stream connects to NATS and creates a stream of the test's own.
+func stream(t *testing.T) (*nats.Conn, jetstream.JetStream, testinfra.Stream) {
+	t.Helper()
+	nc, js, st := testinfra.JetStream(t)
+	_, err := events.EnsureStream(t.Context(), js, events.StreamConfig{Name: st.Name, SubjectPrefix: st.SubjectPrefix})
+	require.NoError(t, err)
+	return nc, js, st
+}
+
+// pkOnQueue is the first event pk that goes to queue q of n.
+func pkOnQueue(q, n int) string {
+	for i := 0; ; i++ {
+		if pk := fmt.Sprintf("00000000-0000-4000-8000-%012d", i); events.Partition(pk, n) == q {
+			return pk
+		}
+	}
+}
+
+// runSubscriber runs sub until the returned stop, which waits for Run to
+// return and checks its error.
+func runSubscriber(t *testing.T, sub *events.Subscriber) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- sub.Run(ctx, context.Background()) }()
+	return func() {
+		cancel()
+		require.NoError(t, <-done)
+	}
 }
