@@ -193,7 +193,7 @@ func (d *Dispatcher) DispatchOne(ctx context.Context) (bool, error) {
 	// The claim is not cancelled halfway: a cancelled query may still have
 	// claimed a row, which would then wait for its lease to run out.
 	var id string
-	err := d.db.GetContext(context.WithoutCancel(ctx), &id, claimDelivery, d.cfg.Lease.Milliseconds(), stringArray(modes))
+	err := d.db.GetContext(context.WithoutCancel(ctx), &id, claimDelivery, d.cfg.Lease.Milliseconds(), textArray(modes))
 	if errors.Is(err, sql.ErrNoRows) {
 		return false, nil
 	}
@@ -331,7 +331,7 @@ func RetryDeliveries(ctx context.Context, db *sqlx.DB, ids []string, dead bool) 
 	} else {
 		// Not sent ones, and not one being sent right now.
 		res, err = db.ExecContext(ctx, `UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = now(), updated = now()
-WHERE id::text = ANY($1) AND status IN ('failed', 'dead', 'skipped', 'pending')`, stringArray(ids))
+WHERE id::text = ANY($1) AND status IN ('failed', 'dead', 'skipped', 'pending')`, textArray(ids))
 	}
 	if err != nil {
 		return 0, fmt.Errorf("retry deliveries: %w", err)

@@ -425,6 +425,12 @@ func (m *Model) selectList() string {
 // transaction ends, so that a read-modify-save by one event cannot be lost
 // to a concurrent one.
 func Find(ctx context.Context, db sqlx.QueryerContext, q Query, limit int, lock bool) ([]map[string]any, error) {
+	t, isPolicyTx := db.(*policyTx)
+	if isPolicyTx {
+		if out, ok := t.findLocked(q, limit); ok {
+			return out, nil
+		}
+	}
 	var args []any
 	where, err := q.where(&args)
 	if err != nil {
@@ -437,12 +443,6 @@ func Find(ctx context.Context, db sqlx.QueryerContext, q Query, limit int, lock 
 	locking := lock && q.Model.hasUpdated
 	if locking {
 		sql += " FOR NO KEY UPDATE"
-	}
-	t, isPolicyTx := db.(*policyTx)
-	if isPolicyTx {
-		if out, ok := t.findLocked(q, limit); ok {
-			return out, nil
-		}
 	}
 	rows, err := reader(db, q).QueryxContext(ctx, sql, args...)
 	if err != nil {

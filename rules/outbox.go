@@ -152,7 +152,7 @@ func (o *Outbox) DispatchOnce(ctx context.Context) (int, error) {
 	}
 	defer tx.Rollback() //nolint:errcheck // a no-op after Commit
 	var items []outboxItem
-	if err := tx.SelectContext(ctx, &items, claimOutbox, stringArray(kinds), o.cfg.BatchSize); err != nil {
+	if err := tx.SelectContext(ctx, &items, claimOutbox, textArray(kinds), o.cfg.BatchSize); err != nil {
 		return 0, fmt.Errorf("claim outbox items: %w", err)
 	}
 	for _, it := range items {

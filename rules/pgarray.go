@@ -3,11 +3,7 @@ package rules
 import (
 	"database/sql/driver"
 	"strings"
-
-	"github.com/lib/pq"
 )
-
-func stringArray(s []string) any { return pq.Array(s) }
 
 // textArray is a text[] parameter in PostgreSQL's array syntax, like
 // pq.StringArray, but built in one allocation of the right size:
