@@ -110,10 +110,6 @@ func marshalObject(m map[string]any) (string, error) {
 	return string(b), err
 }
 
-const selectUsers = `SELECT id, uuid, username, name, email, is_active, is_superuser, attributes,
-       last_login, created, updated
-FROM users WHERE id = ANY($1::bigint[])`
-
 // batchWriter collects the notifications and deliveries of a batch and
 // writes them in one statement each.
 type batchWriter struct {

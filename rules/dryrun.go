@@ -99,7 +99,8 @@ func (e *Engine) DryRun(ctx context.Context, ev events.Event, onlyRule string) (
 	if len(fresh) == 0 {
 		return nil, ErrAlreadyStored
 	}
-	users, err := e.loadUsers(ctx, tx, fresh)
+	ptx := &policyTx{Tx: tx, stmts: e.stmts}
+	users, err := e.loadUsers(ctx, ptx, fresh)
 	if err != nil {
 		return nil, err
 	}
@@ -112,7 +113,7 @@ func (e *Engine) DryRun(ctx context.Context, ev events.Event, onlyRule string) (
 	report.Guard = e.guard(rs, &ev)
 	out := &batchWriter{}
 	if report.Guard == "" {
-		r := &eventRun{e: e, tx: &policyTx{Tx: tx, stmts: e.stmts}, rs: rs, ev: fresh[0], out: out, trace: report}
+		r := &eventRun{e: e, tx: ptx, rs: rs, ev: fresh[0], out: out, trace: report}
 		if pk, ok := ev.UserPK(); ok {
 			r.user = users[pk]
 		}

@@ -150,7 +150,8 @@ func (e *Engine) handleBatch(ctx context.Context, evs []events.Event, optimistic
 	if err != nil {
 		return err
 	}
-	users, err := e.loadUsers(ctx, tx, fresh)
+	ptx := &policyTx{Tx: tx, stmts: e.stmts, optimistic: optimistic}
+	users, err := e.loadUsers(ctx, ptx, fresh)
 	if err != nil {
 		return err
 	}
@@ -160,7 +161,6 @@ func (e *Engine) handleBatch(ctx context.Context, evs []events.Event, optimistic
 		defer release()
 	}
 	out := &batchWriter{}
-	ptx := &policyTx{Tx: tx, stmts: e.stmts, optimistic: optimistic}
 	for _, ev := range fresh {
 		if err := e.processEvent(ctx, ptx, rs, ev, users, out); err != nil {
 			return err
@@ -183,8 +183,10 @@ func (e *Engine) handleBatch(ctx context.Context, evs []events.Event, optimistic
 	return nil
 }
 
-// loadUsers reads the users rows of the events' users in one query.
-func (e *Engine) loadUsers(ctx context.Context, tx *sqlx.Tx, evs []*events.Event) (map[int64]*User, error) {
+// loadUsers reads the users rows of the events' users in one query. In an
+// optimistic batch the rows also answer policies' reads of them without a
+// lock (see [batchRow]).
+func (e *Engine) loadUsers(ctx context.Context, tx *policyTx, evs []*events.Event) (map[int64]*User, error) {
 	ids := make([]int64, 0, len(evs))
 	for _, ev := range evs {
 		if pk, ok := ev.UserPK(); ok {
@@ -195,19 +197,29 @@ func (e *Engine) loadUsers(ctx context.Context, tx *sqlx.Tx, evs []*events.Event
 	if len(ids) == 0 {
 		return users, nil
 	}
-	// Scanned field by field: sqlx's reflection showed in profiles.
-	rows, err := tx.QueryContext(ctx, selectUsers, pq.Array(ids))
+	model := Models["User"]
+	// Scanned as Find scans model rows: sqlx's reflection showed in
+	// profiles.
+	rows, err := tx.Tx.QueryContext(ctx, "SELECT "+model.selectList()+" FROM users WHERE id = ANY($1::bigint[])", pq.Array(ids))
 	if err != nil {
 		return nil, fmt.Errorf("load event users: %w", err)
 	}
 	defer rows.Close()
 	for rows.Next() {
-		u := &User{}
-		if err := rows.Scan(&u.ID, &u.UUID, &u.Username, &u.Name, &u.Email, &u.IsActive, &u.IsSuperuser,
-			&u.Attributes, &u.LastLogin, &u.Created, &u.Updated); err != nil {
+		vals := make([]any, len(model.fields))
+		dest := make([]any, len(vals))
+		for i := range vals {
+			dest[i] = &vals[i]
+		}
+		if err := rows.Scan(dest...); err != nil {
+			return nil, fmt.Errorf("load event users: %w", err)
+		}
+		u, err := userFromRow(vals)
+		if err != nil {
 			return nil, fmt.Errorf("load event users: %w", err)
 		}
 		users[u.ID] = u
+		tx.rememberRow(model, vals, false)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("load event users: %w", err)

@@ -56,3 +56,8 @@ func StoredJSON(b []byte) []byte { return storedJSON(b) }
 
 // TextArray is textArray.
 type TextArray = textArray
+
+// LoadUsers is loadUsers.
+func (e *Engine) LoadUsers(ctx context.Context, t *PolicyTx, evs []*events.Event) (map[int64]*User, error) {
+	return e.loadUsers(ctx, t, evs)
+}

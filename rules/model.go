@@ -145,6 +145,43 @@ type User struct {
 	Updated     time.Time  `db:"updated"`
 }
 
+// userFromRow is the User of a users row, its columns scanned as [Find]
+// scans the User model's fields, in their order.
+func userFromRow(vals []any) (*User, error) {
+	var bad error
+	u := &User{
+		ID:          scanned[int64](vals, 0, &bad),
+		UUID:        string(scanned[[]byte](vals, 1, &bad)),
+		Username:    scanned[string](vals, 2, &bad),
+		Name:        scanned[string](vals, 3, &bad),
+		Email:       scanned[string](vals, 4, &bad),
+		IsActive:    scanned[bool](vals, 5, &bad),
+		IsSuperuser: scanned[bool](vals, 6, &bad),
+		Created:     scanned[time.Time](vals, 9, &bad),
+		Updated:     scanned[time.Time](vals, 10, &bad),
+	}
+	if vals[8] != nil {
+		lastLogin := scanned[time.Time](vals, 8, &bad)
+		u.LastLogin = &lastLogin
+	}
+	if bad != nil {
+		return nil, fmt.Errorf("users row: %w", bad)
+	}
+	if err := u.Attributes.Scan(vals[7]); err != nil {
+		return nil, err
+	}
+	return u, nil
+}
+
+// scanned is vals[i] as a T; a value of another type is reported in *bad.
+func scanned[T any](vals []any, i int, bad *error) T {
+	v, ok := vals[i].(T)
+	if !ok && *bad == nil {
+		*bad = fmt.Errorf("column %d is a %T", i, vals[i])
+	}
+	return v
+}
+
 // EventUser is the user dict that authentik stores in events for u
 // (its get_user).
 func (u *User) EventUser() map[string]any {

@@ -427,7 +427,7 @@ func (m *Model) selectList() string {
 func Find(ctx context.Context, db sqlx.QueryerContext, q Query, limit int, lock bool) ([]map[string]any, error) {
 	t, isPolicyTx := db.(*policyTx)
 	if isPolicyTx {
-		if out, ok := t.findLocked(q, limit); ok {
+		if out, ok := t.findInBatch(q, limit, lock && q.Model.hasUpdated); ok {
 			return out, nil
 		}
 	}
@@ -456,8 +456,8 @@ func Find(ctx context.Context, db sqlx.QueryerContext, q Query, limit int, lock 
 			return nil, fmt.Errorf("scan %s: %w", q.Model.Name, err)
 		}
 		out = append(out, rowMap(q.Model, vals))
-		if locking && isPolicyTx {
-			t.rememberLocked(q.Model, vals)
+		if isPolicyTx {
+			t.rememberRow(q.Model, vals, locking)
 		}
 	}
 	if err := rows.Err(); err != nil {

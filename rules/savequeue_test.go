@@ -19,8 +19,9 @@ import (
 // In an optimistic batch a save is queued until a statement could see it:
 // a model query limited by pk to other rows runs first, any other query
 // sends the save before it, and a queued save that fails fails the batch
-// when it settles. (The reads here take no lock: rows read with one are
-// answered from the batch, see TestLockedRowsAnswerReadsInTheBatch.)
+// when it settles. (Reads by pk of rows the batch has read are answered
+// from the batch, see TestLockedRowsAnswerReadsInTheBatch: the saved row is
+// queried here by another field.)
 func TestOptimisticSavesAreQueuedUntilAStatementCouldSeeThem(t *testing.T) {
 	t.Parallel()
 	db := testinfra.Postgres(t)
@@ -51,8 +52,8 @@ func TestOptimisticSavesAreQueuedUntilAStatementCouldSeeThem(t *testing.T) {
 	require.Len(t, locked, 1)
 	require.Equal(t, 1, ptx.QueuedSaves(), "nor does a locking one")
 
-	again := find(map[string]any{"pk": g1})
-	require.Zero(t, ptx.QueuedSaves(), "a query of the saved row sends it first")
+	again := find(map[string]any{"name": "one"})
+	require.Zero(t, ptx.QueuedSaves(), "a query that can see the saved row sends it first")
 	require.Equal(t, map[string]any{"n": json.Number("1")}, again[0]["attributes"])
 	require.Equal(t, `{"n": 1}`, stored(g1))
 	require.Equal(t, updated, again[0]["updated"], "save returns the updated value it stores")
@@ -138,12 +139,7 @@ func TestLockedRowsAnswerReadsInTheBatch(t *testing.T) {
 		require.NoError(t, tx.GetContext(ctx, &n, `SELECT n_tup_upd FROM pg_stat_xact_user_tables WHERE relid = 'groups'::regclass`))
 		return n
 	}
-	scans := func() int {
-		t.Helper()
-		var n int
-		require.NoError(t, tx.GetContext(ctx, &n, `SELECT COALESCE(idx_scan, 0) + seq_scan FROM pg_stat_xact_user_tables WHERE relid = 'groups'::regclass`))
-		return n
-	}
+	scans := func() int { return tableScans(t, tx, "groups") }
 
 	one := find(ptx, true, map[string]any{"pk": g1})
 	require.Len(t, one, 1)
@@ -228,6 +224,66 @@ func TestLockedUsersAnswerReadsInTheBatch(t *testing.T) {
 	require.Equal(t, find(tx, 0, false, map[string]any{"pk": u2}), fine)
 }
 
+// Rows read without a lock, and the events' users the batch loads first,
+// answer later reads by pk without a lock as the batch first read them,
+// with its saves applied. A locking read still goes to the database. A
+// save made on a reading that another transaction has overtaken conflicts
+// when it is sent.
+func TestRowsReadWithoutALockAnswerReadsWithoutOne(t *testing.T) {
+	t.Parallel()
+	db := testinfra.Postgres(t)
+	ctx := t.Context()
+	var u1, u2, u3 int64
+	require.NoError(t, db.Get(&u1, `INSERT INTO users (username, attributes, last_login) VALUES ('one', '{"a": [1, 2.50]}', '2024-05-01T10:00:00.5Z') RETURNING id`))
+	require.NoError(t, db.Get(&u2, `INSERT INTO users (username) VALUES ('two') RETURNING id`))
+	require.NoError(t, db.Get(&u3, `INSERT INTO users (username) VALUES ('three') RETURNING id`))
+	tx, ptx := openBatch(t, db)
+	users := rules.Models["User"]
+	find := finder(t, users)
+	scans := func() int { return tableScans(t, tx, "users") }
+
+	ev := events.Event{User: map[string]any{"pk": u1}}
+	loaded, err := rules.NewEngine(db.DB, nil, nil, rules.EngineConfig{}).LoadUsers(ctx, ptx, []*events.Event{&ev})
+	require.NoError(t, err)
+	require.Equal(t, "one", loaded[u1].Username)
+	require.Equal(t, map[string]any{"a": []any{1.0, 2.5}}, map[string]any(loaded[u1].Attributes))
+	require.Equal(t, "2024-05-01T10:00:00.5Z", loaded[u1].LastLogin.UTC().Format(time.RFC3339Nano))
+
+	read := scans()
+	one := find(ptx, 0, false, map[string]any{"pk": u1})
+	require.Equal(t, read, scans(), "a loaded user is answered from the batch")
+	require.Equal(t, find(tx, 0, false, map[string]any{"pk": u1}), one)
+	read = scans()
+	find(ptx, 1, true, map[string]any{"pk": u1})
+	require.Equal(t, read+1, scans(), "a locking read goes to the database")
+
+	both := find(ptx, 0, false, map[string]any{"pk__in": []any{u2, u1}})
+	require.Len(t, both, 2)
+	read = scans()
+	require.Equal(t, both, find(ptx, 0, false, map[string]any{"pk__in": []any{u1, u2}}))
+	require.Equal(t, read, scans(), "rows an unlocked read returned are answered from the batch")
+
+	saved, err := rules.Save(ctx, ptx, users, u2, both[1]["updated"], map[string]any{"name": "Two"})
+	require.NoError(t, err)
+	two := find(ptx, 0, false, map[string]any{"pk": u2})
+	require.Equal(t, read, scans())
+	require.Equal(t, 1, ptx.QueuedSaves(), "answered with the queued save applied")
+	require.Equal(t, "Two", two[0]["name"])
+	require.Equal(t, saved, two[0]["updated"])
+	require.NoError(t, ptx.Settle(ctx))
+	require.Equal(t, find(tx, 0, false, map[string]any{"pk": u2}), two, "the batch answered what the database now holds")
+
+	// Another transaction changes a row the batch read without a lock.
+	// Later reads in the batch still see it as first read; a save made on
+	// that reading conflicts instead of overwriting the change.
+	three := find(ptx, 0, false, map[string]any{"pk": u3})
+	db.MustExec(t, `UPDATE users SET name = 'elsewhere', updated = now() WHERE id = $1`, u3)
+	require.Equal(t, three, find(ptx, 0, false, map[string]any{"pk": u3}))
+	_, err = rules.Save(ctx, ptx, users, u3, three[0]["updated"], map[string]any{"name": "mine"})
+	require.NoError(t, err, "queued, not yet checked")
+	require.ErrorIs(t, ptx.Settle(ctx), rules.ErrConflict)
+}
+
 // Numbers as encoding/json writes them, at their extremes, through saves.
 func TestLockedRowsAnswerSavedNumbersAsStored(t *testing.T) {
 	t.Parallel()
@@ -271,6 +327,14 @@ func TestStoredJSONWritesNumbersAsPostgreSQLDoes(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, want, got, "%s, stored as %s", in, stored)
 	}
+}
+
+// tableScans counts the index and sequential scans of table made by tx.
+func tableScans(t *testing.T, tx *sqlx.Tx, table string) int {
+	t.Helper()
+	var n int
+	require.NoError(t, tx.GetContext(t.Context(), &n, `SELECT COALESCE(idx_scan, 0) + seq_scan FROM pg_stat_xact_user_tables WHERE relid = $1::regclass`, table))
+	return n
 }
 
 // openBatch begins a transaction on db, rolled back when the test ends, and

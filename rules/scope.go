@@ -94,9 +94,9 @@ type policyTx struct {
 	saves     []*modelSave
 	savedRows map[string]int // index in saves
 	saveErr   error
-	// locked are the rows the batch read with a lock, by [rowKey]
-	// (optimistic batches only).
-	locked map[string]*lockedRow
+	// rows are the rows the batch read, by [rowKey] (optimistic batches
+	// only).
+	rows map[string]*batchRow
 	// lastSave is the updated value of the batch's latest save: saves in
 	// one batch set distinct, increasing values.
 	lastSave time.Time
@@ -273,13 +273,13 @@ func (t *policyTx) saveTime() time.Time {
 }
 
 // queueSave queues s until a statement could see it, and applies it to the
-// row if the batch holds it locked (see [lockedRow]). A second save of a
+// row if the batch holds it (see [batchRow]). A second save of a
 // row made on the row as the first leaves it joins the first; another sends
 // the first.
 func (t *policyTx) queueSave(ctx context.Context, s *modelSave) error {
 	if i, queued := t.savedRows[s.row()]; queued {
 		if t.saves[i].absorb(s) {
-			t.applyToLocked(s)
+			t.applyToRows(s)
 			return nil
 		}
 		if err := t.flushSaves(ctx); err != nil {
@@ -291,7 +291,7 @@ func (t *policyTx) queueSave(ctx context.Context, s *modelSave) error {
 	}
 	t.savedRows[s.row()] = len(t.saves)
 	t.saves = append(t.saves, s)
-	t.applyToLocked(s)
+	t.applyToRows(s)
 	return nil
 }
 

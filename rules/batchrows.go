@@ -8,34 +8,48 @@ import (
 	"time"
 )
 
-// lockedRow is a model row that a batch's transaction locked by reading it
-// (first() and get() read FOR NO KEY UPDATE). Until the batch ends no other
-// transaction can change or delete it, so in an optimistic batch a later
-// read of it by pk is answered from here, without a round trip.
+// batchRow is a model row that a batch's transaction has read. In an
+// optimistic batch, later reads of it by pk alone are answered from here,
+// without a round trip, with the batch's queued saves applied (see
+// [policyTx.queueSave]), as the database would answer them once the saves
+// are sent.
 //
-// A queued save of the row changes vals too, so that later reads see the
-// save before it is sent, as they would after it (see [policyTx.queueSave]).
-// Only optimistic batches keep locked rows: there a policy that used the
-// database and failed fails the whole batch, so nothing here ever has to be
-// undone on its own.
-type lockedRow struct {
+// A row read with a lock (first() and get() read FOR NO KEY UPDATE) cannot
+// change in another transaction until the batch ends: it answers every
+// later read. A row read without one (all(), and the events' users the
+// batch loads first) answers only later reads without a lock: they see the
+// row as the batch first read it, as if they had run then. A save made on
+// such a reading is still checked against the row's updated value when it
+// is sent, so that a change made meanwhile elsewhere is not overwritten
+// ([ErrConflict] fails the batch, which runs again reading everything from
+// the database). Only optimistic batches keep rows: there a policy that
+// used the database and failed fails the whole batch, so nothing here ever
+// has to be undone on its own.
+type batchRow struct {
 	// vals are the row's columns in field order, as the driver scans them
 	// (or, after a queued save, as a read would return them).
 	vals []any
+	// locked: read FOR NO KEY UPDATE by this transaction.
+	locked bool
 }
 
-// maxLockedRows bounds the locked rows a batch keeps.
-const maxLockedRows = 10_000
+// maxBatchRows bounds the rows a batch keeps.
+const maxBatchRows = 10_000
 
-// rememberLocked keeps the row a locking read returned.
-func (t *policyTx) rememberLocked(m *Model, vals []any) {
-	if !t.optimistic || len(t.locked) >= maxLockedRows {
+// rememberRow keeps a row of m that the batch read, locked or not. A row
+// already held locked stays so.
+func (t *policyTx) rememberRow(m *Model, vals []any, locked bool) {
+	if !t.optimistic || len(t.rows) >= maxBatchRows {
 		return
 	}
-	if t.locked == nil {
-		t.locked = make(map[string]*lockedRow)
+	if t.rows == nil {
+		t.rows = make(map[string]*batchRow)
 	}
-	t.locked[rowKey(m, scannedPK(vals[m.pkIndex]))] = &lockedRow{vals: vals}
+	key := rowKey(m, scannedPK(vals[m.pkIndex]))
+	if held, ok := t.rows[key]; ok && held.locked {
+		return
+	}
+	t.rows[key] = &batchRow{vals: vals, locked: locked}
 }
 
 // scannedPK is a pk as the driver scans it, in the form [convert] gives
@@ -47,22 +61,23 @@ func scannedPK(v any) any {
 	return v
 }
 
-// findLocked answers q from the batch's locked rows when q filters on the
-// pk alone and every row it names is locked; false when it must go to the
-// database. Rows come as [Find] returns them: in pk order, at most limit.
-func (t *policyTx) findLocked(q Query, limit int) ([]map[string]any, bool) {
-	if !t.optimistic || t.saveErr != nil || len(t.locked) == 0 || len(q.Filters) != 1 {
+// findInBatch answers q from the batch's rows when q filters on the pk
+// alone and the batch holds every row it names (locked ones, when the read
+// locks); false when it must go to the database. Rows come as [Find]
+// returns them: in pk order, at most limit.
+func (t *policyTx) findInBatch(q Query, limit int, lock bool) ([]map[string]any, bool) {
+	if !t.optimistic || t.saveErr != nil || len(t.rows) == 0 || len(q.Filters) != 1 {
 		return nil, false
 	}
 	keys, ok := q.pkRows()
 	if !ok {
 		return nil, false
 	}
-	found := make([]*lockedRow, 0, len(keys))
-	seen := make(map[*lockedRow]bool, len(keys))
+	found := make([]*batchRow, 0, len(keys))
+	seen := make(map[*batchRow]bool, len(keys))
 	for _, k := range keys {
-		r, ok := t.locked[k]
-		if !ok {
+		r, ok := t.rows[k]
+		if !ok || lock && !r.locked {
 			return nil, false
 		}
 		if !seen[r] {
@@ -71,7 +86,7 @@ func (t *policyTx) findLocked(q Query, limit int) ([]map[string]any, bool) {
 		}
 	}
 	pk := q.Model.pkIndex
-	slices.SortFunc(found, func(a, b *lockedRow) int {
+	slices.SortFunc(found, func(a, b *batchRow) int {
 		return comparePK(scannedPK(a.vals[pk]), scannedPK(b.vals[pk]))
 	})
 	if limit > 0 && len(found) > limit {
@@ -100,21 +115,21 @@ func comparePK(a, b any) int {
 	return 0
 }
 
-// applyToLocked makes the locked row that s saves, if any, read as it will
-// after s. A save made on an older reading of the row than the locked one
-// (the database would report a conflict) and a save of a value whose
-// stored form cannot be told in advance drop the row, so that the next
-// read goes to the database.
-func (t *policyTx) applyToLocked(s *modelSave) {
+// applyToRows makes the batch's row that s saves, if it holds it, read as
+// it will after s. A save made on another reading of the row than the held
+// one (the database would report a conflict, or the row changed elsewhere
+// since) and a save of a value whose stored form cannot be told in advance
+// drop the row, so that the next read goes to the database.
+func (t *policyTx) applyToRows(s *modelSave) {
 	key := s.row()
-	r, ok := t.locked[key]
+	r, ok := t.rows[key]
 	if !ok {
 		return
 	}
 	m := s.model
 	if readAt, checked := s.readAt.(time.Time); checked {
 		if held, ok := r.vals[m.updatedIndex].(time.Time); !ok || !held.Equal(readAt) {
-			delete(t.locked, key)
+			delete(t.rows, key)
 			return
 		}
 	}
@@ -122,7 +137,7 @@ func (t *policyTx) applyToLocked(s *modelSave) {
 	for i, f := range s.fields {
 		v, ok := storedValue(f, s.values[i])
 		if !ok {
-			delete(t.locked, key)
+			delete(t.rows, key)
 			return
 		}
 		vals[m.fieldIndex(f.name)] = v
