@@ -7,7 +7,6 @@ import (
 	"hash/fnv"
 	"log/slog"
 	"runtime"
-	"slices"
 	"sync"
 	"time"
 
@@ -60,7 +59,8 @@ type SubscriberConfig struct {
 	// Defaults to GOMAXPROCS.
 	Concurrency int
 	// AckWait is how long JetStream waits for an ack before redelivering.
-	// Batches that take longer are kept alive with progress acks.
+	// Messages held longer (waiting in a worker's queue, or in a batch) are
+	// kept alive with progress acks.
 	// Defaults to 60s.
 	AckWait time.Duration
 	// MaxPayload is the largest accepted message in bytes; larger ones are
@@ -131,6 +131,7 @@ type Subscriber struct {
 	handler Handler
 	dead    DeadLetterStore
 	log     *slog.Logger
+	held    heldMessages
 }
 
 // NewSubscriber returns a Subscriber; call [Subscriber.Run] to start it.
@@ -185,6 +186,9 @@ func (s *Subscriber) Run(ctx, stopCtx context.Context) error {
 	for i := range queues {
 		queues[i] = make(chan item, 2*s.cfg.BatchSize)
 	}
+	keptAlive := make(chan struct{})
+	defer close(keptAlive)
+	go s.held.keepAlive(s.cfg.AckWait/4, keptAlive)
 	cc, err := cons.Consume(func(m jetstream.Msg) {
 		it := item{msg: m}
 		it.ev, it.err = s.decode(m)
@@ -192,10 +196,11 @@ func (s *Subscriber) Run(ctx, stopCtx context.Context) error {
 		if it.err == nil {
 			q = queues[partition(s.cfg.PartitionKey(&it.ev), len(queues))]
 		}
+		s.held.add(m)
 		select {
 		case q <- it:
 		case <-stopping:
-			_ = m.NakWithDelay(shutdownRedelivery)
+			s.returnToStream(it)
 		}
 	},
 		jetstream.PullMaxMessagesWithBytesLimit(2*s.cfg.BatchSize*s.cfg.Concurrency, s.pullBytes()),
@@ -227,7 +232,7 @@ func (s *Subscriber) Run(ctx, stopCtx context.Context) error {
 					batch, slot, ok := s.awaitSlot(batch, q, partial, stopping)
 					if !ok {
 						for _, it := range batch {
-							_ = it.msg.NakWithDelay(shutdownRedelivery)
+							s.returnToStream(it)
 						}
 						return
 					}
@@ -253,7 +258,7 @@ func (s *Subscriber) Run(ctx, stopCtx context.Context) error {
 		for {
 			select {
 			case it := <-q:
-				_ = it.msg.NakWithDelay(shutdownRedelivery)
+				s.returnToStream(it)
 			default:
 				break drain
 			}
@@ -285,19 +290,16 @@ func (s *Subscriber) pullBytes() int {
 }
 
 // awaitSlot holds a batch that is not full until one of the partial slots
-// is free (slot: it took one), keeping the batch's messages alive and
-// adding what arrives on q; a batch that fills meanwhile returns at once,
-// without a slot. ok is false when the subscriber stops.
+// is free (slot: it took one), adding what arrives on q; a batch that fills
+// meanwhile returns at once, without a slot. ok is false when the
+// subscriber stops.
 func (s *Subscriber) awaitSlot(batch []item, q chan item, partial, stopping chan struct{}) (_ []item, slot, ok bool) {
-	alive := s.keepAlive(batch)
-	defer alive.stop()
 	for {
 		select {
 		case partial <- struct{}{}:
 			return batch, true, true
 		case it := <-q:
 			batch = append(batch, it)
-			alive.add(it)
 			if len(batch) == s.cfg.BatchSize {
 				return batch, false, true
 			}
@@ -337,8 +339,7 @@ func partition(key string, n int) int {
 // process dead-letters what could not be decoded, hands the rest of the
 // batch to the handler and settles every message.
 func (s *Subscriber) process(ctx context.Context, batch []item) {
-	alive := s.keepAlive(batch)
-	defer alive.stop()
+	defer s.held.remove(batch)
 
 	evs := make([]Event, 0, len(batch))
 	msgs := make([]jetstream.Msg, 0, len(batch))
@@ -436,42 +437,64 @@ func (s *Subscriber) deadLetter(ctx context.Context, m jetstream.Msg, reason str
 	}
 }
 
-// keepAlive sends progress acks for the batch's messages until stopped,
-// while it waits for a slot or is processed, so that a batch held up by
-// slow policies is not redelivered.
-func (s *Subscriber) keepAlive(batch []item) *progress {
-	p := &progress{items: slices.Clone(batch), done: make(chan struct{})}
-	t := time.NewTicker(s.cfg.AckWait / 3)
-	go func() {
-		defer t.Stop()
-		for {
-			select {
-			case <-p.done:
-				return
-			case <-t.C:
-				p.mu.Lock()
-				for _, it := range p.items {
-					_ = it.msg.InProgress()
+// returnToStream gives a message back to JetStream while stopping.
+func (s *Subscriber) returnToStream(it item) {
+	_ = it.msg.NakWithDelay(shutdownRedelivery)
+	s.held.remove([]item{it})
+}
+
+// heldMessages are the messages a subscriber has received and not settled
+// yet: waiting in a worker's queue, in a batch waiting for a slot, or in
+// the batch being processed. Each gets progress acks until it is settled,
+// so that JetStream redelivers none held up behind a slow batch.
+type heldMessages struct {
+	mu sync.Mutex
+	// since is when a message arrived or got its last progress ack.
+	since map[jetstream.Msg]time.Time
+}
+
+func (h *heldMessages) add(m jetstream.Msg) {
+	h.mu.Lock()
+	if h.since == nil {
+		h.since = make(map[jetstream.Msg]time.Time)
+	}
+	h.since[m] = time.Now()
+	h.mu.Unlock()
+}
+
+func (h *heldMessages) remove(batch []item) {
+	h.mu.Lock()
+	for _, it := range batch {
+		delete(h.since, it.msg)
+	}
+	h.mu.Unlock()
+}
+
+// keepAlive sends, every interval until done is closed, a progress ack for
+// each message that arrived or had one at least half an interval ago: a
+// held message goes at most one and a half intervals without one.
+func (h *heldMessages) keepAlive(interval time.Duration, done <-chan struct{}) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	var due []jetstream.Msg
+	for {
+		select {
+		case <-done:
+			return
+		case now := <-t.C:
+			due = due[:0]
+			h.mu.Lock()
+			for m, since := range h.since {
+				if now.Sub(since) >= interval/2 {
+					due = append(due, m)
+					h.since[m] = now
 				}
-				p.mu.Unlock()
+			}
+			h.mu.Unlock()
+			// Outside the lock: a message settled meanwhile refuses it.
+			for _, m := range due {
+				_ = m.InProgress()
 			}
 		}
-	}()
-	return p
+	}
 }
-
-// progress keeps messages alive (see [Subscriber.keepAlive]).
-type progress struct {
-	mu    sync.Mutex
-	items []item
-	done  chan struct{}
-}
-
-// add keeps it alive too.
-func (p *progress) add(it item) {
-	p.mu.Lock()
-	p.items = append(p.items, it)
-	p.mu.Unlock()
-}
-
-func (p *progress) stop() { close(p.done) }

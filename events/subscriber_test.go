@@ -118,6 +118,56 @@ func TestBatchWaitingForASlotIsKeptAlive(t *testing.T) {
 	require.Equal(t, map[string]int{long: 1, waiting: 1}, seen)
 }
 
+// Messages waiting in a worker's queue behind a batch that outlasts
+// AckWait are kept alive too: none is redelivered.
+func TestMessagesQueuedBehindASlowBatchAreKeptAlive(t *testing.T) {
+	t.Parallel()
+	_, js, st := stream(t)
+	ctx := t.Context()
+	pub := events.NewPublisher(js, st.SubjectPrefix)
+
+	const slow = "00000000-0000-4000-8000-000000000000"
+	var mu sync.Mutex
+	seen := map[string]int{}
+	started := make(chan struct{}, 1)
+	handler := events.HandlerFunc(func(_ context.Context, evs []events.Event) error {
+		mu.Lock()
+		for _, ev := range evs {
+			seen[ev.PK]++
+		}
+		mu.Unlock()
+		if evs[0].PK == slow {
+			started <- struct{}{}
+			time.Sleep(2500 * time.Millisecond) // 2.5 times AckWait
+		}
+		return nil
+	})
+	sub := events.NewSubscriber(js, handler, nil, events.SubscriberConfig{
+		Stream: st.Name, Consumer: st.Consumer, SubjectPrefix: st.SubjectPrefix,
+		BatchSize: 10, Concurrency: 1, AckWait: time.Second,
+	})
+	stop := runSubscriber(t, sub)
+
+	require.NoError(t, pub.Publish(ctx, events.Event{PK: slow, Action: "login", Created: time.Now()}))
+	<-started
+	want := map[string]int{slow: 1}
+	for i := 1; i <= 3; i++ {
+		pk := fmt.Sprintf("00000000-0000-4000-8000-%012d", i)
+		want[pk] = 1
+		require.NoError(t, pub.Publish(ctx, events.Event{PK: pk, Action: "login", Created: time.Now()}))
+	}
+	require.Eventually(t, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(seen) == len(want)
+	}, 10*time.Second, 10*time.Millisecond)
+	time.Sleep(1500 * time.Millisecond) // room for a redelivery
+	stop()
+	mu.Lock()
+	defer mu.Unlock()
+	require.Equal(t, want, seen)
+}
+
 // Each pull request bounds the bytes it brings, so that a backlog of large
 // events cannot exceed what a connection may have pending (64 MB on the
 // server and in the client) and be dropped as a slow consumer.
