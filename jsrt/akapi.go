@@ -24,7 +24,7 @@ func (v *vm) akUserBy(call goja.FunctionCall) goja.Value {
 		v.throw("ak_user_by: want an object of field lookups")
 	}
 	m := rules.Models["User"]
-	rows, err := rules.Find(v.cur.dbCtx, v.db(), rules.Query{Model: m, Filters: filters}, 1, true)
+	rows, err := rules.Find(v.cur.bounds.queries(), v.db(), rules.Query{Model: m, Filters: filters}, 1, true)
 	var me *rules.ModelError
 	if errors.As(err, &me) {
 		return goja.Null()
@@ -50,7 +50,7 @@ func (v *vm) akIsGroupMember(call goja.FunctionCall) goja.Value {
 		}
 	}
 	tx := v.db()
-	groups, err := rules.UserGroupIDs(v.cur.dbCtx, tx, pk)
+	groups, err := rules.UserGroupIDs(v.cur.bounds.queries(), tx, pk)
 	v.check(err)
 	if len(groups) == 0 {
 		return v.rt.ToValue(false)
@@ -61,7 +61,7 @@ func (v *vm) akIsGroupMember(call goja.FunctionCall) goja.Value {
 	}
 	q := rules.Query{Model: rules.Models["Group"], Filters: maps.Clone(filters)}
 	q.Filters["pk__in"] = ids
-	n, err := rules.Count(v.cur.dbCtx, tx, q)
+	n, err := rules.Count(v.cur.bounds.queries(), tx, q)
 	v.check(err)
 	return v.rt.ToValue(n > 0)
 }
@@ -76,7 +76,7 @@ func (v *vm) akUserHasAuthenticator(call goja.FunctionCall) goja.Value {
 	if k := call.Argument(1); !goja.IsUndefined(k) && !goja.IsNull(k) {
 		kind = k.String()
 	}
-	has, err := rules.UserHasAuthenticator(v.cur.dbCtx, v.db(), pk, kind)
+	has, err := rules.UserHasAuthenticator(v.cur.bounds.queries(), v.db(), pk, kind)
 	v.check(err)
 	return v.rt.ToValue(has)
 }
@@ -118,11 +118,11 @@ func (v *vm) akCallPolicy(call goja.FunctionCall) goja.Value {
 	if p.Kind == rules.KindEventMatcher {
 		res.Passing = rules.MatchEvent(p, req.Event)
 	} else {
-		key, compiled := v.pool.program(p.Name, p.Expression)
+		compiled := v.pool.program(p.Name, p.Expression)
 		if compiled.err != nil {
 			res.Err = compiled.err
 		} else {
-			res = v.evaluate(outer.ctx, key, compiled.prog, req)
+			res = v.evaluate(outer.bounds.parent, compiled.prog, req)
 		}
 	}
 	if res.Err != nil {
@@ -130,7 +130,7 @@ func (v *vm) akCallPolicy(call goja.FunctionCall) goja.Value {
 			// The caller's own time is up: let the interrupt end it too.
 			panic(v.rt.NewGoError(errors.New(res.Err.Message)))
 		}
-		if err := scope.PolicyException(outer.ctx, p, res.Err); err != nil {
+		if err := scope.PolicyException(outer.bounds.context(), p, res.Err); err != nil {
 			panic(v.rt.NewGoError(err))
 		}
 		res = rules.PolicyResult{Messages: []string{res.Err.Error()}}
@@ -159,7 +159,7 @@ func (v *vm) akCreateEvent(call goja.FunctionCall) goja.Value {
 	}
 	p := v.cur.req.Policy
 	v.db() // the policy's savepoint, bounded by its deadline
-	ev, err := v.cur.req.Scope.CreateEvent(v.cur.dbCtx, "custom_"+action, p.Name, map[string]any{}, jsonSafe(kwargs), p)
+	ev, err := v.cur.req.Scope.CreateEvent(v.cur.bounds.queries(), "custom_"+action, p.Name, map[string]any{}, jsonSafe(kwargs), p)
 	v.check(err)
 	return v.rt.ToValue(ev.PK)
 }
@@ -210,7 +210,7 @@ func (v *vm) akSendEmail(call goja.FunctionCall) goja.Value {
 	scope := v.cur.req.Scope
 	v.db() // the policy's savepoint, bounded by its deadline
 	if hasTemplate {
-		ok, err := scope.EmailTemplateExists(v.cur.dbCtx, template)
+		ok, err := scope.EmailTemplateExists(v.cur.bounds.queries(), template)
 		v.check(err)
 		if !ok {
 			panic(v.rt.NewGoError(fmt.Errorf("%s: email template %q does not exist", fn, template)))
@@ -222,7 +222,7 @@ func (v *vm) akSendEmail(call goja.FunctionCall) goja.Value {
 		maps.Copy(c, jsonSafe(tplContext))
 		e.Context = c
 	}
-	v.check(scope.QueueEmail(v.cur.dbCtx, e, v.cur.req.Policy))
+	v.check(scope.QueueEmail(v.cur.bounds.queries(), e, v.cur.req.Policy))
 	return v.rt.ToValue(true)
 }
 

@@ -81,7 +81,7 @@ func (v *vm) resolveDNS(call goja.FunctionCall) goja.Value {
 	case 6:
 		network = "ip6"
 	}
-	ctx, cancel := context.WithTimeout(v.cur.ctx, 5*time.Second)
+	ctx, cancel := context.WithTimeout(v.cur.bounds.context(), 5*time.Second)
 	defer cancel()
 	addrs, err := net.DefaultResolver.LookupIP(ctx, network, host)
 	out := []string{}
@@ -105,7 +105,7 @@ func (v *vm) reverseDNS(call goja.FunctionCall) goja.Value {
 	if cached, ok := reverseDNSCache.get(ip, now); ok {
 		return v.rt.ToValue(cached.(string))
 	}
-	ctx, cancel := context.WithTimeout(v.cur.ctx, 5*time.Second)
+	ctx, cancel := context.WithTimeout(v.cur.bounds.context(), 5*time.Second)
 	defer cancel()
 	name := ip
 	if names, err := net.DefaultResolver.LookupAddr(ctx, ip); err == nil && len(names) > 0 {

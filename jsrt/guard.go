@@ -29,7 +29,7 @@ import (
 // policies that do not compile (they must still report their error). The
 // policy is compiled once, for the guard and for its evaluations.
 func (p *Pool) ActionGuard(pol *rules.Policy) []string {
-	if _, c := p.program(pol.Name, pol.Expression); c.err != nil {
+	if c := p.program(pol.Name, pol.Expression); c.err != nil {
 		return nil
 	}
 	return guardActions(pol.Expression)

@@ -93,7 +93,7 @@ func (v *vm) logFunc(level string) func(goja.FunctionCall) goja.Value {
 			}
 		}
 		v.cur.logs = append(v.cur.logs, line)
-		v.pool.log.LogAttrs(v.cur.ctx, slogLevel, line.Message, attrs...)
+		v.pool.log.LogAttrs(v.cur.bounds.parent, slogLevel, line.Message, attrs...)
 		return goja.Undefined()
 	}
 }

@@ -82,13 +82,13 @@ func (q *querySet) query(extra goja.Value) rules.Query {
 // of such an object checks that it was not changed meanwhile.
 func (q *querySet) find(query rules.Query, limit int, lock bool) []map[string]any {
 	v := q.v
-	rows, err := rules.Find(v.cur.dbCtx, v.db(), query, limit, lock)
+	rows, err := rules.Find(v.cur.bounds.queries(), v.db(), query, limit, lock)
 	v.check(err)
 	return rows
 }
 
 func (q *querySet) count(extra goja.Value) int64 {
-	n, err := rules.Count(q.v.cur.dbCtx, q.v.db(), q.query(extra))
+	n, err := rules.Count(q.v.cur.bounds.queries(), q.v.db(), q.query(extra))
 	q.v.check(err)
 	return n
 }
@@ -182,7 +182,7 @@ func (v *vm) saveFunc(m *rules.Model) func(goja.FunctionCall) goja.Value {
 		if u := this.Get("updated"); u != nil && !goja.IsUndefined(u) {
 			readAt = u.Export()
 		}
-		updated, err := rules.Save(v.cur.dbCtx, v.db(), m, pk.Export(), readAt, values)
+		updated, err := rules.Save(v.cur.bounds.queries(), v.db(), m, pk.Export(), readAt, values)
 		v.check(err)
 		if updated != "" {
 			_ = this.Set("updated", updated) // a second save of this object is not a conflict
@@ -194,7 +194,7 @@ func (v *vm) saveFunc(m *rules.Model) func(goja.FunctionCall) goja.Value {
 
 // db returns the event's transaction, or throws in a dry run.
 func (v *vm) db() sqlx.QueryerContext {
-	tx, err := v.cur.req.Scope.DB(v.cur.ctx)
+	tx, err := v.cur.req.Scope.DB(v.cur.bounds.context())
 	if err != nil {
 		v.throw("%v", err)
 	}

@@ -81,15 +81,13 @@ type compiled struct {
 const functionPrefix = "(function () {"
 
 // programKey identifies a version of a policy: its name and expression.
-func programKey(name, expression string) string {
-	return name + "\x00" + expression
-}
+type programKey struct{ name, expression string }
 
 // program returns the compiled form of a policy, compiling it on first use.
-func (p *Pool) program(name, expression string) (string, *compiled) {
-	key := programKey(name, expression)
+func (p *Pool) program(name, expression string) *compiled {
+	key := programKey{name, expression}
 	if c, ok := p.programs.Load(key); ok {
-		return key, c.(*compiled)
+		return c.(*compiled)
 	}
 	prog, err := goja.Compile(name, functionPrefix+expression+"\n})", true)
 	c := &compiled{prog: prog}
@@ -100,12 +98,12 @@ func (p *Pool) program(name, expression string) (string, *compiled) {
 		c.prog, c.err = nil, &rules.PolicyError{Policy: name, Kind: "syntax", Message: err.Error()}
 	}
 	actual, _ := p.programs.LoadOrStore(key, c)
-	return key, actual.(*compiled)
+	return actual.(*compiled)
 }
 
 // Check implements [rules.Evaluator].
 func (p *Pool) Check(pol *rules.Policy) error {
-	if _, c := p.program(pol.Name, pol.Expression); c.err != nil {
+	if c := p.program(pol.Name, pol.Expression); c.err != nil {
 		return c.err
 	}
 	return nil
@@ -114,12 +112,12 @@ func (p *Pool) Check(pol *rules.Policy) error {
 // Forget drops compiled programs that are no longer used by any policy in
 // rs, so that edited policies do not accumulate.
 func (p *Pool) Forget(rs *rules.RuleSet) {
-	keep := make(map[string]bool, len(rs.Policies))
+	keep := make(map[programKey]bool, len(rs.Policies))
 	for _, pol := range rs.Policies {
-		keep[programKey(pol.Name, pol.Expression)] = true
+		keep[programKey{pol.Name, pol.Expression}] = true
 	}
 	p.programs.Range(func(k, _ any) bool {
-		if !keep[k.(string)] {
+		if !keep[k.(programKey)] {
 			p.programs.Delete(k)
 		}
 		return true
@@ -128,12 +126,12 @@ func (p *Pool) Forget(rs *rules.RuleSet) {
 
 // Evaluate implements [rules.Evaluator].
 func (p *Pool) Evaluate(ctx context.Context, req *rules.PolicyRequest) rules.PolicyResult {
-	key, c := p.program(req.Policy.Name, req.Policy.Expression)
+	c := p.program(req.Policy.Name, req.Policy.Expression)
 	if c.err != nil {
 		return rules.PolicyResult{Err: c.err}
 	}
 	if v, ok := ctx.Value(pinKey{p}).(*vm); ok {
-		return v.evaluate(ctx, key, c.prog, req)
+		return v.evaluate(ctx, c.prog, req)
 	}
 	var v *vm
 	select {
@@ -142,8 +140,12 @@ func (p *Pool) Evaluate(ctx context.Context, req *rules.PolicyRequest) rules.Pol
 		return rules.PolicyResult{Err: &rules.PolicyError{Policy: req.Policy.Name, Kind: "timeout",
 			Message: fmt.Sprintf("no runtime free: %v", context.Cause(ctx))}}
 	}
-	defer func() { p.vms <- v }()
-	return v.evaluate(ctx, key, c.prog, req)
+	stop := v.watchParent(ctx)
+	defer func() {
+		stop()
+		p.vms <- v
+	}()
+	return v.evaluate(ctx, c.prog, req)
 }
 
 type pinKey struct{ p *Pool }
@@ -158,7 +160,12 @@ var _ rules.Binder = (*Pool)(nil)
 func (p *Pool) Bind(ctx context.Context) (context.Context, func()) {
 	select {
 	case v := <-p.vms:
-		return context.WithValue(ctx, pinKey{p}, v), func() { v.cache = eventCache{}; p.vms <- v }
+		stop := v.watchParent(ctx)
+		return context.WithValue(ctx, pinKey{p}, v), func() {
+			stop()
+			v.cache = eventCache{}
+			p.vms <- v
+		}
 	case <-ctx.Done():
 		return ctx, func() {}
 	}

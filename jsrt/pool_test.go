@@ -1,6 +1,7 @@
 package jsrt_test
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"os"
@@ -433,6 +434,48 @@ func TestEvaluateTimeout(t *testing.T) {
 		res = mustRun(t, pool, `let n = 0; for (let i = 0; i < 1000; i++) { n += i; } return n;`)
 		require.True(t, res.Passing)
 		require.Equal(t, int64(499500), res.Raw)
+	}
+}
+
+// A policy ends at its timeout on a runtime bound to a batch too, and
+// when the batch's context ends before it (the worker is stopping), on a
+// bound runtime or not. The runtime is usable again afterwards.
+func TestEvaluateEndsWithItsContext(t *testing.T) {
+	t.Parallel()
+	pool := newPool(t, jsrt.Config{Size: 1})
+	loop := func(timeout time.Duration) *rules.PolicyRequest {
+		req := request("infinite-loop", `while (true) {}`)
+		req.Timeout = timeout
+		return req
+	}
+
+	bound, release := pool.Bind(t.Context())
+	for range 2 {
+		res := pool.Evaluate(bound, loop(100*time.Millisecond))
+		require.NotNil(t, res.Err)
+		require.Equal(t, "policy timed out", res.Err.Message)
+	}
+	res := pool.Evaluate(bound, request("after-timeout", `return 1 + 1;`))
+	require.Nil(t, res.Err, "no interrupt is left over")
+	require.Equal(t, int64(2), res.Raw)
+	release()
+
+	for _, pinned := range []bool{false, true} {
+		ctx, cancel := context.WithCancel(t.Context())
+		release := func() {}
+		if pinned {
+			ctx, release = pool.Bind(ctx)
+		}
+		time.AfterFunc(100*time.Millisecond, cancel)
+		start := time.Now()
+		res := pool.Evaluate(ctx, loop(time.Minute))
+		require.NotNil(t, res.Err, "pinned: %v", pinned)
+		require.Equal(t, "policy interrupted: context canceled", res.Err.Message)
+		require.Less(t, time.Since(start), 5*time.Second)
+		release()
+		res = pool.Evaluate(t.Context(), request("after-cancel", `return 2 + 2;`))
+		require.Nil(t, res.Err, "pinned: %v: no interrupt is left over", pinned)
+		require.Equal(t, int64(4), res.Raw)
 	}
 }
 

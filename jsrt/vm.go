@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/dop251/goja"
 	"github.com/dop251/goja/parser"
@@ -20,7 +21,7 @@ type vm struct {
 	pool *Pool
 	rt   *goja.Runtime
 	// fns caches the function object of each program on this runtime.
-	fns map[string]goja.Callable
+	fns map[*goja.Program]goja.Callable
 	// cur is the evaluation in progress; host functions read it.
 	cur *evaluation
 	// protos holds the prototype (with save) of each model's objects.
@@ -32,6 +33,8 @@ type vm struct {
 	// ipProto and netProto are the prototypes of ip_address and
 	// ip_network objects.
 	ipProto, netProto *goja.Object
+	// watchdog enforces the timeouts of evaluations here.
+	watchdog *watchdog
 }
 
 // eventCache keeps the objects of one event, shared by the policies that
@@ -48,13 +51,9 @@ type eventCache struct {
 
 // evaluation is the state of one policy run that host functions touch.
 type evaluation struct {
-	ctx context.Context
-	// dbCtx is the context of the policy's queries: the event's, without
-	// the policy's deadline, when SQL is bounded by lock_timeout and
-	// statement_timeout (cancelling a query from the client breaks the
-	// event's connection); the policy's own when the batch is optimistic
-	// (see [rules.Scope.CancelsQueries]).
-	dbCtx    context.Context
+	// bounds are the outermost evaluation's: host functions take their
+	// contexts from there.
+	bounds   *bounds
 	req      *rules.PolicyRequest
 	messages []string
 	logs     []rules.LogLine
@@ -65,13 +64,13 @@ type evaluation struct {
 func newVM(p *Pool) *vm {
 	rt := goja.New()
 	rt.SetMaxCallStackSize(p.cfg.MaxCallStackSize)
-	v := &vm{pool: p, rt: rt, fns: make(map[string]goja.Callable)}
+	v := &vm{pool: p, rt: rt, fns: make(map[*goja.Program]goja.Callable), watchdog: newWatchdog(rt)}
 	v.install()
 	return v
 }
 
-func (v *vm) function(key string, prog *goja.Program) (goja.Callable, error) {
-	if fn, ok := v.fns[key]; ok {
+func (v *vm) function(prog *goja.Program) (goja.Callable, error) {
+	if fn, ok := v.fns[prog]; ok {
 		return fn, nil
 	}
 	val, err := v.rt.RunProgram(prog)
@@ -85,43 +84,33 @@ func (v *vm) function(key string, prog *goja.Program) (goja.Callable, error) {
 	if len(v.fns) > 4096 {
 		clear(v.fns)
 	}
-	v.fns[key] = fn
+	v.fns[prog] = fn
 	return fn, nil
 }
 
 // evaluate runs one policy. The outermost evaluation on a runtime arms the
-// timeout; nested ones (ak_call_policy) run under it.
-func (v *vm) evaluate(ctx context.Context, key string, prog *goja.Program, req *rules.PolicyRequest) (res rules.PolicyResult) {
+// timeout; nested ones (ak_call_policy) run under it. ctx is the batch's:
+// the caller interrupts the runtime when it ends (see [vm.watchParent]).
+func (v *vm) evaluate(ctx context.Context, prog *goja.Program, req *rules.PolicyRequest) (res rules.PolicyResult) {
 	outer := v.cur == nil
-	dbCtx := ctx
-	if !outer {
-		dbCtx = v.cur.dbCtx
-	}
+	var b *bounds
 	if outer {
 		timeout := req.Timeout
 		if timeout <= 0 {
 			timeout = v.pool.cfg.DefaultTimeout
 		}
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeoutCause(ctx, timeout, ErrTimeout)
-		defer cancel()
-		interrupted := make(chan struct{})
-		stop := context.AfterFunc(ctx, func() {
-			v.rt.Interrupt(context.Cause(ctx))
-			close(interrupted)
-		})
+		b = &bounds{parent: ctx, deadline: time.Now().Add(timeout), cancelsQueries: req.Scope.CancelsQueries()}
+		defer b.release()
+		v.watchdog.arm(timeout)
 		defer func() {
-			if !stop() {
-				<-interrupted // the interrupt fired; wait so that clearing it cannot race
+			if v.watchdog.disarm() {
+				v.rt.ClearInterrupt()
 			}
-			v.rt.ClearInterrupt()
 		}()
+	} else {
+		b = v.cur.bounds
 	}
-
-	if outer && req.Scope.CancelsQueries() {
-		dbCtx = ctx // bounded by the policy's deadline
-	}
-	ev := &evaluation{ctx: ctx, dbCtx: dbCtx, req: req}
+	ev := &evaluation{bounds: b, req: req}
 	prev := v.cur
 	v.cur = ev
 	prevRequest, prevContext := v.rt.Get("request"), v.rt.Get("context")
@@ -154,7 +143,7 @@ func (v *vm) evaluate(ctx context.Context, key string, prog *goja.Program, req *
 	_ = v.rt.Set("request", request)
 	_ = v.rt.Set("context", request.Get("context"))
 
-	fn, err := v.function(key, prog)
+	fn, err := v.function(prog)
 	var out goja.Value
 	if err == nil {
 		out, err = fn(goja.Undefined())
@@ -180,7 +169,7 @@ func (v *vm) evaluate(ctx context.Context, key string, prog *goja.Program, req *
 	}
 	if err != nil {
 		res.Err = runtimeError(req.Policy.Name, err)
-		if outer && errors.Is(context.Cause(ctx), ErrTimeout) {
+		if outer && !time.Now().Before(b.deadline) {
 			res.Err = &rules.PolicyError{Policy: req.Policy.Name, Kind: "timeout", Message: "policy timed out"}
 		}
 		return res
