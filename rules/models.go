@@ -7,6 +7,7 @@ import (
 	"maps"
 	"math"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -207,8 +208,16 @@ func splitLookup(key string) (name, lookup string) {
 }
 
 // rowKey identifies the row of m with the (converted) pk among a batch's
-// saves.
-func rowKey(m *Model, pk any) string { return m.table + "\x00" + fmt.Sprint(pk) }
+// saves and rows.
+func rowKey(m *Model, pk any) string {
+	switch v := pk.(type) {
+	case int64:
+		return m.table + "\x00" + strconv.FormatInt(v, 10)
+	case string:
+		return m.table + "\x00" + v
+	}
+	return m.table + "\x00" + fmt.Sprint(pk)
+}
 
 // pkRows returns the rows (see [rowKey]) that a pk filter of q
 // limits it to; false when q has no such filter.
