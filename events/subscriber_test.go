@@ -70,6 +70,54 @@ func TestPartialBatchesRunOnHalfTheWorkers(t *testing.T) {
 	}
 }
 
+// A batch that is not full waits BatchWait for more, so that events
+// arriving one by one go out together; a batch that fills meanwhile does
+// not wait.
+func TestPartialBatchesWaitForMore(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name   string
+		events int
+		wait   time.Duration
+	}{
+		{"partial", 3, time.Second},
+		{"full", 10, time.Minute},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			_, js, st := stream(t)
+			ctx := t.Context()
+			var mu sync.Mutex
+			var batches []int
+			handler := events.HandlerFunc(func(_ context.Context, evs []events.Event) error {
+				mu.Lock()
+				batches = append(batches, len(evs))
+				mu.Unlock()
+				return nil
+			})
+			sub := events.NewSubscriber(js, handler, nil, events.SubscriberConfig{
+				Stream: st.Name, Consumer: st.Consumer, SubjectPrefix: st.SubjectPrefix,
+				BatchSize: 10, Concurrency: 1, BatchWait: tc.wait,
+			})
+			stop := runSubscriber(t, sub)
+			pub := events.NewPublisher(js, st.SubjectPrefix)
+			for i := range tc.events {
+				require.NoError(t, pub.Publish(ctx, events.Event{PK: fmt.Sprintf("00000000-0000-4000-8000-%012d", i), Action: "login", Created: time.Now()}))
+				time.Sleep(20 * time.Millisecond)
+			}
+			require.Eventually(t, func() bool {
+				mu.Lock()
+				defer mu.Unlock()
+				return len(batches) > 0
+			}, 10*time.Second, 10*time.Millisecond)
+			stop()
+			mu.Lock()
+			defer mu.Unlock()
+			require.Equal(t, []int{tc.events}, batches)
+		})
+	}
+}
+
 // A batch waiting for a slot behind a long one is kept alive like the
 // batch it waits for: its message is not redelivered when the wait
 // outlasts AckWait, and reaches the handler once.

@@ -32,6 +32,7 @@ type config struct {
 	StreamMaxAge       time.Duration // HERALD_STREAM_MAX_AGE
 	BatchSize          int           // HERALD_BATCH_SIZE
 	Concurrency        int           // HERALD_CONCURRENCY
+	BatchWait          time.Duration // HERALD_BATCH_WAIT
 	MaxEventDepth      int           // HERALD_MAX_EVENT_DEPTH
 	MaxPayload         int           // HERALD_MAX_PAYLOAD
 	MaxAttempts        int           // HERALD_MAX_ATTEMPTS
@@ -114,6 +115,7 @@ func loadConfig(getenv func(string) string, fs *flag.FlagSet, args []string) (co
 		StreamMaxAge:       dur("HERALD_STREAM_MAX_AGE", 7*24*time.Hour),
 		BatchSize:          num("HERALD_BATCH_SIZE", 500),
 		Concurrency:        num("HERALD_CONCURRENCY", 2*runtime.GOMAXPROCS(0)),
+		BatchWait:          dur("HERALD_BATCH_WAIT", 10*time.Millisecond),
 		MaxEventDepth:      num("HERALD_MAX_EVENT_DEPTH", 3),
 		MaxPayload:         num("HERALD_MAX_PAYLOAD", 1<<20),
 		MaxAttempts:        num("HERALD_MAX_ATTEMPTS", 10),

@@ -131,6 +131,7 @@ func run(ctx context.Context, cfg config, logger *slog.Logger) error {
 		SubjectPrefix: cfg.SubjectPrefix,
 		BatchSize:     cfg.BatchSize,
 		Concurrency:   cfg.Concurrency,
+		BatchWait:     cfg.BatchWait,
 		AckWait:       cfg.AckWait,
 		MaxPayload:    cfg.MaxPayload,
 		MaxAttempts:   cfg.MaxAttempts,
