@@ -294,32 +294,23 @@ func (s *Subscriber) pullBytes() int {
 	return max(8<<20, 2*int(s.js.Conn().MaxPayload()))
 }
 
-// awaitSlot holds a batch that is not full until one of the partial slots
-// is free (slot: it took one), adding what arrives on q; a batch that fills
-// meanwhile returns at once, without a slot. ok is false when the
-// subscriber stops.
+// awaitSlot holds a batch that is not full for the batch wait, then until
+// one of the partial slots is free (slot: it took one), adding what
+// arrives on q; a batch that fills meanwhile returns at once, without a
+// slot. ok is false when the subscriber stops.
 func (s *Subscriber) awaitSlot(batch []item, q chan item, partial, stopping chan struct{}) (_ []item, slot, ok bool) {
+	slots := partial
+	var waited <-chan time.Time
 	if s.cfg.BatchWait > 0 {
 		wait := time.NewTimer(s.cfg.BatchWait)
 		defer wait.Stop()
-	linger:
-		for {
-			select {
-			case <-wait.C:
-				break linger
-			case it := <-q:
-				batch = append(batch, it)
-				if len(batch) == s.cfg.BatchSize {
-					return batch, false, true
-				}
-			case <-stopping:
-				return batch, false, false
-			}
-		}
+		slots, waited = nil, wait.C // a nil channel takes no slot
 	}
 	for {
 		select {
-		case partial <- struct{}{}:
+		case <-waited:
+			slots = partial
+		case slots <- struct{}{}:
 			return batch, true, true
 		case it := <-q:
 			batch = append(batch, it)

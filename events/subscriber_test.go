@@ -102,7 +102,7 @@ func TestPartialBatchesWaitForMore(t *testing.T) {
 			stop := runSubscriber(t, sub)
 			pub := events.NewPublisher(js, st.SubjectPrefix)
 			for i := range tc.events {
-				require.NoError(t, pub.Publish(ctx, events.Event{PK: fmt.Sprintf("00000000-0000-4000-8000-%012d", i), Action: "login", Created: time.Now()}))
+				require.NoError(t, pub.Publish(ctx, events.Event{PK: testPK(i), Action: "login", Created: time.Now()}))
 				time.Sleep(20 * time.Millisecond)
 			}
 			require.Eventually(t, func() bool {
@@ -118,102 +118,67 @@ func TestPartialBatchesWaitForMore(t *testing.T) {
 	}
 }
 
-// A batch waiting for a slot behind a long one is kept alive like the
-// batch it waits for: its message is not redelivered when the wait
-// outlasts AckWait, and reaches the handler once.
-func TestBatchWaitingForASlotIsKeptAlive(t *testing.T) {
+// Messages held behind a batch that outlasts AckWait are kept alive with
+// progress acks: a batch waiting for a slot (the other worker's partial
+// batch holds the only one), and messages waiting in the slow batch's own
+// queue. None is redelivered; each reaches the handler once.
+func TestHeldMessagesAreKeptAlive(t *testing.T) {
 	t.Parallel()
-	_, js, st := stream(t)
-	ctx := t.Context()
-	pub := events.NewPublisher(js, st.SubjectPrefix)
+	for _, tc := range []struct {
+		name    string
+		workers int
+		later   []string // published while the slow batch runs
+	}{
+		{"waiting for a slot", 2, []string{pkOnQueue(1, 2)}},
+		{"queued behind it", 1, []string{testPK(1), testPK(2), testPK(3)}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			_, js, st := stream(t)
+			ctx := t.Context()
+			pub := events.NewPublisher(js, st.SubjectPrefix)
+			slow := pkOnQueue(0, tc.workers)
+			var mu sync.Mutex
+			seen := map[string]int{}
+			started := make(chan struct{}, 1)
+			handler := events.HandlerFunc(func(_ context.Context, evs []events.Event) error {
+				mu.Lock()
+				for _, ev := range evs {
+					seen[ev.PK]++
+				}
+				mu.Unlock()
+				if evs[0].PK == slow {
+					started <- struct{}{}
+					time.Sleep(2500 * time.Millisecond) // 2.5 times AckWait
+				}
+				return nil
+			})
+			sub := events.NewSubscriber(js, handler, nil, events.SubscriberConfig{
+				Stream: st.Name, Consumer: st.Consumer, SubjectPrefix: st.SubjectPrefix,
+				BatchSize: 10, Concurrency: tc.workers, AckWait: time.Second,
+				PartitionKey: func(ev *events.Event) string { return ev.PK },
+			})
+			stop := runSubscriber(t, sub)
 
-	const workers = 2 // one slot for batches that are not full
-	long, waiting := pkOnQueue(0, workers), pkOnQueue(1, workers)
-	var mu sync.Mutex
-	seen := map[string]int{}
-	started := make(chan struct{}, 1)
-	handler := events.HandlerFunc(func(_ context.Context, evs []events.Event) error {
-		mu.Lock()
-		for _, ev := range evs {
-			seen[ev.PK]++
-		}
-		mu.Unlock()
-		if evs[0].PK == long {
-			started <- struct{}{}
-			time.Sleep(2500 * time.Millisecond) // 2.5 times AckWait
-		}
-		return nil
-	})
-	sub := events.NewSubscriber(js, handler, nil, events.SubscriberConfig{
-		Stream: st.Name, Consumer: st.Consumer, SubjectPrefix: st.SubjectPrefix,
-		BatchSize: 10, Concurrency: workers, AckWait: time.Second,
-		PartitionKey: func(ev *events.Event) string { return ev.PK },
-	})
-	stop := runSubscriber(t, sub)
-
-	require.NoError(t, pub.Publish(ctx, events.Event{PK: long, Action: "login", Created: time.Now()}))
-	<-started
-	require.NoError(t, pub.Publish(ctx, events.Event{PK: waiting, Action: "login", Created: time.Now()}))
-	require.Eventually(t, func() bool {
-		mu.Lock()
-		defer mu.Unlock()
-		return seen[waiting] > 0
-	}, 10*time.Second, 10*time.Millisecond)
-	time.Sleep(1500 * time.Millisecond) // room for a redelivery
-	stop()
-	mu.Lock()
-	defer mu.Unlock()
-	require.Equal(t, map[string]int{long: 1, waiting: 1}, seen)
-}
-
-// Messages waiting in a worker's queue behind a batch that outlasts
-// AckWait are kept alive too: none is redelivered.
-func TestMessagesQueuedBehindASlowBatchAreKeptAlive(t *testing.T) {
-	t.Parallel()
-	_, js, st := stream(t)
-	ctx := t.Context()
-	pub := events.NewPublisher(js, st.SubjectPrefix)
-
-	const slow = "00000000-0000-4000-8000-000000000000"
-	var mu sync.Mutex
-	seen := map[string]int{}
-	started := make(chan struct{}, 1)
-	handler := events.HandlerFunc(func(_ context.Context, evs []events.Event) error {
-		mu.Lock()
-		for _, ev := range evs {
-			seen[ev.PK]++
-		}
-		mu.Unlock()
-		if evs[0].PK == slow {
-			started <- struct{}{}
-			time.Sleep(2500 * time.Millisecond) // 2.5 times AckWait
-		}
-		return nil
-	})
-	sub := events.NewSubscriber(js, handler, nil, events.SubscriberConfig{
-		Stream: st.Name, Consumer: st.Consumer, SubjectPrefix: st.SubjectPrefix,
-		BatchSize: 10, Concurrency: 1, AckWait: time.Second,
-	})
-	stop := runSubscriber(t, sub)
-
-	require.NoError(t, pub.Publish(ctx, events.Event{PK: slow, Action: "login", Created: time.Now()}))
-	<-started
-	want := map[string]int{slow: 1}
-	for i := 1; i <= 3; i++ {
-		pk := fmt.Sprintf("00000000-0000-4000-8000-%012d", i)
-		want[pk] = 1
-		require.NoError(t, pub.Publish(ctx, events.Event{PK: pk, Action: "login", Created: time.Now()}))
+			require.NoError(t, pub.Publish(ctx, events.Event{PK: slow, Action: "login", Created: time.Now()}))
+			<-started
+			want := map[string]int{slow: 1}
+			for _, pk := range tc.later {
+				want[pk] = 1
+				require.NoError(t, pub.Publish(ctx, events.Event{PK: pk, Action: "login", Created: time.Now()}))
+			}
+			require.Eventually(t, func() bool {
+				mu.Lock()
+				defer mu.Unlock()
+				return len(seen) == len(want)
+			}, 10*time.Second, 10*time.Millisecond)
+			time.Sleep(1500 * time.Millisecond) // room for a redelivery
+			stop()
+			mu.Lock()
+			defer mu.Unlock()
+			require.Equal(t, want, seen)
+		})
 	}
-	require.Eventually(t, func() bool {
-		mu.Lock()
-		defer mu.Unlock()
-		return len(seen) == len(want)
-	}, 10*time.Second, 10*time.Millisecond)
-	time.Sleep(1500 * time.Millisecond) // room for a redelivery
-	stop()
-	mu.Lock()
-	defer mu.Unlock()
-	require.Equal(t, want, seen)
 }
 
 // Each pull request bounds the bytes it brings, so that a backlog of large
@@ -253,10 +218,13 @@ func stream(t *testing.T) (*nats.Conn, jetstream.JetStream, testinfra.Stream) {
 	return nc, js, st
 }
 
-// pkOnQueue is the first event pk that goes to queue q of n.
+// testPK is the i-th of the event pks the tests use.
+func testPK(i int) string { return fmt.Sprintf("00000000-0000-4000-8000-%012d", i) }
+
+// pkOnQueue is the first test pk that goes to queue q of n.
 func pkOnQueue(q, n int) string {
 	for i := 0; ; i++ {
-		if pk := fmt.Sprintf("00000000-0000-4000-8000-%012d", i); events.Partition(pk, n) == q {
+		if pk := testPK(i); events.Partition(pk, n) == q {
 			return pk
 		}
 	}
