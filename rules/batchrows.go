@@ -33,21 +33,34 @@ type batchRow struct {
 	locked bool
 }
 
-// maxBatchRows bounds the rows a batch keeps.
+// maxBatchRows bounds the rows a batch keeps without a lock; rows read
+// with one have room for as many again, so that a large all() does not
+// keep them from being answered.
 const maxBatchRows = 10_000
 
 // rememberRow keeps a row of m that the batch read, locked or not. A row
-// already held locked stays so.
+// already held locked stays so; a newer reading always replaces an older
+// one.
 func (t *policyTx) rememberRow(m *Model, vals []any, locked bool) {
-	if !t.optimistic || len(t.rows) >= maxBatchRows {
+	if !t.optimistic {
 		return
 	}
 	if t.rows == nil {
 		t.rows = make(map[string]*batchRow)
 	}
 	key := rowKey(m, scannedPK(vals[m.pkIndex]))
-	if held, ok := t.rows[key]; ok && held.locked {
+	held, ok := t.rows[key]
+	if ok && held.locked && !locked {
 		return
+	}
+	if !ok {
+		room := maxBatchRows
+		if locked {
+			room = 2 * maxBatchRows
+		}
+		if len(t.rows) >= room {
+			return
+		}
 	}
 	t.rows[key] = &batchRow{vals: vals, locked: locked}
 }
@@ -117,9 +130,10 @@ func comparePK(a, b any) int {
 
 // applyToRows makes the batch's row that s saves, if it holds it, read as
 // it will after s. A save made on another reading of the row than the held
-// one (the database would report a conflict, or the row changed elsewhere
-// since) and a save of a value whose stored form cannot be told in advance
-// drop the row, so that the next read goes to the database.
+// one (the database would report a conflict), a save without that check of
+// a row held without a lock, and a save of a value whose stored form cannot
+// be told in advance drop the row, so that the next read goes to the
+// database.
 func (t *policyTx) applyToRows(s *modelSave) {
 	key := s.row()
 	r, ok := t.rows[key]
@@ -127,11 +141,18 @@ func (t *policyTx) applyToRows(s *modelSave) {
 		return
 	}
 	m := s.model
-	if readAt, checked := s.readAt.(time.Time); checked {
+	readAt, checked := s.readAt.(time.Time)
+	if checked {
 		if held, ok := r.vals[m.updatedIndex].(time.Time); !ok || !held.Equal(readAt) {
 			delete(t.rows, key)
 			return
 		}
+	} else if !r.locked {
+		// Another transaction may have changed the row since the batch
+		// read it, and an unchecked save would not tell: the row as saved
+		// is read back from the database.
+		delete(t.rows, key)
+		return
 	}
 	vals := slices.Clone(r.vals)
 	for i, f := range s.fields {

@@ -61,3 +61,5 @@ type TextArray = textArray
 func (e *Engine) LoadUsers(ctx context.Context, t *PolicyTx, evs []*events.Event) (map[int64]*User, error) {
 	return e.loadUsers(ctx, t, evs)
 }
+
+const MaxBatchRows = maxBatchRows

@@ -149,25 +149,27 @@ type User struct {
 // scans the User model's fields, in their order.
 func userFromRow(vals []any) (*User, error) {
 	var bad error
+	m := Models["User"]
+	col := func(name string) int { return m.fieldIndex(name) }
 	u := &User{
-		ID:          scanned[int64](vals, 0, &bad),
-		UUID:        string(scanned[[]byte](vals, 1, &bad)),
-		Username:    scanned[string](vals, 2, &bad),
-		Name:        scanned[string](vals, 3, &bad),
-		Email:       scanned[string](vals, 4, &bad),
-		IsActive:    scanned[bool](vals, 5, &bad),
-		IsSuperuser: scanned[bool](vals, 6, &bad),
-		Created:     scanned[time.Time](vals, 9, &bad),
-		Updated:     scanned[time.Time](vals, 10, &bad),
+		ID:          scanned[int64](vals, col("id"), &bad),
+		UUID:        string(scanned[[]byte](vals, col("uuid"), &bad)),
+		Username:    scanned[string](vals, col("username"), &bad),
+		Name:        scanned[string](vals, col("name"), &bad),
+		Email:       scanned[string](vals, col("email"), &bad),
+		IsActive:    scanned[bool](vals, col("is_active"), &bad),
+		IsSuperuser: scanned[bool](vals, col("is_superuser"), &bad),
+		Created:     scanned[time.Time](vals, col("created"), &bad),
+		Updated:     scanned[time.Time](vals, col("updated"), &bad),
 	}
-	if vals[8] != nil {
-		lastLogin := scanned[time.Time](vals, 8, &bad)
+	if v := vals[col("last_login")]; v != nil {
+		lastLogin := scanned[time.Time](vals, col("last_login"), &bad)
 		u.LastLogin = &lastLogin
 	}
 	if bad != nil {
 		return nil, fmt.Errorf("users row: %w", bad)
 	}
-	if err := u.Attributes.Scan(vals[7]); err != nil {
+	if err := u.Attributes.Scan(vals[col("attributes")]); err != nil {
 		return nil, err
 	}
 	return u, nil

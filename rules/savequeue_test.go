@@ -284,6 +284,54 @@ func TestRowsReadWithoutALockAnswerReadsWithoutOne(t *testing.T) {
 	require.ErrorIs(t, ptx.Settle(ctx), rules.ErrConflict)
 }
 
+// A save without a read time of a row the batch read without a lock could
+// hide a change made elsewhere since: the row is read back from the
+// database, so that a later checked save does not overwrite that change.
+func TestUncheckedSavesOfRowsReadWithoutALockAreReadBack(t *testing.T) {
+	t.Parallel()
+	db := testinfra.Postgres(t)
+	ctx := t.Context()
+	var u int64
+	require.NoError(t, db.Get(&u, `INSERT INTO users (username) VALUES ('one') RETURNING id`))
+	tx, ptx := openBatch(t, db)
+	users := rules.Models["User"]
+	find := finder(t, users)
+
+	find(ptx, 0, false, map[string]any{"pk": u})
+	db.MustExec(t, `UPDATE users SET email = 'set@elsewhere', updated = now() WHERE id = $1`, u)
+	_, err := rules.Save(ctx, ptx, users, u, nil, map[string]any{"name": "mine"})
+	require.NoError(t, err)
+	again := find(ptx, 0, false, map[string]any{"pk": u})
+	require.Equal(t, "set@elsewhere", again[0]["email"], "read back from the database")
+	_, err = rules.Save(ctx, ptx, users, u, again[0]["updated"], map[string]any{"email": again[0]["email"], "name": "mine, again"})
+	require.NoError(t, err)
+	require.NoError(t, ptx.Settle(ctx))
+	require.Equal(t, find(tx, 0, false, map[string]any{"pk": u}), find(ptx, 0, false, map[string]any{"pk": u}))
+	require.Equal(t, "set@elsewhere", find(tx, 0, false, map[string]any{"pk": u})[0]["email"])
+}
+
+// A batch that holds as many rows read without a lock as it keeps still
+// keeps rows it reads with one, and a locked reading replaces an older
+// unlocked one: later reads see what the lock returned.
+func TestLockedReadingsReplaceUnlockedOnesInAFullBatch(t *testing.T) {
+	t.Parallel()
+	db := testinfra.Postgres(t)
+	db.MustExec(t, `INSERT INTO users (username) SELECT 'u' || i FROM generate_series(1, $1::int) i`, rules.MaxBatchRows+1)
+	var u int64
+	require.NoError(t, db.Get(&u, `SELECT min(id) FROM users`))
+	tx, ptx := openBatch(t, db)
+	find := finder(t, rules.Models["User"])
+	require.Len(t, find(ptx, 0, false, map[string]any{"username__startswith": "u"}), rules.MaxBatchRows+1)
+
+	db.MustExec(t, `UPDATE users SET name = 'elsewhere', updated = now() WHERE id = $1`, u)
+	locked := find(ptx, 1, true, map[string]any{"pk": u})
+	require.Equal(t, "elsewhere", locked[0]["name"])
+	read := tableScans(t, tx, "users")
+	require.Equal(t, locked, find(ptx, 0, false, map[string]any{"pk": u}))
+	require.Equal(t, locked, find(ptx, 1, true, map[string]any{"pk": u}))
+	require.Equal(t, read, tableScans(t, tx, "users"), "answered from the batch")
+}
+
 // Numbers as encoding/json writes them, at their extremes, through saves.
 func TestLockedRowsAnswerSavedNumbersAsStored(t *testing.T) {
 	t.Parallel()
