@@ -35,6 +35,7 @@ type benchResult struct {
 	Events      int     `json:"events"`
 	Rules       int     `json:"rules"`
 	BatchSize   int     `json:"batch_size"`
+	BatchWait   float64 `json:"batch_wait_ms"`
 	Concurrency int     `json:"concurrency"`
 	PublishRate float64 `json:"publish_rate"` // 0: the events were a backlog when the worker started
 	Seconds     float64 `json:"seconds"`
@@ -166,6 +167,7 @@ func (b *bench) run(ctx context.Context, keep bool) (*benchResult, error) {
 	}
 	res := &benchResult{
 		Machine: machine(), Events: b.n, Rules: b.rules, BatchSize: b.cfg.BatchSize,
+		BatchWait:   float64(b.cfg.BatchWait) / float64(time.Millisecond),
 		Concurrency: b.cfg.Concurrency, PublishRate: b.rate,
 	}
 	// The insert floor runs first: after the worker's run, its rows fill
@@ -644,7 +646,7 @@ func printBench(w io.Writer, r *benchResult) {
 		mode = fmt.Sprintf("published at %.0f/s", r.PublishRate)
 	}
 	fmt.Fprintf(w, "machine:      %s\n", r.Machine)
-	fmt.Fprintf(w, "workload:     %d events (%s), %d rules, batch %d (%.1f on average), concurrency %d\n", r.Events, mode, r.Rules, r.BatchSize, r.MeanBatch, r.Concurrency)
+	fmt.Fprintf(w, "workload:     %d events (%s), %d rules, batch %d (%.1f on average, wait %g ms), concurrency %d\n", r.Events, mode, r.Rules, r.BatchSize, r.MeanBatch, r.BatchWait, r.Concurrency)
 	fmt.Fprintf(w, "batches:      %d committed, %d of them run again with savepoints\n", r.Batches, r.BatchesRedone)
 	fmt.Fprintf(w, "herald:       %.0f events/s end to end (%.2fs); %d rule firings, %d notifications\n", r.Rate, r.Seconds, r.Fired, r.Notified)
 	fmt.Fprintf(w, "latency:      publish→commit p50 %.1f ms, p95 %.1f ms, p99 %.1f ms\n", r.LatencyP50, r.LatencyP95, r.LatencyP99)
