@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"math"
 	"runtime"
 	"sync"
 	"time"
@@ -136,23 +137,25 @@ type Subscriber struct {
 	handler Handler
 	dead    DeadLetterStore
 	log     *slog.Logger
-	held    heldMessages
+	held    *heldMessages
 }
 
 // NewSubscriber returns a Subscriber; call [Subscriber.Run] to start it.
 func NewSubscriber(js jetstream.JetStream, h Handler, dead DeadLetterStore, cfg SubscriberConfig) *Subscriber {
 	cfg = cfg.withDefaults()
-	return &Subscriber{cfg: cfg, js: js, handler: h, dead: dead, log: cfg.Logger}
+	return &Subscriber{cfg: cfg, js: js, handler: h, dead: dead, log: cfg.Logger, held: newHeldMessages()}
 }
 
 // EnsureConsumer creates or updates the durable consumer.
 func (s *Subscriber) EnsureConsumer(ctx context.Context) (jetstream.Consumer, error) {
 	cons, err := s.js.CreateOrUpdateConsumer(ctx, s.cfg.Stream, jetstream.ConsumerConfig{
-		Durable:       s.cfg.Consumer,
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       s.cfg.AckWait,
-		MaxDeliver:    -1, // the Subscriber dead-letters after MaxAttempts itself
-		MaxAckPending: max(1000, 4*s.cfg.BatchSize*s.cfg.Concurrency),
+		Durable:    s.cfg.Consumer,
+		AckPolicy:  jetstream.AckExplicitPolicy,
+		AckWait:    s.cfg.AckWait,
+		MaxDeliver: -1, // the Subscriber dead-letters after MaxAttempts itself
+		// A batch in progress and two more waiting per worker: what the
+		// workers hold, decoded, is bounded by this count.
+		MaxAckPending: max(1000, 3*s.cfg.BatchSize*s.cfg.Concurrency),
 		FilterSubject: s.cfg.SubjectPrefix + ".>",
 	})
 	if err != nil {
@@ -186,27 +189,31 @@ func (s *Subscriber) Run(ctx, stopCtx context.Context) error {
 	// arrive and routed by partition key, so that events about the same
 	// object go to the same worker, one batch after another, instead of
 	// contending for its row locks in two open transactions.
+	// Adding to a queue never waits; what the subscriber holds is bounded
+	// in bytes instead (see [heldMessages]), so that a slow worker does
+	// not hold up the others' messages, and every message handed over is
+	// kept alive.
 	stopping := make(chan struct{})
-	queues := make([]chan item, s.cfg.Concurrency)
+	queues := make([]*workQueue, s.cfg.Concurrency)
 	for i := range queues {
-		queues[i] = make(chan item, 2*s.cfg.BatchSize)
+		queues[i] = newWorkQueue()
 	}
+	s.held.open(s.heldBytes())
 	keptAlive := make(chan struct{})
 	defer close(keptAlive)
 	go s.held.keepAlive(s.cfg.AckWait/4, keptAlive)
 	cc, err := cons.Consume(func(m jetstream.Msg) {
+		if !s.held.add(m) { // stopping
+			_ = m.NakWithDelay(shutdownRedelivery)
+			return
+		}
 		it := item{msg: m}
 		it.ev, it.err = s.decode(m)
 		q := queues[0]
 		if it.err == nil {
 			q = queues[partition(s.cfg.PartitionKey(&it.ev), len(queues))]
 		}
-		s.held.add(m)
-		select {
-		case q <- it:
-		case <-stopping:
-			s.returnToStream(it)
-		}
+		q.push(it)
 	},
 		jetstream.PullMaxMessagesWithBytesLimit(2*s.cfg.BatchSize*s.cfg.Concurrency, s.pullBytes()),
 		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
@@ -228,8 +235,11 @@ func (s *Subscriber) Run(ctx, stopCtx context.Context) error {
 				select {
 				case <-stopping:
 					return
-				case it := <-q:
-					batch := s.fill([]item{it}, q)
+				case <-q.ready:
+					batch := q.take(nil, s.cfg.BatchSize)
+					if len(batch) == 0 {
+						continue
+					}
 					if len(batch) == s.cfg.BatchSize {
 						s.process(workCtx, batch)
 						continue
@@ -241,7 +251,7 @@ func (s *Subscriber) Run(ctx, stopCtx context.Context) error {
 						}
 						return
 					}
-					s.process(workCtx, s.fill(batch, q))
+					s.process(workCtx, q.take(batch, s.cfg.BatchSize))
 					if slot {
 						<-partial
 					}
@@ -255,34 +265,16 @@ func (s *Subscriber) Run(ctx, stopCtx context.Context) error {
 	// reach the callback, which returns them to the stream at once instead
 	// of leaving them unacknowledged until AckWait.
 	close(stopping)
+	s.held.close()
 	cc.Drain()
 	wg.Wait()
 	<-cc.Closed()
 	for _, q := range queues {
-	drain:
-		for {
-			select {
-			case it := <-q:
-				s.returnToStream(it)
-			default:
-				break drain
-			}
+		for _, it := range q.take(nil, math.MaxInt) {
+			s.returnToStream(it)
 		}
 	}
 	return nil
-}
-
-// fill adds to batch what q holds, up to the batch size, without waiting.
-func (s *Subscriber) fill(batch []item, q chan item) []item {
-	for len(batch) < s.cfg.BatchSize {
-		select {
-		case it := <-q:
-			batch = append(batch, it)
-		default:
-			return batch
-		}
-	}
-	return batch
 }
 
 // pullBytes bounds the bytes of one pull request: a backlog of large
@@ -294,11 +286,16 @@ func (s *Subscriber) pullBytes() int {
 	return max(8<<20, 2*int(s.js.Conn().MaxPayload()))
 }
 
+// heldBytes bounds the bytes of the messages the subscriber holds: two
+// pull requests' worth. Beyond it, pulled messages wait in the client's
+// buffer.
+func (s *Subscriber) heldBytes() int { return 2 * s.pullBytes() }
+
 // awaitSlot holds a batch that is not full for the batch wait, then until
 // one of the partial slots is free (slot: it took one), adding what
 // arrives on q; a batch that fills meanwhile returns at once, without a
 // slot. ok is false when the subscriber stops.
-func (s *Subscriber) awaitSlot(batch []item, q chan item, partial, stopping chan struct{}) (_ []item, slot, ok bool) {
+func (s *Subscriber) awaitSlot(batch []item, q *workQueue, partial, stopping chan struct{}) (_ []item, slot, ok bool) {
 	slots := partial
 	var waited <-chan time.Time
 	if s.cfg.BatchWait > 0 {
@@ -312,8 +309,8 @@ func (s *Subscriber) awaitSlot(batch []item, q chan item, partial, stopping chan
 			slots = partial
 		case slots <- struct{}{}:
 			return batch, true, true
-		case it := <-q:
-			batch = append(batch, it)
+		case <-q.ready:
+			batch = q.take(batch, s.cfg.BatchSize)
 			if len(batch) == s.cfg.BatchSize {
 				return batch, false, true
 			}
@@ -455,60 +452,4 @@ func (s *Subscriber) deadLetter(ctx context.Context, m jetstream.Msg, reason str
 func (s *Subscriber) returnToStream(it item) {
 	_ = it.msg.NakWithDelay(shutdownRedelivery)
 	s.held.remove([]item{it})
-}
-
-// heldMessages are the messages a subscriber has received and not settled
-// yet: waiting in a worker's queue, in a batch waiting for a slot, or in
-// the batch being processed. Each gets progress acks until it is settled,
-// so that JetStream redelivers none held up behind a slow batch.
-type heldMessages struct {
-	mu sync.Mutex
-	// since is when a message arrived or got its last progress ack.
-	since map[jetstream.Msg]time.Time
-}
-
-func (h *heldMessages) add(m jetstream.Msg) {
-	h.mu.Lock()
-	if h.since == nil {
-		h.since = make(map[jetstream.Msg]time.Time)
-	}
-	h.since[m] = time.Now()
-	h.mu.Unlock()
-}
-
-func (h *heldMessages) remove(batch []item) {
-	h.mu.Lock()
-	for _, it := range batch {
-		delete(h.since, it.msg)
-	}
-	h.mu.Unlock()
-}
-
-// keepAlive sends, every interval until done is closed, a progress ack for
-// each message that arrived or had one at least half an interval ago: a
-// held message goes at most one and a half intervals without one.
-func (h *heldMessages) keepAlive(interval time.Duration, done <-chan struct{}) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	var due []jetstream.Msg
-	for {
-		select {
-		case <-done:
-			return
-		case now := <-t.C:
-			due = due[:0]
-			h.mu.Lock()
-			for m, since := range h.since {
-				if now.Sub(since) >= interval/2 {
-					due = append(due, m)
-					h.since[m] = now
-				}
-			}
-			h.mu.Unlock()
-			// Outside the lock: a message settled meanwhile refuses it.
-			for _, m := range due {
-				_ = m.InProgress()
-			}
-		}
-	}
 }

@@ -121,16 +121,23 @@ func TestPartialBatchesWaitForMore(t *testing.T) {
 // Messages held behind a batch that outlasts AckWait are kept alive with
 // progress acks: a batch waiting for a slot (the other worker's partial
 // batch holds the only one), and messages waiting in the slow batch's own
-// queue. None is redelivered; each reaches the handler once.
+// queue, however many batches they make. None is redelivered; each reaches
+// the handler once.
 func TestHeldMessagesAreKeptAlive(t *testing.T) {
 	t.Parallel()
+	many := make([]string, 30)
+	for i := range many {
+		many[i] = testPK(i + 1)
+	}
 	for _, tc := range []struct {
-		name    string
-		workers int
-		later   []string // published while the slow batch runs
+		name      string
+		workers   int
+		batchSize int
+		later     []string // published while the slow batch runs
 	}{
-		{"waiting for a slot", 2, []string{pkOnQueue(1, 2)}},
-		{"queued behind it", 1, []string{testPK(1), testPK(2), testPK(3)}},
+		{"waiting for a slot", 2, 10, []string{pkOnQueue(1, 2)}},
+		{"queued behind it", 1, 10, []string{testPK(1), testPK(2), testPK(3)}},
+		{"many batches queued behind it", 1, 2, many},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -155,7 +162,7 @@ func TestHeldMessagesAreKeptAlive(t *testing.T) {
 			})
 			sub := events.NewSubscriber(js, handler, nil, events.SubscriberConfig{
 				Stream: st.Name, Consumer: st.Consumer, SubjectPrefix: st.SubjectPrefix,
-				BatchSize: 10, Concurrency: tc.workers, AckWait: time.Second,
+				BatchSize: tc.batchSize, Concurrency: tc.workers, AckWait: time.Second,
 				PartitionKey: func(ev *events.Event) string { return ev.PK },
 			})
 			stop := runSubscriber(t, sub)

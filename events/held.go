@@ -1,0 +1,149 @@
+package events
+
+import (
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// heldMessages are the messages the client has handed to a subscriber and
+// that are not settled yet: waiting in a worker's queue, in a batch waiting
+// for a slot, or in the batch being processed. Each gets progress acks
+// until it is settled, so that JetStream redelivers none held up behind a
+// slow batch. Their bytes are bounded: adding one waits for room, and
+// meanwhile the client's buffer holds what it pulled.
+type heldMessages struct {
+	mu   sync.Mutex
+	room *sync.Cond // signalled when bytes go down or the subscriber stops
+	// since is when a message arrived or got its last progress ack.
+	since        map[jetstream.Msg]time.Time
+	bytes, limit int
+	closed       bool
+}
+
+func newHeldMessages() *heldMessages {
+	h := &heldMessages{since: make(map[jetstream.Msg]time.Time)}
+	h.room = sync.NewCond(&h.mu)
+	return h
+}
+
+// open readies h for a run holding at most limit bytes (a single larger
+// message is still taken when nothing else is held).
+func (h *heldMessages) open(limit int) {
+	h.mu.Lock()
+	h.limit, h.closed = limit, false
+	h.mu.Unlock()
+}
+
+// add holds m once there is room for it; false when the subscriber stops
+// first.
+func (h *heldMessages) add(m jetstream.Msg) bool {
+	n := len(m.Data())
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for !h.closed && h.bytes > 0 && h.bytes+n > h.limit {
+		h.room.Wait()
+	}
+	if h.closed {
+		return false
+	}
+	h.bytes += n
+	h.since[m] = time.Now()
+	return true
+}
+
+// remove lets go of the batch's messages, once settled.
+func (h *heldMessages) remove(batch []item) {
+	h.mu.Lock()
+	for _, it := range batch {
+		if _, ok := h.since[it.msg]; ok {
+			delete(h.since, it.msg)
+			h.bytes -= len(it.msg.Data())
+		}
+	}
+	h.mu.Unlock()
+	h.room.Broadcast()
+}
+
+// close makes waiting and later adds fail: the subscriber is stopping.
+func (h *heldMessages) close() {
+	h.mu.Lock()
+	h.closed = true
+	h.mu.Unlock()
+	h.room.Broadcast()
+}
+
+// keepAlive sends, every interval until done is closed, a progress ack for
+// each message that arrived or had one at least half an interval ago: a
+// held message goes at most one and a half intervals without one.
+func (h *heldMessages) keepAlive(interval time.Duration, done <-chan struct{}) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	var due []jetstream.Msg
+	for {
+		select {
+		case <-done:
+			return
+		case now := <-t.C:
+			due = due[:0]
+			h.mu.Lock()
+			for m, since := range h.since {
+				if now.Sub(since) >= interval/2 {
+					due = append(due, m)
+					h.since[m] = now
+				}
+			}
+			h.mu.Unlock()
+			// Outside the lock: a message settled meanwhile refuses it.
+			for _, m := range due {
+				_ = m.InProgress()
+			}
+		}
+	}
+}
+
+// workQueue holds one worker's messages in arrival order. Adding never
+// waits: the subscriber's held bytes bound it.
+type workQueue struct {
+	mu    sync.Mutex
+	items []item
+	// ready holds a signal while items may not be empty.
+	ready chan struct{}
+}
+
+func newWorkQueue() *workQueue { return &workQueue{ready: make(chan struct{}, 1)} }
+
+func (q *workQueue) push(it item) {
+	q.mu.Lock()
+	q.items = append(q.items, it)
+	q.mu.Unlock()
+	q.signal()
+}
+
+func (q *workQueue) signal() {
+	select {
+	case q.ready <- struct{}{}:
+	default:
+	}
+}
+
+// take moves the oldest items to batch, up to limit items in batch,
+// without waiting.
+func (q *workQueue) take(batch []item, limit int) []item {
+	q.mu.Lock()
+	n := min(max(limit-len(batch), 0), len(q.items))
+	batch = append(batch, q.items[:n]...)
+	clear(q.items[:n])
+	if n == len(q.items) {
+		q.items = q.items[:0] // keeps the array for what comes next
+	} else {
+		q.items = q.items[n:]
+	}
+	left := len(q.items)
+	q.mu.Unlock()
+	if left > 0 {
+		q.signal()
+	}
+	return batch
+}
