@@ -20,6 +20,10 @@ type heldMessages struct {
 	since        map[jetstream.Msg]time.Time
 	bytes, limit int
 	closed       bool
+	// interval is the keep-alive's; lastWait is when an add last waited
+	// for room.
+	interval time.Duration
+	lastWait time.Time
 }
 
 func newHeldMessages() *heldMessages {
@@ -29,10 +33,11 @@ func newHeldMessages() *heldMessages {
 }
 
 // open readies h for a run holding at most limit bytes (a single larger
-// message is still taken when nothing else is held).
-func (h *heldMessages) open(limit int) {
+// message is still taken when nothing else is held), kept alive every
+// interval.
+func (h *heldMessages) open(limit int, interval time.Duration) {
 	h.mu.Lock()
-	h.limit, h.closed = limit, false
+	h.limit, h.interval, h.closed = limit, interval, false
 	h.mu.Unlock()
 }
 
@@ -44,13 +49,27 @@ func (h *heldMessages) add(m jetstream.Msg) bool {
 	defer h.mu.Unlock()
 	for !h.closed && h.bytes > 0 && h.bytes+n > h.limit {
 		h.room.Wait()
+		h.lastWait = time.Now()
 	}
 	if h.closed {
 		return false
 	}
 	h.bytes += n
-	h.since[m] = time.Now()
+	since := time.Now()
+	if since.Sub(h.lastWait) < h.interval {
+		// m, or the messages pulled with it, waited in the client's
+		// buffer for room, its ack wait running: due at the next tick.
+		since = time.Time{}
+	}
+	h.since[m] = since
 	return true
+}
+
+// held reports the messages and bytes h holds.
+func (h *heldMessages) held() (msgs, bytes int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.since), h.bytes
 }
 
 // remove lets go of the batch's messages, once settled.

@@ -21,7 +21,7 @@ func (m *sizedMsg) Data() []byte { return make([]byte, m.n) }
 // are removed or the subscriber stops.
 func TestHeldMessagesAreBoundedInBytes(t *testing.T) {
 	h := newHeldMessages()
-	h.open(100)
+	h.open(100, time.Minute)
 	big := &sizedMsg{n: 150}
 	require.True(t, h.add(big), "nothing held: a message over the limit is taken")
 
@@ -35,6 +35,7 @@ func TestHeldMessagesAreBoundedInBytes(t *testing.T) {
 	}
 	h.remove([]item{{msg: big}})
 	require.True(t, <-added)
+	require.True(t, h.since[small].IsZero(), "it waited: its progress ack is due at once")
 
 	go func() { added <- h.add(&sizedMsg{n: 60}) }()
 	select {

@@ -9,6 +9,7 @@ import (
 	"math"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -138,6 +139,7 @@ type Subscriber struct {
 	dead    DeadLetterStore
 	log     *slog.Logger
 	held    *heldMessages
+	running atomic.Bool
 }
 
 // NewSubscriber returns a Subscriber; call [Subscriber.Run] to start it.
@@ -171,6 +173,10 @@ func (s *Subscriber) EnsureConsumer(ctx context.Context) (jetstream.Consumer, er
 // the in-flight handlers are cancelled and their messages are redelivered
 // later by JetStream.
 func (s *Subscriber) Run(ctx, stopCtx context.Context) error {
+	if !s.running.CompareAndSwap(false, true) {
+		return errors.New("subscriber: Run is already running")
+	}
+	defer s.running.Store(false)
 	cons, err := s.EnsureConsumer(ctx)
 	if err != nil {
 		return err
@@ -198,10 +204,11 @@ func (s *Subscriber) Run(ctx, stopCtx context.Context) error {
 	for i := range queues {
 		queues[i] = newWorkQueue()
 	}
-	s.held.open(s.heldBytes())
+	keepAliveEvery := s.cfg.AckWait / 4
+	s.held.open(s.heldBytes(), keepAliveEvery)
 	keptAlive := make(chan struct{})
 	defer close(keptAlive)
-	go s.held.keepAlive(s.cfg.AckWait/4, keptAlive)
+	go s.held.keepAlive(keepAliveEvery, keptAlive)
 	cc, err := cons.Consume(func(m jetstream.Msg) {
 		if !s.held.add(m) { // stopping
 			_ = m.NakWithDelay(shutdownRedelivery)

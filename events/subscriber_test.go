@@ -247,5 +247,8 @@ func runSubscriber(t *testing.T, sub *events.Subscriber) (stop func()) {
 	return func() {
 		cancel()
 		require.NoError(t, <-done)
+		msgs, bytes := sub.Held()
+		require.Zero(t, msgs, "messages still held after Run returned")
+		require.Zero(t, bytes, "bytes still held after Run returned")
 	}
 }
