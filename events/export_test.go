@@ -4,4 +4,8 @@ package events
 var Partition = partition
 
 // Held reports the messages and bytes s holds.
-func (s *Subscriber) Held() (msgs, bytes int) { return s.held.held() }
+func (s *Subscriber) Held() (msgs, bytes int) {
+	s.held.mu.Lock()
+	defer s.held.mu.Unlock()
+	return len(s.held.since), s.held.bytes
+}

@@ -65,12 +65,6 @@ func (h *heldMessages) add(m jetstream.Msg) bool {
 	return true
 }
 
-// held reports the messages and bytes h holds.
-func (h *heldMessages) held() (msgs, bytes int) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return len(h.since), h.bytes
-}
 
 // remove lets go of the batch's messages, once settled.
 func (h *heldMessages) remove(batch []item) {
