@@ -65,7 +65,6 @@ func (h *heldMessages) add(m jetstream.Msg) bool {
 	return true
 }
 
-
 // remove lets go of the batch's messages, once settled.
 func (h *heldMessages) remove(batch []item) {
 	h.mu.Lock()
