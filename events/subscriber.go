@@ -195,10 +195,10 @@ func (s *Subscriber) Run(ctx, stopCtx context.Context) error {
 	// arrive and routed by partition key, so that events about the same
 	// object go to the same worker, one batch after another, instead of
 	// contending for its row locks in two open transactions.
-	// Adding to a queue never waits; what the subscriber holds is bounded
-	// in bytes instead (see [heldMessages]), so that a slow worker does
-	// not hold up the others' messages, and every message handed over is
-	// kept alive.
+	// Adding to a queue never waits: what the subscriber holds is bounded
+	// by MaxAckPending and in bytes instead (see [heldMessages]), so that
+	// a slow worker's queue keeps no messages from the others until those
+	// bounds are reached, and every message handed over is kept alive.
 	stopping := make(chan struct{})
 	queues := make([]*workQueue, s.cfg.Concurrency)
 	for i := range queues {
