@@ -222,7 +222,7 @@ func (s *Subscriber) Run(ctx, stopCtx context.Context) error {
 		}
 		q.push(it)
 	},
-		jetstream.PullMaxMessagesWithBytesLimit(2*s.cfg.BatchSize*s.cfg.Concurrency, s.pullBytes()),
+		jetstream.PullMaxMessagesWithBytesLimit(s.pullMessages(), s.pullBytes()),
 		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 			s.log.WarnContext(ctx, "jetstream consume", slog.Any("error", err))
 		}))
@@ -292,6 +292,14 @@ func (s *Subscriber) Run(ctx, stopCtx context.Context) error {
 func (s *Subscriber) pullBytes() int {
 	return max(8<<20, 2*int(s.js.Conn().MaxPayload()))
 }
+
+// pullMessages is how many messages a pull request asks for: two batches
+// per worker, and at least 256. The client asks for more once half of a
+// request has arrived, unless its previous request is still being sent;
+// with a handful of messages per request, a fast worker can take all of
+// them in that moment and leave the client waiting for none (until its
+// heartbeat check, tens of seconds later).
+func (s *Subscriber) pullMessages() int { return max(256, 2*s.cfg.BatchSize*s.cfg.Concurrency) }
 
 // heldBytes bounds the bytes of the messages the subscriber holds: two
 // pull requests' worth. Beyond it, pulled messages wait in the client's
