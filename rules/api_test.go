@@ -1155,3 +1155,32 @@ return false;`
 	requireJSON(t, `{"n": 3, "first": true, "second": true, "third": true}`,
 		b.jsonColumn(t, `SELECT attributes::text FROM users WHERE id = $1`, jane))
 }
+
+// A user saved by a policy is seen as saved by the batch's later events,
+// whether the save was of their own request.user or of a row the policy
+// read: the batch neither reads an old copy nor runs again.
+func TestAPIUserSavedByAnEarlierEventOfTheBatch(t *testing.T) {
+	t.Parallel()
+	b := apiSetup(t)
+	jane, bob := b.user(t, "jane"), b.user(t, "bob")
+	rl := b.rule(t, rule{Name: "counter"})
+	b.bind(t, rl, binding{Policy: b.policy(t, "count", `const u = request.user;
+if (u.username === "jane") {
+  const other = User.objects.filter({username: "bob"}).first();
+  other.attributes.by_jane = (other.attributes.by_jane || 0) + 1;
+  other.save({update_fields: ["attributes"]});
+} else {
+  u.attributes.saw_by_jane = u.attributes.by_jane || 0;
+}
+u.attributes.n = (u.attributes.n || 0) + 1;
+u.save({update_fields: ["attributes"]});
+return false;`)})
+	b.reload(t)
+
+	batch := []events.Event{userEvent(t, "login", jane, nil), userEvent(t, "login", jane, nil), userEvent(t, "login", bob, nil)}
+	require.NoError(t, b.engine.HandleEvents(t.Context(), batch))
+	require.Zero(t, b.count(t, `SELECT count(*) FROM events WHERE action = 'policy_exception'`))
+	require.Zero(t, b.engine.Stats().BatchesRedone.Load(), "the batch ran again")
+	requireJSON(t, `{"n": 2}`, b.jsonColumn(t, `SELECT attributes::text FROM users WHERE id = $1`, jane))
+	requireJSON(t, `{"n": 1, "by_jane": 2, "saw_by_jane": 2}`, b.jsonColumn(t, `SELECT attributes::text FROM users WHERE id = $1`, bob))
+}

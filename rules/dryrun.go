@@ -113,7 +113,7 @@ func (e *Engine) DryRun(ctx context.Context, ev events.Event, onlyRule string) (
 	report.Guard = e.guard(rs, &ev)
 	out := &batchWriter{}
 	if report.Guard == "" {
-		r := &eventRun{e: e, tx: ptx, rs: rs, ev: fresh[0], out: out, trace: report}
+		r := &eventRun{e: e, tx: ptx, rs: rs, ev: fresh[0], out: out, users: users, trace: report}
 		if pk, ok := ev.UserPK(); ok {
 			r.user = users[pk]
 		}

@@ -3,6 +3,7 @@ package rules
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -235,7 +236,8 @@ type eventRun struct {
 	ev  *events.Event
 	out *batchWriter
 
-	user       *User // nil: anonymous or unknown
+	user       *User           // nil: anonymous or unknown
+	users      map[int64]*User // the batch's users, by id (see [Engine.loadUsers])
 	groups     map[string]bool
 	groupsRead bool
 
@@ -265,9 +267,15 @@ func (e *Engine) processEvent(ctx context.Context, tx *policyTx, rs *RuleSet, ev
 			slog.String("action", ev.Action), slog.String("reason", reason))
 		return nil
 	}
-	r := &eventRun{e: e, tx: tx, rs: rs, ev: ev, out: out}
+	r := &eventRun{e: e, tx: tx, rs: rs, ev: ev, out: out, users: users}
 	if pk, ok := ev.UserPK(); ok {
 		r.user = users[pk]
+		if tx.savedUsers[pk] {
+			// An earlier event's policy saved this user.
+			if err := r.reloadUser(ctx, pk); err != nil {
+				return err
+			}
+		}
 	}
 	for _, rule := range rs.Rules {
 		if !rule.CanMatch(ev.Action) {
@@ -366,15 +374,9 @@ func (r *eventRun) evalBinding(ctx context.Context, rule *Rule, b *Binding) (boo
 		}
 		if scope.userSaved && r.user != nil {
 			// The next policy's request.user must see this save.
-			tx, err := r.db(ctx)
-			if err != nil {
+			if err := r.reloadUser(ctx, r.user.ID); err != nil {
 				return false, err
 			}
-			u, err := LoadUser(ctx, tx, r.user.ID)
-			if err != nil {
-				return false, err
-			}
-			r.user = u
 		}
 	}
 	r.last = res
@@ -394,6 +396,28 @@ func (r *eventRun) evalBinding(ctx context.Context, rule *Rule, b *Binding) (boo
 		}
 	}
 	return passing, nil
+}
+
+// reloadUser reads the event's user id again, after a policy saved it, for
+// this event and the batch's later events about the user.
+func (r *eventRun) reloadUser(ctx context.Context, id int64) error {
+	tx, err := r.db(ctx)
+	if err != nil {
+		return err
+	}
+	u, err := LoadUser(ctx, tx, id)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		u = nil
+	case err != nil:
+		return err
+	}
+	r.user = u
+	if r.users != nil {
+		r.users[id] = u
+	}
+	delete(r.tx.savedUsers, id)
+	return nil
 }
 
 func (r *eventRun) userGroups(ctx context.Context) (map[string]bool, error) {

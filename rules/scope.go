@@ -100,6 +100,9 @@ type policyTx struct {
 	// lastSave is the updated value of the batch's latest save: saves in
 	// one batch set distinct, increasing values.
 	lastSave time.Time
+	// savedUsers are the users rows saved in the batch since the engine
+	// last read them: their users loaded for the batch are out of date.
+	savedUsers map[int64]bool
 }
 
 // maxPrepared bounds the statements a batch binds to its transaction.
@@ -414,7 +417,8 @@ func (s *Scope) finish(ctx context.Context, failed bool) error {
 }
 
 // Saved tells the scope that a policy saved an object of model with pk, so
-// that later policies of the event see the change in request.user.
+// that later policies see the change in request.user: those of this event,
+// and those of later events of the batch about the same user.
 func (s *Scope) Saved(model string, pk any, fields []string) {
 	if s == nil || s.run == nil {
 		return
@@ -422,10 +426,18 @@ func (s *Scope) Saved(model string, pk any, fields []string) {
 	if s.run.trace != nil {
 		s.run.trace.Saves = append(s.run.trace.Saves, fmt.Sprintf("%s %v: %s", model, pk, strings.Join(fields, ", ")))
 	}
-	if s.run.user == nil || model != "User" {
+	if model != "User" {
 		return
 	}
-	if id, ok := events.Int64(pk); ok && id == s.run.user.ID {
+	id, ok := events.Int64(pk)
+	if !ok {
+		return
+	}
+	if s.tx.savedUsers == nil {
+		s.tx.savedUsers = make(map[int64]bool)
+	}
+	s.tx.savedUsers[id] = true
+	if s.run.user != nil && id == s.run.user.ID {
 		s.userSaved = true
 	}
 }
