@@ -10,8 +10,8 @@ import (
 // heldMessages are the messages the client has handed to a subscriber and
 // that are not settled yet: waiting in a worker's queue, in a batch waiting
 // for a slot, or in the batch being processed. Each gets progress acks
-// until it is settled, so that JetStream redelivers none held up behind a
-// slow batch. Their bytes are bounded: adding one waits for room, and
+// until it is let go of, just before it is settled, so that JetStream
+// redelivers none held up behind a slow batch. Their bytes are bounded: adding one waits for room, and
 // meanwhile the client's buffer holds what it pulled.
 type heldMessages struct {
 	mu   sync.Mutex
@@ -65,17 +65,31 @@ func (h *heldMessages) add(m jetstream.Msg) bool {
 	return true
 }
 
-// remove lets go of the batch's messages, once settled.
+// remove lets go of the batch's messages. A message is let go of before
+// it is settled (see [heldMessages.keepAlive]); remove after settling is a
+// no-op for it.
 func (h *heldMessages) remove(batch []item) {
 	h.mu.Lock()
 	for _, it := range batch {
-		if _, ok := h.since[it.msg]; ok {
-			delete(h.since, it.msg)
-			h.bytes -= len(it.msg.Data())
-		}
+		h.drop(it.msg)
 	}
 	h.mu.Unlock()
 	h.room.Broadcast()
+}
+
+// release lets go of m, about to be settled.
+func (h *heldMessages) release(m jetstream.Msg) {
+	h.mu.Lock()
+	h.drop(m)
+	h.mu.Unlock()
+	h.room.Broadcast()
+}
+
+func (h *heldMessages) drop(m jetstream.Msg) {
+	if _, ok := h.since[m]; ok {
+		delete(h.since, m)
+		h.bytes -= len(m.Data())
+	}
 }
 
 // close makes waiting and later adds fail: the subscriber is stopping.
@@ -89,28 +103,26 @@ func (h *heldMessages) close() {
 // keepAlive sends, every interval until done is closed, a progress ack for
 // each message that arrived or had one at least half an interval ago: a
 // held message goes at most one and a half intervals without one.
+//
+// The acks go out under the lock, and a message is let go of under it
+// before it is settled, so none follows its message's nak on the wire: it
+// would restart the nak's redelivery delay as a full ack wait.
 func (h *heldMessages) keepAlive(interval time.Duration, done <-chan struct{}) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
-	var due []jetstream.Msg
 	for {
 		select {
 		case <-done:
 			return
 		case now := <-t.C:
-			due = due[:0]
 			h.mu.Lock()
 			for m, since := range h.since {
 				if now.Sub(since) >= interval/2 {
-					due = append(due, m)
+					_ = m.InProgress()
 					h.since[m] = now
 				}
 			}
 			h.mu.Unlock()
-			// Outside the lock: a message settled meanwhile refuses it.
-			for _, m := range due {
-				_ = m.InProgress()
-			}
 		}
 	}
 }

@@ -1,6 +1,9 @@
 package events
 
 import (
+	"runtime"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -72,4 +75,69 @@ func TestWorkQueueTakesInOrder(t *testing.T) {
 	require.Empty(t, q.ready)
 	q.push(item{ev: Event{PK: "f"}})
 	require.Equal(t, "f", pks(q.take(nil, 10)))
+}
+
+// recordingMsg records the acks it is sent, in order.
+type recordingMsg struct {
+	jetstream.Msg
+	mu   sync.Mutex
+	acks []string
+}
+
+func (m *recordingMsg) Data() []byte { return nil }
+
+func (m *recordingMsg) InProgress() error {
+	runtime.Gosched() // widens the window a racing settle would need
+	m.record("progress")
+	return nil
+}
+
+func (m *recordingMsg) NakWithDelay(time.Duration) error {
+	m.record("nak")
+	return nil
+}
+
+func (m *recordingMsg) record(ack string) {
+	m.mu.Lock()
+	m.acks = append(m.acks, ack)
+	m.mu.Unlock()
+}
+
+// A message let go of before it is settled gets no progress ack after its
+// nak: one would restart the nak's redelivery delay as a full ack wait.
+func TestNoProgressAckFollowsASettle(t *testing.T) {
+	const interval = time.Millisecond
+	h := newHeldMessages()
+	h.open(1<<20, interval)
+	msgs := make([]*recordingMsg, 2000)
+	for i := range msgs {
+		msgs[i] = &recordingMsg{}
+		require.True(t, h.add(msgs[i]))
+	}
+	done, stopped := make(chan struct{}), make(chan struct{})
+	go func() {
+		h.keepAlive(interval, done)
+		close(stopped)
+	}()
+	for i, m := range msgs {
+		h.release(m)
+		_ = m.NakWithDelay(time.Second)
+		if i%50 == 0 {
+			time.Sleep(interval) // progress acks go out among the settles
+		}
+	}
+	close(done)
+	<-stopped
+	progressed := 0
+	for i, m := range msgs {
+		m.mu.Lock()
+		acks := slices.Clone(m.acks)
+		m.mu.Unlock()
+		require.Equal(t, "nak", acks[len(acks)-1], "message %d: %v", i, acks)
+		if len(acks) > 1 {
+			progressed++
+		}
+	}
+	require.NotZero(t, progressed, "no progress ack was sent: the test shows nothing")
+	require.Zero(t, h.bytes)
 }

@@ -60,14 +60,16 @@ type SubscriberConfig struct {
 	// Concurrency is the number of batches handled at the same time.
 	// Defaults to GOMAXPROCS.
 	Concurrency int
-	// BatchWait is how long a batch that is not full may wait, from its
-	// first message, for more before it is handled: a steady stream then
-	// goes out in fewer, larger batches, which cost less per event. Zero
-	// handles a batch as soon as a worker is free.
+	// BatchWait is how long a batch that is not full may wait for more,
+	// from when its worker takes it, before it waits for one of half the
+	// workers' slots and is handled: a steady stream then goes out in
+	// fewer, larger batches, which cost less per event. Zero leaves only
+	// the wait for a slot. A full batch never waits.
 	BatchWait time.Duration
 	// AckWait is how long JetStream waits for an ack before redelivering.
 	// Messages held longer (waiting in a worker's queue, or in a batch) are
-	// kept alive with progress acks.
+	// kept alive with progress acks; those still in the client's buffer,
+	// past the held bytes' bound, are not (see [heldMessages]).
 	// Defaults to 60s.
 	AckWait time.Duration
 	// MaxPayload is the largest accepted message in bytes; larger ones are
@@ -382,6 +384,7 @@ func (s *Subscriber) process(ctx context.Context, batch []item) {
 	}
 	err := s.handler.HandleEvents(ctx, evs)
 	if err == nil {
+		s.held.remove(batch)
 		for _, m := range msgs {
 			s.ack(ctx, m)
 		}
@@ -406,6 +409,7 @@ func (s *Subscriber) decode(m jetstream.Msg) (Event, error) {
 }
 
 func (s *Subscriber) settle(ctx context.Context, m jetstream.Msg, err error) {
+	s.held.release(m)
 	if err == nil {
 		s.ack(ctx, m)
 		return
@@ -444,6 +448,7 @@ func (s *Subscriber) ack(ctx context.Context, m jetstream.Msg) {
 // deadLetter stores m as a dead letter and terminates it. If the store
 // fails, m is nak'ed instead so that it is not lost.
 func (s *Subscriber) deadLetter(ctx context.Context, m jetstream.Msg, reason string) {
+	s.held.release(m)
 	dl := DeadLetter{Subject: m.Subject(), Payload: m.Data(), Headers: m.Headers(), Reason: reason}
 	if md, err := m.Metadata(); err == nil {
 		dl.StreamSeq = md.Sequence.Stream
@@ -465,6 +470,6 @@ func (s *Subscriber) deadLetter(ctx context.Context, m jetstream.Msg, reason str
 
 // returnToStream gives a message back to JetStream while stopping.
 func (s *Subscriber) returnToStream(it item) {
+	s.held.release(it.msg)
 	_ = it.msg.NakWithDelay(shutdownRedelivery)
-	s.held.remove([]item{it})
 }

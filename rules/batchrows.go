@@ -18,7 +18,7 @@ import (
 // change in another transaction until the batch ends: it answers every
 // later read. A row read without one (all(), and the events' users the
 // batch loads first) answers only later reads without a lock: they see the
-// row as the batch first read it, as if they had run then. A save made on
+// row as the batch last read it, as if they had run then. A save made on
 // such a reading is still checked against the row's updated value when it
 // is sent, so that a change made meanwhile elsewhere is not overwritten
 // ([ErrConflict] fails the batch, which runs again reading everything from
