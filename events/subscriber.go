@@ -277,7 +277,12 @@ func (s *Subscriber) Run(ctx, stopCtx context.Context) error {
 	s.held.close()
 	cc.Drain()
 	wg.Wait()
-	<-cc.Closed()
+	select {
+	case <-cc.Closed():
+	case <-stopCtx.Done():
+		// A drain held up by the connection: the messages still in the
+		// client's buffer are redelivered after the ack wait.
+	}
 	for _, q := range queues {
 		for _, it := range q.take(nil, math.MaxInt) {
 			s.returnToStream(it)

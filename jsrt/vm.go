@@ -105,6 +105,11 @@ func (v *vm) evaluate(ctx context.Context, prog *goja.Program, req *rules.Policy
 		defer func() {
 			if v.watchdog.disarm() {
 				v.rt.ClearInterrupt()
+				if ctx.Err() != nil {
+					// The batch ended meanwhile: its interrupt, which
+					// the clear may have erased, must stop what follows.
+					v.rt.Interrupt(context.Cause(ctx))
+				}
 			}
 		}()
 	} else {
