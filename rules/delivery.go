@@ -70,7 +70,10 @@ type DispatcherConfig struct {
 	// to MaxBackoff. Default 15s and 1h (authentik's Dramatiq settings).
 	MinBackoff, MaxBackoff time.Duration
 	// Lease is how long a claimed delivery is reserved for its worker; a
-	// worker that dies mid-delivery delays it by at most this. Default 5m.
+	// worker that dies mid-delivery delays it by at most this. A delivery
+	// must go out within the first half of its lease (a longer transport
+	// timeout is cut to that), so that no other worker sends it at the
+	// same time. Default 5m.
 	Lease time.Duration
 	// Concurrency is how many deliveries run at once. Defaults to 4.
 	Concurrency int
@@ -157,7 +160,7 @@ WHERE id = (
     ORDER BY d.next_attempt_at
     LIMIT 1
     FOR UPDATE OF d SKIP LOCKED)
-RETURNING id`
+RETURNING id, attempts`
 
 const selectDelivery = `SELECT d.id, d.attempts, n.id AS notification_id, n.severity, n.body, n.hyperlink, n.hyperlink_label,
     coalesce(r.name, '') AS rule_name,
@@ -192,8 +195,12 @@ func (d *Dispatcher) DispatchOne(ctx context.Context) (bool, error) {
 	}
 	// The claim is not cancelled halfway: a cancelled query may still have
 	// claimed a row, which would then wait for its lease to run out.
-	var id string
-	err := d.db.GetContext(context.WithoutCancel(ctx), &id, claimDelivery, d.cfg.Lease.Milliseconds(), textArray(modes))
+	claimed := time.Now()
+	var claim struct {
+		ID       string `db:"id"`
+		Attempts int    `db:"attempts"`
+	}
+	err := d.db.GetContext(context.WithoutCancel(ctx), &claim, claimDelivery, d.cfg.Lease.Milliseconds(), textArray(modes))
 	if errors.Is(err, sql.ErrNoRows) {
 		return false, nil
 	}
@@ -201,34 +208,51 @@ func (d *Dispatcher) DispatchOne(ctx context.Context) (bool, error) {
 		return false, fmt.Errorf("claim delivery: %w", err)
 	}
 	if ctx.Err() != nil {
-		d.release(ctx, id) // stopping: give it back at once
+		d.release(ctx, claim.ID, claim.Attempts) // stopping: give it back at once
 		return false, nil
 	}
-	d.deliver(ctx, id)
+	// It is carried out in the first half of its lease, so that it is
+	// recorded before another worker can claim it again.
+	sendCtx, cancel := context.WithDeadline(ctx, claimed.Add(d.cfg.Lease/2))
+	defer cancel()
+	d.deliver(ctx, sendCtx, claim.ID, claim.Attempts)
 	return true, nil
 }
 
-func (d *Dispatcher) deliver(ctx context.Context, id string) {
-	var del Delivery
+func (d *Dispatcher) deliver(ctx, sendCtx context.Context, id string, attempts int) {
+	del := Delivery{ID: id, Attempts: attempts}
 	if err := d.db.GetContext(ctx, &del, selectDelivery, id); err != nil {
 		if ctx.Err() != nil {
-			d.release(ctx, id)
+			d.release(ctx, id, attempts)
 			return
 		}
-		d.log.WarnContext(ctx, "load delivery", slog.String("delivery", id), slog.Any("error", err))
-		return // the lease runs out and it is tried again
+		// Counted as a failed attempt, so that a delivery that can never
+		// be loaded ends dead.
+		del = Delivery{ID: id, Attempts: attempts}
+		if rerr := d.record(context.WithoutCancel(ctx), &del, DeliveryResult{}, fmt.Errorf("load delivery: %w", err)); rerr != nil {
+			d.log.WarnContext(ctx, "record delivery", slog.String("delivery", id), slog.Any("error", rerr))
+		}
+		return
 	}
 	if string(del.EventJSON) != "null" {
 		if ev, err := events.Decode(del.EventJSON); err == nil {
 			del.Event = &ev
 		}
 	}
-	t := d.cfg.Transports[del.Transport.Mode]
-	res, err := t.Deliver(ctx, &del)
+	var (
+		res DeliveryResult
+		err error
+	)
+	if t := d.cfg.Transports[del.Transport.Mode]; t != nil {
+		res, err = t.Deliver(sendCtx, &del)
+	} else {
+		// The transport's mode changed since the claim.
+		err = &PermanentError{Err: fmt.Errorf("transport %q is now %q, which this dispatcher does not send", del.Transport.Name, del.Transport.Mode)}
+	}
 	if err != nil && ctx.Err() != nil {
 		// Shutting down mid-delivery: give the attempt back so that the
 		// next start (or another worker) tries again at once.
-		d.release(ctx, id)
+		d.release(ctx, id, attempts)
 		return
 	}
 	// A delivery that went out is recorded even while shutting down.
@@ -237,11 +261,12 @@ func (d *Dispatcher) deliver(ctx context.Context, id string) {
 	}
 }
 
-// release gives back a claimed delivery that was not carried out.
-func (d *Dispatcher) release(ctx context.Context, id string) {
+// release gives back a claimed delivery that was not carried out, unless
+// its lease ran out and another claim took it since.
+func (d *Dispatcher) release(ctx context.Context, id string, attempts int) {
 	_, err := d.db.ExecContext(context.WithoutCancel(ctx), `UPDATE deliveries SET
     status = CASE WHEN attempts > 1 THEN 'failed' ELSE 'pending' END, attempts = attempts - 1,
-    next_attempt_at = now(), updated = now() WHERE id = $1 AND status = 'sending'`, id)
+    next_attempt_at = now(), updated = now() WHERE id = $1 AND status = 'sending' AND attempts = $2`, id, attempts)
 	if err != nil {
 		d.log.WarnContext(ctx, "release delivery", slog.String("delivery", id), slog.Any("error", err))
 	}

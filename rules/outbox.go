@@ -1,14 +1,17 @@
 package rules
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"time"
 
 	"github.com/jmoiron/sqlx"
+	"github.com/lib/pq"
 )
 
 // Outbox kinds.
@@ -67,6 +70,10 @@ type OutboxConfig struct {
 	// MinBackoff is the delay after the first failure; it doubles per
 	// attempt, with jitter, up to MaxBackoff. Defaults to 1s and 10m.
 	MinBackoff, MaxBackoff time.Duration
+	// Lease is how long claimed items are kept from other dispatchers.
+	// Items are sent only in its first half, each within the rest of that
+	// half, so that none is sent twice at once. Defaults to 5m.
+	Lease time.Duration
 	// Permanent reports errors that will not go away on retry; the item is
 	// marked dead at once. Optional.
 	Permanent func(error) bool
@@ -90,6 +97,9 @@ func (c OutboxConfig) withDefaults() OutboxConfig {
 	if c.MaxBackoff <= 0 {
 		c.MaxBackoff = 10 * time.Minute
 	}
+	if c.Lease <= 0 {
+		c.Lease = 5 * time.Minute
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -97,9 +107,11 @@ func (c OutboxConfig) withDefaults() OutboxConfig {
 }
 
 // Outbox dispatches the effects that event transactions queued: it claims
-// due items with FOR UPDATE SKIP LOCKED (so several workers can run it),
-// carries each out, and records the outcome. An item is carried out at
-// least once; its receivers de-duplicate by key (Nats-Msg-Id for events).
+// due items with FOR UPDATE SKIP LOCKED and leases them (so several workers
+// can run it), carries each out, and records each outcome as soon as it is
+// known. An item is carried out at least once (twice only when a worker
+// stops between carrying it out and recording it); event receivers
+// de-duplicate by key (Nats-Msg-Id).
 type Outbox struct {
 	db   *sqlx.DB
 	cfg  OutboxConfig
@@ -133,61 +145,93 @@ type outboxItem struct {
 	Attempts int    `db:"attempts"`
 }
 
-const claimOutbox = `SELECT id, key, kind, payload, attempts FROM outbox
-WHERE status IN ('pending', 'failed') AND next_attempt_at <= now() AND kind = ANY($1)
-ORDER BY next_attempt_at, id
-LIMIT $2
-FOR UPDATE SKIP LOCKED`
+// claimOutbox leases due items: they are not due again until the lease
+// ends, and attempts counts the claim, so that a dispatcher records an
+// outcome only while the item is still its own.
+const claimOutbox = `UPDATE outbox o SET attempts = o.attempts + 1, next_attempt_at = now() + $3 * interval '1 millisecond'
+FROM (SELECT id FROM outbox
+      WHERE status IN ('pending', 'failed') AND next_attempt_at <= now() AND kind = ANY($1)
+      ORDER BY next_attempt_at, id
+      LIMIT $2
+      FOR UPDATE SKIP LOCKED) due
+WHERE o.id = due.id
+RETURNING o.id, o.key, o.kind, o.payload, o.attempts`
 
 // DispatchOnce carries out the items that are due now and returns how many
-// it claimed.
+// it claimed. Items it did not get to (it stopped, or half the lease went
+// by) are due again at once.
 func (o *Outbox) DispatchOnce(ctx context.Context) (int, error) {
 	kinds := make([]string, 0, len(o.cfg.Senders))
 	for k := range o.cfg.Senders {
 		kinds = append(kinds, k)
 	}
-	tx, err := o.db.BeginTxx(ctx, nil)
-	if err != nil {
-		return 0, fmt.Errorf("begin outbox claim: %w", err)
-	}
-	defer tx.Rollback() //nolint:errcheck // a no-op after Commit
+	claimed := time.Now()
 	var items []outboxItem
-	if err := tx.SelectContext(ctx, &items, claimOutbox, textArray(kinds), o.cfg.BatchSize); err != nil {
+	if err := o.db.SelectContext(ctx, &items, claimOutbox, textArray(kinds), o.cfg.BatchSize, o.cfg.Lease.Milliseconds()); err != nil {
 		return 0, fmt.Errorf("claim outbox items: %w", err)
 	}
-	for _, it := range items {
-		err := o.cfg.Senders[it.Kind].SendOutbox(ctx, it.Key, it.Payload)
-		if err := o.record(ctx, tx, it, err); err != nil {
-			return 0, err
+	slices.SortFunc(items, func(a, b outboxItem) int { return cmp.Compare(a.ID, b.ID) })
+	// Outcomes are recorded even when ctx ends: the item was carried out.
+	record := context.WithoutCancel(ctx)
+	sendBy := claimed.Add(o.cfg.Lease / 2)
+	for i, it := range items {
+		if ctx.Err() != nil || !time.Now().Before(sendBy) {
+			return len(items), o.release(record, items[i:])
 		}
-	}
-	if err := tx.Commit(); err != nil {
-		return 0, fmt.Errorf("commit outbox results: %w", err)
+		sendCtx, cancel := context.WithDeadline(ctx, sendBy)
+		err := o.cfg.Senders[it.Kind].SendOutbox(sendCtx, it.Key, it.Payload)
+		cancel()
+		if err != nil && ctx.Err() != nil {
+			// Stopping: not an attempt of the item's.
+			return len(items), o.release(record, items[i:])
+		}
+		if err := o.record(record, it, err); err != nil {
+			return len(items), err
+		}
 	}
 	return len(items), nil
 }
 
-func (o *Outbox) record(ctx context.Context, tx *sqlx.Tx, it outboxItem, sendErr error) error {
+// record writes the outcome of a claimed item, unless its lease ended and
+// another dispatcher claimed it since.
+func (o *Outbox) record(ctx context.Context, it outboxItem, sendErr error) error {
 	if sendErr == nil {
-		_, err := tx.ExecContext(ctx, `UPDATE outbox SET status = 'sent', attempts = attempts + 1, sent_at = now(), last_error = '' WHERE id = $1`, it.ID)
+		_, err := o.db.ExecContext(ctx, `UPDATE outbox SET status = 'sent', sent_at = now(), last_error = ''
+WHERE id = $1 AND attempts = $2`, it.ID, it.Attempts)
 		if err != nil {
 			return fmt.Errorf("mark outbox item %s sent: %w", it.Key, err)
 		}
 		return nil
 	}
-	attempts := it.Attempts + 1
 	status := DeliveryFailed
-	if attempts >= o.cfg.MaxAttempts || (o.cfg.Permanent != nil && o.cfg.Permanent(sendErr)) {
+	if it.Attempts >= o.cfg.MaxAttempts || (o.cfg.Permanent != nil && o.cfg.Permanent(sendErr)) {
 		status = DeliveryDead
 	}
-	delay := Backoff(attempts, o.cfg.MinBackoff, o.cfg.MaxBackoff)
-	o.log.WarnContext(ctx, "outbox item failed", slog.String("key", it.Key), slog.Int("attempts", attempts),
+	delay := Backoff(it.Attempts, o.cfg.MinBackoff, o.cfg.MaxBackoff)
+	o.log.WarnContext(ctx, "outbox item failed", slog.String("key", it.Key), slog.Int("attempts", it.Attempts),
 		slog.String("status", status), slog.Duration("retry_in", delay), slog.Any("error", sendErr))
-	_, err := tx.ExecContext(ctx, `UPDATE outbox SET status = $2, attempts = $3, last_error = $4,
-        next_attempt_at = now() + $5 * interval '1 millisecond' WHERE id = $1`,
-		it.ID, status, attempts, sendErr.Error(), delay.Milliseconds())
+	_, err := o.db.ExecContext(ctx, `UPDATE outbox SET status = $3, last_error = $4,
+        next_attempt_at = now() + $5 * interval '1 millisecond' WHERE id = $1 AND attempts = $2`,
+		it.ID, it.Attempts, status, sendErr.Error(), delay.Milliseconds())
 	if err != nil {
 		return fmt.Errorf("record outbox failure of %s: %w", it.Key, err)
+	}
+	return nil
+}
+
+// release makes claimed items that were not carried out due again at once,
+// without counting the claim as an attempt.
+func (o *Outbox) release(ctx context.Context, items []outboxItem) error {
+	ids, attempts := make([]int64, len(items)), make([]int64, len(items))
+	for i, it := range items {
+		ids[i], attempts[i] = it.ID, int64(it.Attempts)
+	}
+	_, err := o.db.ExecContext(ctx, `UPDATE outbox o SET attempts = o.attempts - 1, next_attempt_at = now()
+FROM unnest($1::bigint[], $2::int[]) AS r(id, attempts)
+WHERE o.id = r.id AND o.attempts = r.attempts AND o.status IN ('pending', 'failed')`,
+		pq.Int64Array(ids), pq.Int64Array(attempts))
+	if err != nil {
+		return fmt.Errorf("release %d outbox items: %w", len(items), err)
 	}
 	return nil
 }

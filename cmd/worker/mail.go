@@ -100,7 +100,8 @@ func (t *emailTransport) Deliver(ctx context.Context, d *rules.Delivery) (rules.
 		"from_email": t.from,
 		"to_email":   []any{d.User.Email},
 	}
-	if err := rules.CreateEventAfter(ctx, t.db, d.Event, "email_sent", "authentik.stages.email.tasks", map[string]any{}, sent, d.ID); err != nil {
+	// The email went out: its event is stored even while stopping.
+	if err := rules.CreateEventAfter(context.WithoutCancel(ctx), t.db, d.Event, "email_sent", "authentik.stages.email.tasks", map[string]any{}, sent, d.ID); err != nil {
 		slog.WarnContext(ctx, "record email_sent event", slog.String("delivery", d.ID), slog.Any("error", err))
 	}
 	return rules.DeliveryResult{}, nil

@@ -1,0 +1,119 @@
+package rules_test
+
+import (
+	"context"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/heraldhq/herald/internal/testinfra"
+	"github.com/heraldhq/herald/rules"
+)
+
+// transportFunc adapts a function to rules.Transporter.
+type transportFunc func(ctx context.Context, d *rules.Delivery) (rules.DeliveryResult, error)
+
+func (f transportFunc) Deliver(ctx context.Context, d *rules.Delivery) (rules.DeliveryResult, error) {
+	return f(ctx, d)
+}
+
+// pendingWebhookDelivery inserts a due delivery to a webhook transport and
+// returns its id.
+func pendingWebhookDelivery(t *testing.T, db *testinfra.DB) string {
+	t.Helper()
+	var id string
+	require.NoError(t, db.GetContext(t.Context(), &id, `WITH u AS (INSERT INTO users (username) VALUES ('jane') RETURNING id),
+t AS (INSERT INTO notification_transports (name, mode, webhook_url) VALUES ('hook', 'webhook', 'http://127.0.0.1:9/') RETURNING id),
+n AS (INSERT INTO notifications (user_id, body) SELECT id, 'hello' FROM u RETURNING id)
+INSERT INTO deliveries (notification_id, transport_id) SELECT n.id, t.id FROM n, t RETURNING id`))
+	return id
+}
+
+type deliveryRow struct {
+	Status   string `db:"status"`
+	Attempts int    `db:"attempts"`
+}
+
+func deliveryState(t *testing.T, db *testinfra.DB, id string) deliveryRow {
+	t.Helper()
+	var r deliveryRow
+	require.NoError(t, db.GetContext(t.Context(), &r, `SELECT status, attempts FROM deliveries WHERE id = $1`, id))
+	return r
+}
+
+// A worker whose lease ran out, and whose delivery another worker claimed
+// since, gives nothing back when it stops: the newer claim stands.
+func TestDeliveryReleaseKeepsANewerClaim(t *testing.T) {
+	t.Parallel()
+	db := testinfra.Postgres(t)
+	id := pendingWebhookDelivery(t, db)
+	const lease = 200 * time.Millisecond
+	logger := slog.New(slog.DiscardHandler)
+
+	// The first worker's transport ignores its deadline and returns only
+	// once the second worker holds the delivery and the first is stopping.
+	firstIn, firstOut := make(chan struct{}), make(chan struct{})
+	first := rules.NewDispatcher(db.DB, rules.DispatcherConfig{Lease: lease, Logger: logger,
+		Transports: map[string]rules.Transporter{rules.ModeWebhook: transportFunc(func(ctx context.Context, _ *rules.Delivery) (rules.DeliveryResult, error) {
+			close(firstIn)
+			<-firstOut
+			return rules.DeliveryResult{}, context.Canceled
+		})}})
+	secondIn, secondOut := make(chan struct{}), make(chan struct{})
+	second := rules.NewDispatcher(db.DB, rules.DispatcherConfig{Lease: time.Minute, Logger: logger,
+		Transports: map[string]rules.Transporter{rules.ModeWebhook: transportFunc(func(context.Context, *rules.Delivery) (rules.DeliveryResult, error) {
+			close(secondIn)
+			<-secondOut
+			return rules.DeliveryResult{}, nil
+		})}})
+
+	firstCtx, stopFirst := context.WithCancel(t.Context())
+	firstDone := make(chan struct{})
+	go func() {
+		defer close(firstDone)
+		_, _ = first.DispatchOne(firstCtx)
+	}()
+	<-firstIn
+	time.Sleep(lease + 50*time.Millisecond) // the first lease runs out
+	secondDone := make(chan struct{})
+	go func() {
+		defer close(secondDone)
+		ok, err := second.DispatchOne(t.Context())
+		require.NoError(t, err)
+		require.True(t, ok, "the second worker claims the delivery whose lease ran out")
+	}()
+	<-secondIn
+	stopFirst()
+	close(firstOut)
+	<-firstDone
+	require.Equal(t, deliveryRow{Status: "sending", Attempts: 2}, deliveryState(t, db, id), "the second claim stands")
+	close(secondOut)
+	<-secondDone
+	require.Equal(t, deliveryRow{Status: "sent", Attempts: 2}, deliveryState(t, db, id))
+}
+
+// A delivery is carried out within the first half of its lease: the
+// transport's context ends then, before another worker could claim it.
+func TestDeliveryIsBoundedByHalfItsLease(t *testing.T) {
+	t.Parallel()
+	db := testinfra.Postgres(t)
+	id := pendingWebhookDelivery(t, db)
+	const lease = time.Minute
+	var (
+		deadline    time.Time
+		hasDeadline bool
+	)
+	d := rules.NewDispatcher(db.DB, rules.DispatcherConfig{Lease: lease, Logger: slog.New(slog.DiscardHandler),
+		Transports: map[string]rules.Transporter{rules.ModeWebhook: transportFunc(func(ctx context.Context, _ *rules.Delivery) (rules.DeliveryResult, error) {
+			deadline, hasDeadline = ctx.Deadline()
+			return rules.DeliveryResult{}, context.DeadlineExceeded
+		})}})
+	ok, err := d.DispatchOne(t.Context())
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.True(t, hasDeadline, "the transport's context has no deadline")
+	require.LessOrEqual(t, time.Until(deadline), lease/2, "later than half the lease after the claim")
+	require.Equal(t, deliveryRow{Status: "failed", Attempts: 1}, deliveryState(t, db, id), "recorded as a failed attempt")
+}
