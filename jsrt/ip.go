@@ -7,13 +7,20 @@ import (
 	"github.com/dop251/goja"
 )
 
-// pythonPrivate are the networks Python's ipaddress calls private.
-var pythonPrivate = mustPrefixes(
-	"0.0.0.0/8", "10.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
-	"192.0.0.0/29", "192.0.0.170/31", "192.0.2.0/24", "192.168.0.0/16", "198.18.0.0/15",
-	"198.51.100.0/24", "203.0.113.0/24", "240.0.0.0/4", "255.255.255.255/32",
-	"::1/128", "::/128", "::ffff:0:0/96", "100::/64", "2001::/23", "2001:db8::/32",
-	"2001:10::/28", "fc00::/7", "fe80::/10",
+// pythonPrivate are the networks Python's ipaddress (3.13) calls
+// private, but for those of pythonNotPrivate.
+var (
+	pythonPrivate = mustPrefixes(
+		"0.0.0.0/8", "10.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
+		"192.0.0.0/24", "192.0.0.170/31", "192.0.2.0/24", "192.168.0.0/16", "198.18.0.0/15",
+		"198.51.100.0/24", "203.0.113.0/24", "240.0.0.0/4", "255.255.255.255/32",
+		"::1/128", "::/128", "::ffff:0:0/96", "64:ff9b:1::/48", "100::/64", "2001::/23",
+		"2001:db8::/32", "2002::/16", "3fff::/20", "fc00::/7", "fe80::/10",
+	)
+	pythonNotPrivate = mustPrefixes(
+		"192.0.0.9/32", "192.0.0.10/32",
+		"2001:1::1/128", "2001:1::2/128", "2001:3::/32", "2001:4:112::/48", "2001:20::/28", "2001:30::/28",
+	)
 )
 
 func mustPrefixes(ss ...string) []netip.Prefix {
@@ -26,7 +33,26 @@ func mustPrefixes(ss ...string) []netip.Prefix {
 
 func isPrivate(a netip.Addr) bool {
 	a = a.Unmap()
-	for _, p := range pythonPrivate {
+	return containedIn(pythonPrivate, a) && !containedIn(pythonNotPrivate, a)
+}
+
+// isPrivateNetwork is Python's is_private of a network: one private
+// network holds all of it, and neither end is an exception.
+func isPrivateNetwork(p netip.Prefix) bool {
+	first, last := p.Addr(), lastAddr(p)
+	if containedIn(pythonNotPrivate, first) || containedIn(pythonNotPrivate, last) {
+		return false
+	}
+	for _, n := range pythonPrivate {
+		if n.Bits() <= p.Bits() && n.Contains(first) {
+			return true
+		}
+	}
+	return false
+}
+
+func containedIn(nets []netip.Prefix, a netip.Addr) bool {
+	for _, p := range nets {
 		if p.Contains(a) {
 			return true
 		}
@@ -34,15 +60,31 @@ func isPrivate(a netip.Addr) bool {
 	return false
 }
 
+// lastAddr is p's last address (its broadcast address, for IPv4).
+func lastAddr(p netip.Prefix) netip.Addr {
+	b := p.Addr().AsSlice()
+	for i := p.Bits(); i < len(b)*8; i++ {
+		b[i/8] |= 0x80 >> (i % 8)
+	}
+	a, _ := netip.AddrFromSlice(b)
+	return a
+}
+
 // sharedAddressSpace is RFC 6598's carrier-grade NAT range, not global.
 var sharedAddressSpace = netip.MustParsePrefix("100.64.0.0/10")
+
+// isGlobal is Python's is_global: neither private nor shared address
+// space (multicast addresses are global).
+func isGlobal(a netip.Addr) bool {
+	return !isPrivate(a) && !sharedAddressSpace.Contains(a.Unmap())
+}
 
 // ipObject is what ip_address returns: version, is_private, is_global,
 // is_loopback, is_multicast, is_link_local, is_unspecified, compressed,
 // and toString().
 func (v *vm) ipObject(a netip.Addr) *goja.Object {
 	version := 4
-	if a.Is6() && !a.Is4In6() {
+	if a.Is6() { // an IPv4-mapped address too, as in Python
 		version = 6
 	}
 	// Properties are computed when first read: a policy usually reads one,
@@ -54,7 +96,7 @@ func (v *vm) ipObject(a netip.Addr) *goja.Object {
 		case "is_private":
 			return v.rt.ToValue(isPrivate(a))
 		case "is_global":
-			return v.rt.ToValue(!isPrivate(a) && !a.IsMulticast() && !(version == 4 && sharedAddressSpace.Contains(a)))
+			return v.rt.ToValue(isGlobal(a))
 		case "is_loopback":
 			return v.rt.ToValue(a.IsLoopback())
 		case "is_multicast":
@@ -74,7 +116,8 @@ func (v *vm) ipObject(a netip.Addr) *goja.Object {
 var ipKeys = []string{"version", "is_private", "is_global", "is_loopback", "is_multicast", "is_link_local", "is_unspecified", "compressed"}
 
 // netKeys are the properties of an ip_network object.
-var netKeys = []string{"version", "prefixlen", "network_address", "is_private", "with_prefixlen"}
+var netKeys = []string{"version", "prefixlen", "network_address", "broadcast_address", "is_private", "is_global",
+	"is_loopback", "is_multicast", "is_link_local", "is_unspecified", "with_prefixlen"}
 
 // installIP creates the prototypes of ip_address and ip_network objects and
 // ak_client_ip, computed on first use for each event.
@@ -106,7 +149,9 @@ func (v *vm) installIP() {
 		if err != nil {
 			return v.rt.ToValue(false)
 		}
-		return v.rt.ToValue(p.Contains(a.Unmap()))
+		// As Python's `in`: never across versions (an IPv4-mapped
+		// address is IPv6).
+		return v.rt.ToValue(p.Contains(a))
 	})
 	_ = v.rt.GlobalObject().DefineAccessorProperty("ak_client_ip", v.rt.ToValue(func(goja.FunctionCall) goja.Value {
 		if v.cur == nil {
@@ -143,19 +188,35 @@ func (v *vm) ipNetwork(call goja.FunctionCall) goja.Value {
 	if p.Masked() != p {
 		panic(v.rt.NewGoError(fmt.Errorf("ValueError: %s has host bits set", s)))
 	}
+	first, last := p.Addr(), lastAddr(p)
+	// A network is loopback, multicast or link-local when both its first
+	// and its last address are, as in Python.
+	both := func(has func(netip.Addr) bool) goja.Value { return v.rt.ToValue(has(first) && has(last)) }
 	obj := v.newLazy(netKeys, func(key string) goja.Value {
 		switch key {
 		case "version":
-			if p.Addr().Is6() {
+			if first.Is6() {
 				return v.rt.ToValue(6)
 			}
 			return v.rt.ToValue(4)
 		case "prefixlen":
 			return v.rt.ToValue(p.Bits())
 		case "network_address":
-			return v.ipObject(p.Addr())
+			return v.ipObject(first)
+		case "broadcast_address":
+			return v.ipObject(last)
 		case "is_private":
-			return v.rt.ToValue(isPrivate(p.Addr()))
+			return v.rt.ToValue(isPrivateNetwork(p))
+		case "is_global":
+			return v.rt.ToValue(!isPrivateNetwork(p) && !sharedAddressSpace.Contains(first))
+		case "is_loopback":
+			return both(netip.Addr.IsLoopback)
+		case "is_multicast":
+			return both(netip.Addr.IsMulticast)
+		case "is_link_local":
+			return both(netip.Addr.IsLinkLocalUnicast)
+		case "is_unspecified":
+			return v.rt.ToValue(first.IsUnspecified() && p.Bits() == first.BitLen())
 		}
 		return v.rt.ToValue(p.String())
 	})

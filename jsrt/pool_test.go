@@ -257,6 +257,15 @@ func TestEvaluateRegexMatch(t *testing.T) {
 		{name: "PythonNamedGroup", value: "2024-01", re: `(?P<year>\d{4})-(?P<month>\d{2})`, want: true},
 		{name: "PythonNamedGroupNoMatch", value: "24-01", re: `^(?P<year>\d{4})-`, want: false},
 		{name: "CaseInsensitiveFlag", value: "ADMIN", re: `(?i)admin`, want: true},
+		// As Python 3's re: \w and \d are Unicode, (?P=name) is a
+		// backreference, \Z is the very end and $ also matches before a
+		// final newline, and a class is taken as it is.
+		{name: "UnicodeWord", value: "José", re: `^\w+$`, want: true},
+		{name: "UnicodeDigit", value: "٣", re: `^\d$`, want: true},
+		{name: "PythonNamedBackreference", value: "xx", re: `(?P<a>x)(?P=a)`, want: true},
+		{name: "EndOfInput", value: "a\n", re: `a\Z`, want: false},
+		{name: "DollarBeforeFinalNewline", value: "a\n", re: `a$`, want: true},
+		{name: "ClassTakenAsItIs", value: "(x", re: `[(?P<]+x`, want: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

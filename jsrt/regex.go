@@ -11,8 +11,9 @@ import (
 )
 
 // pyRegexp is a compiled Python-style regular expression. regexp2 supports
-// what Python's re does and RE2 does not (backreferences, lookaround) as
-// well as (?P<name>…).
+// what Python's re does and RE2 does not (backreferences, lookaround), and
+// matches \w, \d, \s and \b on Unicode as Python 3 does; [fromPython]
+// spells the rest of Python's syntax its way.
 type pyRegexp = regexp2.Regexp
 
 // regexMatchTimeout bounds one match: host functions cannot be interrupted,
@@ -30,7 +31,7 @@ func compileRegex(pattern string) (*pyRegexp, error) {
 	if re, ok := regexCache.m[pattern]; ok {
 		return re, nil
 	}
-	re, err := regexp2.Compile(pattern, regexp2.RE2)
+	re, err := regexp2.Compile(fromPython(pattern), regexp2.None)
 	if err != nil {
 		return nil, err
 	}
@@ -40,6 +41,55 @@ func compileRegex(pattern string) (*pyRegexp, error) {
 	}
 	regexCache.m[pattern] = re
 	return re, nil
+}
+
+// fromPython rewrites what Python's re spells differently from regexp2:
+// (?P<name>…) as (?<name>…), (?P=name) as \k<name>, and \Z (the end of the
+// input) as \z. Inside a character class nothing is rewritten.
+func fromPython(pattern string) string {
+	var b strings.Builder
+	b.Grow(len(pattern))
+	inClass := false
+	for i := 0; i < len(pattern); i++ {
+		c := pattern[i]
+		switch {
+		case c == '\\' && i+1 < len(pattern):
+			if !inClass && pattern[i+1] == 'Z' {
+				b.WriteString(`\z`)
+			} else {
+				b.WriteString(pattern[i : i+2])
+			}
+			i++
+			continue
+		case inClass:
+			inClass = c != ']'
+		case c == '[':
+			inClass = true
+			b.WriteByte(c)
+			// A ']' first in a class is one of its characters.
+			if strings.HasPrefix(pattern[i+1:], "^") {
+				b.WriteByte('^')
+				i++
+			}
+			if strings.HasPrefix(pattern[i+1:], "]") {
+				b.WriteByte(']')
+				i++
+			}
+			continue
+		case strings.HasPrefix(pattern[i:], "(?P<"):
+			b.WriteString("(?<")
+			i += len("(?P<") - 1
+			continue
+		case strings.HasPrefix(pattern[i:], "(?P="):
+			if end := strings.IndexByte(pattern[i:], ')'); end > 0 {
+				b.WriteString(`\k<` + pattern[i+len("(?P="):i+end] + ">")
+				i += end
+				continue
+			}
+		}
+		b.WriteByte(c)
+	}
+	return b.String()
 }
 
 // pythonSub replaces every match of re in s with repl, expanding repl as

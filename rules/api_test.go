@@ -870,6 +870,12 @@ return {props: Object.keys(a).join(","), net: Object.keys(n).join(","), json: JS
 		"bad-ip":     `return ip_address("10.0.0.256");`,
 		"client-ip":  `return {text: String(ak_client_ip), private: ak_client_ip.is_private, in_doc_net: ip_network("192.0.2.0/24").contains(ak_client_ip)};`,
 		"regex-name": `return regex_replace("jane.doe@example.com", "(?P<local>[^@]+)@(?P<domain>.+)", "\\g<domain>/\\g<local>/\\1");`,
+		// Each value as Python's ipaddress gives it.
+		"as-python": `return {mapped_version: ip_address("::ffff:10.0.0.1").version, mapped_in_v4: ip_network("10.0.0.0/8").contains("::ffff:10.0.0.1"),
+        all_private: ip_network("0.0.0.0/0").is_private, wide_private: ip_network("10.0.0.0/7").is_private,
+        net_private: ip_network("10.0.0.0/8").is_private, net_loopback: ip_network("127.0.0.0/8").is_loopback,
+        multicast_global: ip_address("224.0.0.1").is_global, shared_net_global: ip_network("100.64.0.0/10").is_global,
+        broadcast: String(ip_network("10.0.0.0/8").broadcast_address), unspecified: ip_network("::/128").is_unspecified};`,
 	})
 
 	withIP := event(t, map[string]any{"action": "login", "client_ip": "192.0.2.10", "user": map[string]any{"pk": jane, "username": "jane"}})
@@ -879,13 +885,16 @@ return {props: Object.keys(a).join(","), net: Object.keys(n).join(","), json: JS
 	requireJSON(t, `{"private": true, "version": 4, "text": "10.0.0.1", "loopback": true, "public": false, "v6": 6}`, b.result(t, withIP.PK, "ip").Raw)
 	requireJSON(t, `{"in": true, "out": false, "text": "10.0.0.0/8", "string_arg": true, "single": true}`, b.result(t, withIP.PK, "network").Raw)
 	requireJSON(t, `{"props": "version,is_private,is_global,is_loopback,is_multicast,is_link_local,is_unspecified,compressed",
-		"net": "version,prefixlen,network_address,is_private,with_prefixlen", "json": "{\"a\":\"::1\",\"n\":\"10.0.0.0/8\"}",
+		"net": "version,prefixlen,network_address,broadcast_address,is_private,is_global,is_loopback,is_multicast,is_link_local,is_unspecified,with_prefixlen", "json": "{\"a\":\"::1\",\"n\":\"10.0.0.0/8\"}",
 		"prefixlen": 8, "address": "10.0.0.0", "global": false, "link_local": true}`, b.result(t, withIP.PK, "ip-fields").Raw)
 	require.Contains(t, b.thrown(t, withIP.PK, "host-bits"), "host bits set")
 	require.Contains(t, b.thrown(t, withIP.PK, "bad-ip"), "10.0.0.256")
 	requireJSON(t, `{"text": "192.0.2.10", "private": true, "in_doc_net": true}`, b.result(t, withIP.PK, "client-ip").Raw)
 	requireJSON(t, `{"text": "255.255.255.255", "private": true, "in_doc_net": false}`, b.result(t, withoutIP.PK, "client-ip").Raw)
 	require.Equal(t, "example.com/jane.doe/jane.doe", b.result(t, withIP.PK, "regex-name").Raw)
+	requireJSON(t, `{"mapped_version": 6, "mapped_in_v4": false, "all_private": false, "wide_private": false, "net_private": true,
+		"net_loopback": true, "multicast_global": true, "shared_net_global": false, "broadcast": "10.255.255.255", "unspecified": true}`,
+		b.result(t, withIP.PK, "as-python").Raw)
 }
 
 func TestAPIExecutionLoggingRecordsLogs(t *testing.T) {
