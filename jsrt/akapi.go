@@ -107,9 +107,16 @@ func (v *vm) akCallPolicy(call goja.FunctionCall) goja.Value {
 		}
 		defer scope.LeaveCall()
 	}
-	c := maps.Clone(outer.req.Context)
-	if c == nil {
-		c = map[string]any{}
+	// The callee sees the caller's request.context as it is now (what the
+	// caller added too), with kwargs over it, in a copy.
+	c := map[string]any{}
+	if request, ok := v.rt.Get("request").(*goja.Object); ok {
+		live, _ := request.Get("context").(*goja.Object)
+		for _, k := range keysOf(live) {
+			if k != "event" {
+				c[k] = exportJSON(live.Get(k))
+			}
+		}
 	}
 	maps.Copy(c, kwargs)
 	req := &rules.PolicyRequest{Policy: p, Event: outer.req.Event, User: outer.req.User, Context: c, Scope: scope, Depth: outer.req.Depth + 1}
@@ -342,4 +349,12 @@ func eventMap(ev *events.Event) map[string]any {
 		return m
 	}
 	return map[string]any{"pk": ev.PK, "action": ev.Action}
+}
+
+// keysOf is o's own enumerable keys; none for nil.
+func keysOf(o *goja.Object) []string {
+	if o == nil {
+		return nil
+	}
+	return o.Keys()
 }

@@ -131,6 +131,12 @@ func (v *vm) evaluate(ctx context.Context, prog *goja.Program, req *rules.Policy
 		defer func() { _ = v.rt.Set(name, prevVal) }()
 	}
 	plain := req.Context == nil && req.Globals == nil
+	if !plain {
+		// A nested call (or a mapping) has a request of its own: the
+		// evaluations after it share the one they shared before.
+		prevCache := v.cache
+		defer func() { v.cache = prevCache }()
+	}
 	var rule *rules.Rule
 	if req.Scope != nil {
 		rule = req.Scope.Rule

@@ -649,6 +649,7 @@ return {foo: request.context.foo, n: request.context.n, action: request.context.
 	b.policy(t, "callee-fails", `ak_message("about to fail"); return false;`)
 	b.policy(t, "callee-throws", `throw new Error("callee boom");`)
 	b.policy(t, "callee-mutates", `request.context.foo = "changed by callee"; request.context.added = 1; return true;`)
+	b.policy(t, "callee-sees", `return {mine: request.context.mine, foo: request.context.foo};`)
 	b.matcher(t, "callee-matcher", matcher{Action: "login"})
 	b.probes(t, map[string]string{
 		"caller": `const r = ak_call_policy("callee", {foo: "bar", n: 2});
@@ -663,6 +664,8 @@ return {foo: request.context.foo === undefined, added: request.context.added ===
 		"caller-throws":  `const r = ak_call_policy("callee-throws"); return {passing: r.passing, messages: r.messages};`,
 		"caller-matcher": `return ak_call_policy("callee-matcher").passing;`,
 		"caller-unknown": `return ak_call_policy("x");`,
+		// Last by name: the probes share the request.
+		"caller-with-live-context": `request.context.mine = "kept"; request.context.foo = "mine"; return ak_call_policy("callee-sees", {foo: "kwarg"}).raw_result;`,
 	})
 
 	ev := b.login(t, jane)
@@ -674,6 +677,8 @@ return {foo: request.context.foo === undefined, added: request.context.added ===
 	requireJSON(t, `{"passing": false, "messages": ["about to fail"], "raw_result": false}`, b.result(t, ev.PK, "caller-fails").Raw)
 	require.True(t, b.result(t, ev.PK, "caller-matcher").Passing)
 	require.Contains(t, b.thrown(t, ev.PK, "caller-unknown"), "Policy 'x' not found.")
+	requireJSON(t, `{"mine": "kept", "foo": "kwarg"}`, b.result(t, ev.PK, "caller-with-live-context").Raw,
+		"the callee sees what the caller added to request.context, with the kwargs over it")
 
 	// A callee that throws: a false result carrying the error, and a
 	// policy_exception event about the callee.
@@ -1192,4 +1197,20 @@ return false;`)})
 	require.Zero(t, b.engine.Stats().BatchesRedone.Load(), "the batch ran again")
 	requireJSON(t, `{"n": 2}`, b.jsonColumn(t, `SELECT attributes::text FROM users WHERE id = $1`, jane))
 	requireJSON(t, `{"n": 1, "by_jane": 2, "saw_by_jane": 2}`, b.jsonColumn(t, `SELECT attributes::text FROM users WHERE id = $1`, bob))
+}
+
+// The policies of one rule share the request, also after one of them
+// called another policy.
+func TestAPIRequestSharedInARuleAfterACall(t *testing.T) {
+	t.Parallel()
+	b := apiSetup(t)
+	jane := b.user(t, "jane")
+	b.policy(t, "helper", `return true;`)
+	rl := b.alertRule(t, "shares",
+		binding{Order: 1, Policy: b.policy(t, "sets", `request.context.shared = 1; ak_call_policy("helper", {x: 1}); return false;`)},
+		binding{Order: 2, Policy: b.policy(t, "reads", `return request.context.shared === 1 && request.context.x === undefined;`)})
+	b.reload(t)
+
+	ev := b.login(t, jane)
+	require.True(t, b.fired(t, rl, ev.PK), "the second policy did not see what the first added")
 }
