@@ -44,6 +44,39 @@ func (v *vm) install() {
 	set("ip_network", v.ipNetwork)
 	set("resolve_dns", v.resolveDNS)
 	set("reverse_dns", v.reverseDNS)
+	v.freezeShared()
+}
+
+// freezeShared freezes what every policy evaluated on the runtime shares:
+// the global objects and functions, built-in and Herald's, and their
+// prototypes. A policy that changes one (Array.prototype.includes, say)
+// fails with a TypeError instead of changing how later policies run.
+// Global variables themselves stay assignable.
+func (v *vm) freezeShared() {
+	if _, err := v.rt.RunString(`(function () {
+	"use strict";
+	const seen = new Set([globalThis]); // whose variables stay assignable
+	const freeze = (o) => {
+		if ((typeof o !== "object" && typeof o !== "function") || o === null || seen.has(o)) return;
+		seen.add(o);
+		try {
+			Object.freeze(o);
+		} catch (e) {
+			return; // a Go-backed object: it takes no new properties anyway
+		}
+		for (const k of Reflect.ownKeys(o)) {
+			const d = Object.getOwnPropertyDescriptor(o, k);
+			if ("value" in d) freeze(d.value);
+		}
+		freeze(Object.getPrototypeOf(o));
+	};
+	for (const k of Reflect.ownKeys(globalThis)) {
+		const d = Object.getOwnPropertyDescriptor(globalThis, k);
+		if ("value" in d) freeze(d.value);
+	}
+})();`); err != nil {
+		panic(fmt.Sprintf("jsrt: freeze shared objects: %v", err))
+	}
 }
 
 // throw raises a TypeError in the running policy.

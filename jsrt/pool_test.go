@@ -614,3 +614,27 @@ func TestEvaluateExpressionThatClosesItsFunction(t *testing.T) {
 		require.False(t, res.Passing)
 	}
 }
+
+// Policies evaluated on one runtime cannot change what the others share:
+// built-in objects, Herald's helpers and their prototypes are frozen.
+func TestPoliciesCannotChangeSharedObjects(t *testing.T) {
+	t.Parallel()
+	pool := newPool(t, jsrt.Config{Size: 1}) // every evaluation on one runtime
+	for name, src := range map[string]string{
+		"array-prototype":  `Array.prototype.includes = () => true; return true;`,
+		"object-prototype": `Object.prototype.polluted = 1; return true;`,
+		"json":             `JSON.parse = () => ({}); return true;`,
+		"helper":           `ip_network.prototype = null; return true;`,
+		"logger":           `ak_logger.info = () => {}; return true;`,
+	} {
+		res := evaluate(t, pool, request(name, src))
+		require.NotNil(t, res.Err, "%s: the change was allowed", name)
+		require.Contains(t, res.Err.Message, "TypeError", name)
+	}
+	res := evaluate(t, pool, request("later", `return [1].includes(2) || ({}).polluted !== undefined || typeof JSON.parse("{}") !== "object";`))
+	require.Nil(t, res.Err)
+	require.False(t, res.Passing, "a later policy saw a change")
+	res = evaluate(t, pool, request("globals", `globalThis.mine = 1; return request.context.event.action === "login";`))
+	require.Nil(t, res.Err, "global variables stay assignable")
+	require.True(t, res.Passing)
+}
