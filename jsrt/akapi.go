@@ -192,6 +192,8 @@ func (v *vm) akSendEmail(call goja.FunctionCall) goja.Value {
 	if _, ok := opts["template"]; ok && !hasTemplate {
 		v.throw("%s: template must be a string", fn)
 	}
+	// authentik tests them for truth: an empty one is none.
+	hasBody, hasTemplate = hasBody && body != "", hasTemplate && template != ""
 	switch {
 	case hasBody && hasTemplate:
 		v.throw("%s: body and template are exclusive; give one", fn)

@@ -786,6 +786,7 @@ func TestAPIAkSendEmail(t *testing.T) {
 		"row-template":       `return ak_send_email("w@example.com", "Row", {template: "welcome"});`,
 		"both":               `return ak_send_email("x@example.com", "Both", {body: "b", template: "event_notification"});`,
 		"neither":            `return ak_send_email("x@example.com", "Neither", {});`,
+		"empty-body":         `return ak_send_email("x@example.com", "Empty", {body: ""});`,
 		"no-options":         `return ak_send_email("x@example.com", "No options");`,
 		"unknown-template":   `return ak_send_email("x@example.com", "Unknown", {template: "no-such-template"});`,
 		"empty-list":         `return ak_send_email([], "Empty", {body: "b"});`,
@@ -802,6 +803,7 @@ func TestAPIAkSendEmail(t *testing.T) {
 	for name, want := range map[string]string{
 		"both":               "exclusive",
 		"neither":            "body or a template",
+		"empty-body":         "body or a template", // as Python's truthiness
 		"no-options":         "body or a template",
 		"unknown-template":   "no-such-template",
 		"empty-list":         "empty",
