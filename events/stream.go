@@ -1,9 +1,11 @@
 package events
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -16,11 +18,14 @@ type StreamConfig struct {
 	// SubjectPrefix; the stream holds SubjectPrefix + ".>". Defaults to
 	// [DefaultSubjectPrefix].
 	SubjectPrefix string
-	// MaxAge is how long events stay in the stream. Defaults to 7 days.
+	// MaxAge is how long events stay in the stream (zero: 7 days for a
+	// new stream, unchanged for an existing one).
 	MaxAge time.Duration
-	// Replicas for a clustered JetStream. Defaults to 1.
+	// Replicas for a clustered JetStream (zero: 1 for a new stream,
+	// unchanged for an existing one).
 	Replicas int
-	// DuplicateWindow over which Nats-Msg-Id de-duplicates. Defaults to 2 minutes.
+	// DuplicateWindow over which Nats-Msg-Id de-duplicates (zero: 2
+	// minutes for a new stream, unchanged for an existing one).
 	DuplicateWindow time.Duration
 }
 
@@ -31,34 +36,60 @@ func (c StreamConfig) withDefaults() StreamConfig {
 	if c.SubjectPrefix == "" {
 		c.SubjectPrefix = DefaultSubjectPrefix
 	}
-	if c.MaxAge == 0 {
-		c.MaxAge = 7 * 24 * time.Hour
-	}
-	if c.Replicas == 0 {
-		c.Replicas = 1
-	}
-	if c.DuplicateWindow == 0 {
-		c.DuplicateWindow = 2 * time.Minute
-	}
 	return c
 }
 
-// EnsureStream creates the events stream, or updates its settings when it
-// exists already. It uses file storage.
+// EnsureStream creates the events stream with file storage when it does
+// not exist (MaxAge 7 days, one replica and a 2 minute duplicate window
+// unless cfg sets them). A stream that exists keeps the settings it has
+// (replicas and limits an operator set included), but for those cfg sets
+// and for its subjects, which must cover SubjectPrefix.>; it is updated
+// only when one of those differs.
 func EnsureStream(ctx context.Context, js jetstream.JetStream, cfg StreamConfig) (jetstream.Stream, error) {
 	cfg = cfg.withDefaults()
-	sc := jetstream.StreamConfig{
-		Name:       cfg.Name,
-		Subjects:   []string{cfg.SubjectPrefix + ".>"},
-		Storage:    jetstream.FileStorage,
-		Retention:  jetstream.LimitsPolicy,
-		MaxAge:     cfg.MaxAge,
-		Replicas:   cfg.Replicas,
-		Duplicates: cfg.DuplicateWindow,
+	subject := cfg.SubjectPrefix + ".>"
+	s, err := js.Stream(ctx, cfg.Name)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		sc := jetstream.StreamConfig{
+			Name:       cfg.Name,
+			Subjects:   []string{subject},
+			Storage:    jetstream.FileStorage,
+			Retention:  jetstream.LimitsPolicy,
+			MaxAge:     cmp.Or(cfg.MaxAge, 7*24*time.Hour),
+			Replicas:   cmp.Or(cfg.Replicas, 1),
+			Duplicates: cmp.Or(cfg.DuplicateWindow, 2*time.Minute),
+		}
+		if s, err = js.CreateStream(ctx, sc); err == nil || !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+			if err != nil {
+				return nil, fmt.Errorf("create stream %s: %w", cfg.Name, err)
+			}
+			return s, nil
+		}
+		s, err = js.Stream(ctx, cfg.Name) // created meanwhile by another worker
 	}
-	s, err := js.CreateOrUpdateStream(ctx, sc)
 	if err != nil {
-		return nil, fmt.Errorf("create stream %s: %w", cfg.Name, err)
+		return nil, fmt.Errorf("look up stream %s: %w", cfg.Name, err)
+	}
+	sc := s.CachedInfo().Config
+	changed := false
+	if !slices.Contains(sc.Subjects, subject) {
+		sc.Subjects, changed = append(slices.Clone(sc.Subjects), subject), true
+	}
+	set := func(field *time.Duration, v time.Duration) {
+		if v != 0 && *field != v {
+			*field, changed = v, true
+		}
+	}
+	set(&sc.MaxAge, cfg.MaxAge)
+	set(&sc.Duplicates, cfg.DuplicateWindow)
+	if cfg.Replicas != 0 && sc.Replicas != cfg.Replicas {
+		sc.Replicas, changed = cfg.Replicas, true
+	}
+	if !changed {
+		return s, nil
+	}
+	if s, err = js.UpdateStream(ctx, sc); err != nil {
+		return nil, fmt.Errorf("update stream %s: %w", cfg.Name, err)
 	}
 	return s, nil
 }

@@ -1,0 +1,41 @@
+package rules_test
+
+import (
+	"context"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/heraldhq/herald/internal/testinfra"
+	"github.com/heraldhq/herald/rules"
+)
+
+// A change made from a session whose search_path is another schema (the
+// table named with its schema) still makes the workers of the table's
+// schema reload at once.
+func TestRuleCacheReloadsOnAChangeFromAnotherSchema(t *testing.T) {
+	t.Parallel()
+	db := testinfra.Postgres(t)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	reloaded := make(chan *rules.RuleSet, 10)
+	cache, err := rules.NewRuleCache(ctx, db.DB, rules.RuleCacheConfig{DSN: db.URL, Logger: slog.New(slog.DiscardHandler)})
+	require.NoError(t, err)
+	cache.OnReload = func(rs *rules.RuleSet) { reloaded <- rs }
+	watching := make(chan error, 1)
+	go func() { watching <- cache.Watch(ctx, time.Hour) }() // no fallback reload in this test
+	time.Sleep(200 * time.Millisecond) // LISTEN is in place
+
+	other := testinfra.EmptyPostgres(t) // a session in another schema
+	other.MustExec(t, `INSERT INTO `+db.Schema+`.policies (name, kind, match_action) VALUES ('from-elsewhere', 'event_matcher', 'login')`)
+	select {
+	case rs := <-reloaded:
+		require.Contains(t, rs.Policies, "from-elsewhere")
+	case <-time.After(10 * time.Second):
+		t.Fatal("no reload after a change made from another schema")
+	}
+	cancel()
+	require.NoError(t, <-watching)
+}
