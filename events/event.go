@@ -136,6 +136,9 @@ func Decode(data []byte) (Event, error) {
 		return Event{}, decodeErr(`"created": %q is not an RFC 3339 time`, created)
 	}
 	ev.Created = ev.Created.UTC()
+	if ev.Created.Year() < 1 {
+		return Event{}, decodeErr(`"created": %q is before the year 1`, created)
+	}
 	for k, v := range raw {
 		if known[k] {
 			continue

@@ -116,6 +116,14 @@ func TestDecodeSanitisesAndCleansesContext(t *testing.T) {
 	diff := ev.Context["diff"].(map[string]any)
 	require.Equal(t, map[string]any{"new_value": "2026-04-20T10:20:00Z"}, diff["password_change_date"])
 	require.Equal(t, CleansedValue, diff["api_key"])
+
+	// A null under a secret key is masked too, as authentik's cleanse_item
+	// does, and so is what is stored.
+	ev, err = Decode([]byte(`{"pk": "9a0c5d2e7b1f4c3a8e6d0f1a2b3c4d5e", "action": "login", "context": {"password": null, "note": null}}`))
+	require.NoError(t, err)
+	require.Equal(t, map[string]any{"password": CleansedValue, "note": nil}, ev.Context)
+	_, stored, _ := ev.StoredJSON()
+	require.Nil(t, stored, "the context changed: it must be encoded again")
 }
 
 func TestEventMarshalJSONRoundTrip(t *testing.T) {
@@ -199,6 +207,9 @@ func TestDecodeRejects(t *testing.T) {
 		{name: "ClientIPOutOfRange", payload: `{` + pk + `, "action": "login", "client_ip": "256.1.1.1"}`, reason: `"client_ip"`},
 		{name: "ClientIPNumber", payload: `{` + pk + `, "action": "login", "client_ip": 1}`, reason: `"client_ip"`},
 		{name: "CreatedNotATime", payload: `{` + pk + `, "action": "login", "created": "yesterday"}`, reason: `"created"`},
+		// PostgreSQL has no year 0.
+		{name: "CreatedInYearZero", payload: `{` + pk + `, "action": "login", "created": "0000-06-01T00:00:00Z"}`, reason: `"created"`},
+		{name: "CreatedInYearZeroInUTC", payload: `{` + pk + `, "action": "login", "created": "0001-01-01T00:00:00+01:00"}`, reason: `"created"`},
 		{name: "CreatedWithoutZone", payload: `{` + pk + `, "action": "login", "created": "2026-04-20T10:15:30"}`, reason: `"created"`},
 		{name: "CreatedNumber", payload: `{` + pk + `, "action": "login", "created": 1776680130}`, reason: `"created"`},
 	}

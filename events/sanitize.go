@@ -155,10 +155,8 @@ func sanitizeCleanseItem(key string, v any) any {
 			out = append(out, x)
 		}
 		return out
-	case nil:
-		return nil
 	}
-	if secretKey(key) {
+	if secretKey(key) { // a null too, as authentik's cleanse_item
 		return CleansedValue
 	}
 	return Sanitize(v)
@@ -240,8 +238,6 @@ func cleansedAsIs(key string, v any) bool {
 				}
 			}
 		}
-		return true
-	case nil:
 		return true
 	}
 	return !secretKey(key) && sanitizedAsIs(v)

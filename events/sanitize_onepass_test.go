@@ -9,6 +9,7 @@ import (
 
 func TestSinglePassEqualsTwoPass(t *testing.T) {
 	for _, in := range []string{
+		`{"secret": null, "nested_null": {"api_key": null, "plain": null}}`,
 		`{"password": ["", "x", 0, {"a": ""}], "list": [0, false, "", null, [], {}, "a\u0000b", {"token": "t", "k": [1, 0]}], "n": 1.5, "i": 12, "big": 123456789012, "nested": {"api_key": "s", "author": ["a", ""], "auth_method_args": {"known_device": false}}}`,
 	} {
 		var a, b map[string]any

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"strings"
 
 	"github.com/jmoiron/sqlx"
 
@@ -48,14 +49,22 @@ func NewStore(db *sqlx.DB) *Store { return &Store{db: db} }
 
 var _ events.DeadLetterStore = (*Store)(nil)
 
-// StoreDeadLetter implements [events.DeadLetterStore].
+// StoreDeadLetter implements [events.DeadLetterStore]. NUL characters,
+// which PostgreSQL's text and jsonb cannot hold, are dropped from the
+// subject, headers and reason (the payload is kept byte for byte): a dead
+// letter that could not be stored would be redelivered for ever.
 func (s *Store) StoreDeadLetter(ctx context.Context, dl events.DeadLetter) error {
-	headers, err := json.Marshal(dl.Headers)
+	clean := make(map[string][]string, len(dl.Headers))
+	for k, vs := range dl.Headers {
+		out := make([]string, len(vs))
+		for i, v := range vs {
+			out[i] = stripNUL(v)
+		}
+		clean[stripNUL(k)] = out
+	}
+	headers, err := json.Marshal(clean)
 	if err != nil {
 		return fmt.Errorf("encode dead letter headers: %w", err)
-	}
-	if dl.Headers == nil {
-		headers = []byte("{}")
 	}
 	var seq *int64
 	if dl.StreamSeq > 0 {
@@ -68,7 +77,7 @@ func (s *Store) StoreDeadLetter(ctx context.Context, dl events.DeadLetter) error
 	}
 	_, err = s.db.ExecContext(ctx,
 		`INSERT INTO dead_letters (subject, payload, headers, reason, stream_seq) VALUES ($1, $2, $3, $4, $5)`,
-		dl.Subject, payload, string(headers), dl.Reason, seq)
+		stripNUL(dl.Subject), payload, string(headers), stripNUL(dl.Reason), seq)
 	if err != nil {
 		return fmt.Errorf("insert dead letter: %w", err)
 	}
@@ -207,3 +216,5 @@ func LoadEmailTemplate(ctx context.Context, q sqlx.QueryerContext, name string) 
 	}
 	return &t, nil
 }
+
+func stripNUL(s string) string { return strings.ReplaceAll(s, "\x00", "") }
