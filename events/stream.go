@@ -119,13 +119,22 @@ func (p *Publisher) Publish(ctx context.Context, ev Event) error {
 	return p.PublishRaw(ctx, ev.PK, ev.Action, data)
 }
 
+// ErrDuplicate is returned (wrapped) by [Publisher.PublishRaw] when the
+// stream already holds a message with the event's pk, published within its
+// duplicate window: this one was dropped.
+var ErrDuplicate = errors.New("a message with this pk is already in the stream")
+
 // PublishRaw sends an already encoded event.
 func (p *Publisher) PublishRaw(ctx context.Context, pk, action string, data []byte) error {
 	if pk == "" {
 		return errors.New("publish event: empty pk")
 	}
-	if _, err := p.js.Publish(ctx, Subject(p.prefix, action), data, jetstream.WithMsgID(pk)); err != nil {
+	ack, err := p.js.Publish(ctx, Subject(p.prefix, action), data, jetstream.WithMsgID(pk))
+	if err != nil {
 		return fmt.Errorf("publish event %s: %w", pk, err)
+	}
+	if ack.Duplicate {
+		return fmt.Errorf("publish event %s: %w", pk, ErrDuplicate)
 	}
 	return nil
 }

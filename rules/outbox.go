@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -12,6 +13,8 @@ import (
 
 	"github.com/jmoiron/sqlx"
 	"github.com/lib/pq"
+
+	"github.com/heraldhq/herald/events"
 )
 
 // Outbox kinds.
@@ -49,7 +52,11 @@ func PublishEvents(p EventPublisher) OutboxSender {
 		if err := json.Unmarshal(payload, &head); err != nil {
 			return fmt.Errorf("decode outbox event: %w", err)
 		}
-		return p.PublishRaw(ctx, head.PK, head.Action, payload)
+		err := p.PublishRaw(ctx, head.PK, head.Action, payload)
+		if errors.Is(err, events.ErrDuplicate) {
+			return nil // published before, by an attempt whose outcome was not recorded
+		}
+		return err
 	})
 }
 
@@ -110,8 +117,9 @@ func (c OutboxConfig) withDefaults() OutboxConfig {
 // due items with FOR UPDATE SKIP LOCKED and leases them (so several workers
 // can run it), carries each out, and records each outcome as soon as it is
 // known. An item is carried out at least once (twice only when a worker
-// stops between carrying it out and recording it); event receivers
-// de-duplicate by key (Nats-Msg-Id).
+// stops between carrying it out and recording it). An event published
+// twice is dropped by the stream within its duplicate window (Nats-Msg-Id
+// is the pk), and found stored, so not processed again, after it.
 type Outbox struct {
 	db   *sqlx.DB
 	cfg  OutboxConfig

@@ -25,7 +25,8 @@ func TestRuleCacheReloadsOnAChangeFromAnotherSchema(t *testing.T) {
 	require.NoError(t, err)
 	cache.OnReload = func(rs *rules.RuleSet) { reloaded <- rs }
 	watching := make(chan error, 1)
-	go func() { watching <- cache.Watch(ctx, time.Hour) }() // no fallback reload in this test
+	// No fallback reload in this test.
+	go func() { watching <- cache.Watch(ctx, time.Hour) }()
 	time.Sleep(200 * time.Millisecond) // LISTEN is in place
 
 	other := testinfra.EmptyPostgres(t) // a session in another schema

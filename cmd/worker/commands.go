@@ -157,6 +157,10 @@ func publishCommand(ctx context.Context, e env, args []string) error {
 		fs.Usage()
 		return errors.New("publish: give -action or a FILE (\"-\" for stdin)")
 	}
+	if *pk != "" && len(payloads) > 1 {
+		// One pk for several events: the stream would keep the first.
+		return fmt.Errorf("publish: -pk names one event, and the input holds %d", len(payloads))
+	}
 
 	nc, err := connectNATS(cfg, false, cfg.logger(e.stderr))
 	if err != nil {
@@ -185,7 +189,7 @@ func publishCommand(ctx context.Context, e env, args []string) error {
 			return fmt.Errorf("event %s: %w", id, err)
 		}
 		if err := pub.PublishRaw(ctx, id, act, filled); err != nil {
-			return err
+			return err // a duplicate too: the event was not published
 		}
 		fmt.Fprintln(e.stdout, id)
 	}

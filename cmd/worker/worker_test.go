@@ -418,3 +418,21 @@ func TestBrokenPolicyIsReportedOnceAsConfigurationError(t *testing.T) {
 	s.settle(t)
 	require.Equal(t, 1, s.count(t, `SELECT count(*) FROM events WHERE action = 'configuration_error'`))
 }
+
+// publish says so when the stream dropped an event as a duplicate of one
+// it holds, and refuses one -pk for several events.
+func TestPublishReportsDuplicates(t *testing.T) {
+	t.Parallel()
+	s := newStack(t)
+	const pk = "6a1f0d3c-2b4e-4f5a-9c8d-7e6f5a4b3c2d"
+	require.Equal(t, pk, strings.TrimSpace(s.cli(t, "", "publish", "-action", "login", "-pk", pk)))
+
+	var out, errOut bytes.Buffer
+	err := dispatch(t.Context(), []string{"publish", "-action", "login", "-pk", pk}, s.getenv, strings.NewReader(""), &out, &errOut)
+	require.ErrorIs(t, err, events.ErrDuplicate)
+	require.Empty(t, out.String(), "the dropped event's pk is not printed as published")
+
+	two := `{"action": "login"}` + "\n" + `{"action": "logout"}`
+	err = dispatch(t.Context(), []string{"publish", "-f", "-", "-pk", "7b2f0d3c-2b4e-4f5a-9c8d-7e6f5a4b3c2d"}, s.getenv, strings.NewReader(two), &out, &errOut)
+	require.ErrorContains(t, err, "-pk names one event")
+}
