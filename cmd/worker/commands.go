@@ -95,22 +95,34 @@ func checkCommand(ctx context.Context, e env, args []string) error {
 	if err != nil {
 		return err
 	}
+	var mappings []struct {
+		Name       string `db:"name"`
+		Expression string `db:"expression"`
+	}
+	if err := db.SelectContext(ctx, &mappings, `SELECT name, expression FROM webhook_mappings ORDER BY name`); err != nil {
+		return fmt.Errorf("read webhook mappings: %w", err)
+	}
 	pool := jsrt.New(jsrt.Config{Size: 1})
 	failed := 0
-	checked := 0
-	for _, p := range rs.Policies {
-		if p.Kind != rules.KindExpression {
-			continue
-		}
-		checked++
+	check := func(p *rules.Policy) {
 		if err := pool.Check(p); err != nil {
 			failed++
 			fmt.Fprintln(e.stdout, "FAIL", err)
 		}
 	}
-	fmt.Fprintf(e.stdout, "%d policies checked, %d failed\n", checked, failed)
+	policies := 0
+	for _, p := range rs.Policies {
+		if p.Kind == rules.KindExpression {
+			policies++
+			check(p)
+		}
+	}
+	for _, m := range mappings {
+		check(&rules.Policy{Name: "webhook mapping " + m.Name, Kind: rules.KindExpression, Expression: m.Expression})
+	}
+	fmt.Fprintf(e.stdout, "%d policies and %d webhook mappings checked, %d failed\n", policies, len(mappings), failed)
 	if failed > 0 {
-		return fmt.Errorf("%d policies do not compile", failed)
+		return fmt.Errorf("%d expressions do not compile", failed)
 	}
 	return nil
 }

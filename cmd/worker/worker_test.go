@@ -436,3 +436,20 @@ func TestPublishReportsDuplicates(t *testing.T) {
 	err = dispatch(t.Context(), []string{"publish", "-f", "-", "-pk", "7b2f0d3c-2b4e-4f5a-9c8d-7e6f5a4b3c2d"}, s.getenv, strings.NewReader(two), &out, &errOut)
 	require.ErrorContains(t, err, "-pk names one event")
 }
+
+// worker check compiles every expression policy and webhook mapping.
+func TestCheckCompilesPoliciesAndMappings(t *testing.T) {
+	t.Parallel()
+	s := newStack(t)
+	s.db.MustExec(t, `INSERT INTO policies (name, kind, expression) VALUES ('fine', 'expression', 'return true;')`)
+	s.db.MustExec(t, `INSERT INTO webhook_mappings (name, expression) VALUES ('body', 'return {text: notification.body};')`)
+	require.Contains(t, s.cli(t, "", "check"), "1 policies and 1 webhook mappings checked, 0 failed")
+
+	s.db.MustExec(t, `INSERT INTO policies (name, kind, expression) VALUES ('broken', 'expression', 'return (;')`)
+	s.db.MustExec(t, `INSERT INTO webhook_mappings (name, expression) VALUES ('broken-body', 'return {;')`)
+	var out, errOut bytes.Buffer
+	err := dispatch(t.Context(), []string{"check"}, s.getenv, strings.NewReader(""), &out, &errOut)
+	require.ErrorContains(t, err, "2 expressions do not compile")
+	require.Contains(t, out.String(), `"broken"`)
+	require.Contains(t, out.String(), "webhook mapping broken-body")
+}
