@@ -156,6 +156,35 @@ func loadConfig(getenv func(string) string, fs *flag.FlagSet, args []string) (co
 	if c.Concurrency < 1 {
 		errs = append(errs, errors.New("HERALD_CONCURRENCY must be at least 1"))
 	}
+	// The stream's duplicate window (2 minutes) must fit in its age.
+	if c.StreamMaxAge < 2*time.Minute {
+		errs = append(errs, errors.New("HERALD_STREAM_MAX_AGE must be at least 2m"))
+	}
+	if c.MaxEventDepth < 1 {
+		errs = append(errs, errors.New("HERALD_MAX_EVENT_DEPTH must be at least 1"))
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"HERALD_ACK_WAIT", c.AckWait}, {"HERALD_WEBHOOK_TIMEOUT", c.WebhookTimeout},
+		{"HERALD_DELIVERY_MIN_BACKOFF", c.DeliveryMinBackoff}, {"HERALD_DELIVERY_MAX_BACKOFF", c.DeliveryMaxBackoff},
+	} {
+		if d.v <= 0 {
+			errs = append(errs, fmt.Errorf("%s must be positive", d.name))
+		}
+	}
+	if c.BatchWait < 0 {
+		errs = append(errs, errors.New("HERALD_BATCH_WAIT must not be negative"))
+	}
+	for _, n := range []struct {
+		name string
+		v    int
+	}{{"HERALD_MAX_PAYLOAD", c.MaxPayload}, {"HERALD_MAX_ATTEMPTS", c.MaxAttempts}, {"HERALD_DELIVERY_MAX_ATTEMPTS", c.DeliveryAttempts}} {
+		if n.v < 1 {
+			errs = append(errs, fmt.Errorf("%s must be at least 1", n.name))
+		}
+	}
 	if c.LogFormat != "text" && c.LogFormat != "json" {
 		errs = append(errs, fmt.Errorf("HERALD_LOG_FORMAT=%q: want text or json", c.LogFormat))
 	}
