@@ -85,8 +85,12 @@ func (c *RuleCache) Watch(ctx context.Context, fallback time.Duration) error {
 		}
 	})
 	defer l.Close()
+	notify := l.Notify
 	if err := l.Listen(ConfigChannel); err != nil {
-		return fmt.Errorf("listen %s: %w", ConfigChannel, err)
+		// Changes still take effect, within the fallback interval.
+		c.log.ErrorContext(ctx, "listen for config changes; reloading every fallback interval only",
+			slog.String("channel", ConfigChannel), slog.Duration("fallback", fallback), slog.Any("error", err))
+		notify = nil
 	}
 	t := time.NewTicker(fallback)
 	defer t.Stop()
@@ -94,7 +98,7 @@ func (c *RuleCache) Watch(ctx context.Context, fallback time.Duration) error {
 		select {
 		case <-ctx.Done():
 			return nil
-		case n := <-l.Notify:
+		case n := <-notify:
 			// nil means the connection was re-established: changes may
 			// have been missed.
 			if n != nil && n.Extra != c.schema {
@@ -104,7 +108,7 @@ func (c *RuleCache) Watch(ctx context.Context, fallback time.Duration) error {
 		drain:
 			for {
 				select {
-				case <-l.Notify:
+				case <-notify:
 				default:
 					break drain
 				}

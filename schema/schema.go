@@ -167,8 +167,9 @@ func (e *SeedError) Error() string {
 func (e *SeedError) Unwrap() error { return e.Err }
 
 // Seed applies the seed files in order, all in one transaction: either every
-// statement of every file is applied, or none is. A failure is reported as a
-// [*SeedError].
+// statement of every file is applied, or none is. A file's own BEGIN, START
+// TRANSACTION, COMMIT and END statements are skipped (they would commit
+// part of the seed). A failure is reported as a [*SeedError].
 func Seed(ctx context.Context, db *sqlx.DB, files ...SeedFile) error {
 	tx, err := db.BeginTxx(ctx, nil)
 	if err != nil {
@@ -181,6 +182,9 @@ func Seed(ctx context.Context, db *sqlx.DB, files ...SeedFile) error {
 			return &SeedError{File: f.Name, Err: err}
 		}
 		for i, st := range stmts {
+			if transactionControl(st.SQL) {
+				continue
+			}
 			if _, err := tx.ExecContext(ctx, st.SQL); err != nil {
 				return &SeedError{File: f.Name, Statement: i + 1, Line: st.Line, SQL: shorten(st.SQL, 120), Err: err}
 			}
@@ -190,6 +194,36 @@ func Seed(ctx context.Context, db *sqlx.DB, files ...SeedFile) error {
 		return fmt.Errorf("commit seed: %w", err)
 	}
 	return nil
+}
+
+// transactionControl reports whether the statement opens or ends a
+// transaction.
+func transactionControl(sql string) bool {
+	for {
+		sql = strings.TrimSpace(sql)
+		switch {
+		case strings.HasPrefix(sql, "--"):
+			_, rest, _ := strings.Cut(sql, "\n")
+			sql = rest
+			continue
+		case strings.HasPrefix(sql, "/*"):
+			_, rest, _ := strings.Cut(sql, "*/")
+			sql = rest
+			continue
+		}
+		break
+	}
+	words := strings.Fields(strings.ToLower(strings.TrimRight(sql, "; \t\r\n")))
+	if len(words) == 0 || len(words) > 2 && words[0] != "start" {
+		return false
+	}
+	switch words[0] {
+	case "begin", "commit", "end":
+		return len(words) == 1 || words[1] == "transaction" || words[1] == "work"
+	case "start":
+		return len(words) >= 2 && words[1] == "transaction"
+	}
+	return false
 }
 
 func shorten(s string, n int) string {

@@ -90,6 +90,13 @@ func TestSeedAppliesAllOrNothingAndNamesTheFailure(t *testing.T) {
 	require.NoError(t, schema.Seed(t.Context(), db.DB, good))
 	require.NoError(t, db.Get(&users, `SELECT count(*) FROM users`))
 	require.Equal(t, 1, users)
+
+	// A file's own transaction does not commit part of the seed.
+	wrapped := schema.SeedFile{Name: "wrapped.sql", SQL: "BEGIN;\nINSERT INTO users (username) VALUES ('c');\nCOMMIT;\n-- next\nStart Transaction;\nINSERT INTO nowhere VALUES (1);\nEND;"}
+	err = schema.Seed(t.Context(), db.DB, wrapped)
+	require.ErrorContains(t, err, "nowhere")
+	require.NoError(t, db.Get(&users, `SELECT count(*) FROM users`))
+	require.Equal(t, 1, users, "nothing of the failed seed is applied")
 }
 
 func TestExamplesSeedTwice(t *testing.T) {

@@ -66,7 +66,9 @@ func createDatabase(ctx context.Context, dsn string, logger *slog.Logger) error 
 	defer admin.Close()
 	if _, err := admin.ExecContext(ctx, "CREATE DATABASE "+pq.QuoteIdentifier(name)); err != nil {
 		var pqErr *pq.Error
-		if errors.As(err, &pqErr) && pqErr.Code == "42P04" { // created meanwhile
+		// Created meanwhile: duplicate_database, or unique_violation when
+		// both CREATE DATABASE statements ran at once.
+		if errors.As(err, &pqErr) && (pqErr.Code == "42P04" || pqErr.Code == "23505") {
 			return nil
 		}
 		return fmt.Errorf("create database %q: %w", name, err)
