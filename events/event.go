@@ -59,7 +59,10 @@ var known = map[string]bool{
 // "context" and "brand" must be objects or null, "client_ip" an IP address
 // or null, and "created" an RFC 3339 time (now when missing). The context is
 // passed through [Sanitize] and [Cleanse]. Errors are [*DecodeError]s.
-func Decode(data []byte) (Event, error) {
+func Decode(data []byte) (Event, error) { return decode(data, time.Now) }
+
+// decode is [Decode] with the created time of an event that has none.
+func decode(data []byte, createdWhenMissing func() time.Time) (Event, error) {
 	top, parsed, err := parseJSON(data)
 	if errors.Is(err, errTrailing) {
 		return Event{}, decodeErr("trailing data after the JSON object")
@@ -131,7 +134,7 @@ func Decode(data []byte) (Event, error) {
 		return Event{}, err
 	}
 	if created == "" {
-		ev.Created = time.Now().UTC()
+		ev.Created = createdWhenMissing()
 	} else if ev.Created, err = time.Parse(time.RFC3339Nano, created); err != nil {
 		return Event{}, decodeErr(`"created": %q is not an RFC 3339 time`, created)
 	}

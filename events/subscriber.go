@@ -410,7 +410,14 @@ func (s *Subscriber) decode(m jetstream.Msg) (Event, error) {
 	if n := len(m.Data()); n > s.cfg.MaxPayload {
 		return Event{}, &DecodeError{Reason: fmt.Sprintf("payload of %d bytes exceeds the limit of %d", n, s.cfg.MaxPayload)}
 	}
-	return Decode(m.Data())
+	// An event without a created time gets the stream's, the same on every
+	// delivery.
+	return decode(m.Data(), func() time.Time {
+		if md, err := m.Metadata(); err == nil {
+			return md.Timestamp
+		}
+		return time.Now()
+	})
 }
 
 func (s *Subscriber) settle(ctx context.Context, m jetstream.Msg, err error) {

@@ -3,6 +3,7 @@ package events_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -250,5 +251,42 @@ func runSubscriber(t *testing.T, sub *events.Subscriber) (stop func()) {
 		msgs, bytes := sub.Held()
 		require.Zero(t, msgs, "messages still held after Run returned")
 		require.Zero(t, bytes, "bytes still held after Run returned")
+	}
+}
+
+// An event without a created time gets the time the stream stored it, the
+// same on every delivery.
+func TestEventWithoutCreatedGetsTheStreamTime(t *testing.T) {
+	t.Parallel()
+	_, js, st := stream(t)
+	ack, err := js.Publish(t.Context(), st.SubjectPrefix+".login", []byte(`{"pk": "`+testPK(1)+`", "action": "login"}`))
+	require.NoError(t, err)
+	s, err := js.Stream(t.Context(), st.Name)
+	require.NoError(t, err)
+	stored, err := s.GetMsg(t.Context(), ack.Sequence)
+	require.NoError(t, err)
+
+	created := make(chan time.Time, 2)
+	deliveries := 0
+	handler := events.HandlerFunc(func(_ context.Context, evs []events.Event) error {
+		created <- evs[0].Created
+		deliveries++
+		if deliveries == 1 {
+			return errors.New("fail the first delivery")
+		}
+		return nil
+	})
+	sub := events.NewSubscriber(js, handler, nil, events.SubscriberConfig{
+		Stream: st.Name, Consumer: st.Consumer, SubjectPrefix: st.SubjectPrefix, RetryDelay: 10 * time.Millisecond,
+	})
+	stop := runSubscriber(t, sub)
+	defer stop()
+	for range 2 {
+		select {
+		case c := <-created:
+			require.True(t, c.Equal(stored.Time), "created %s, stored %s", c, stored.Time)
+		case <-time.After(10 * time.Second):
+			t.Fatal("the event was not delivered twice")
+		}
 	}
 }
