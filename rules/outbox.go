@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/jmoiron/sqlx"
@@ -120,28 +121,48 @@ func (c OutboxConfig) withDefaults() OutboxConfig {
 // stops between carrying it out and recording it). An event published
 // twice is dropped by the stream within its duplicate window (Nats-Msg-Id
 // is the pk), and found stored, so not processed again, after it.
+//
+// Each kind is dispatched on its own, so that a slow mail server does not
+// hold up the events Herald creates.
 type Outbox struct {
-	db   *sqlx.DB
-	cfg  OutboxConfig
-	log  *slog.Logger
-	wake wakeup
+	db    *sqlx.DB
+	cfg   OutboxConfig
+	log   *slog.Logger
+	kinds []string
+	wakes map[string]wakeup // by kind
 }
 
 // NewOutbox returns an Outbox on db.
 func NewOutbox(db *sqlx.DB, cfg OutboxConfig) *Outbox {
 	cfg = cfg.withDefaults()
-	return &Outbox{db: db, cfg: cfg, log: cfg.Logger, wake: newWakeup()}
+	o := &Outbox{db: db, cfg: cfg, log: cfg.Logger, wakes: make(map[string]wakeup, len(cfg.Senders))}
+	for kind := range cfg.Senders {
+		o.kinds = append(o.kinds, kind)
+		o.wakes[kind] = newWakeup()
+	}
+	slices.Sort(o.kinds)
+	return o
 }
 
 // Wake makes the dispatcher look for due items now. It never blocks.
-func (o *Outbox) Wake() { o.wake.wake() }
+func (o *Outbox) Wake() {
+	for _, w := range o.wakes {
+		w.wake()
+	}
+}
 
-// Run dispatches until ctx is done.
+// Run dispatches until ctx is done, one loop per kind.
 func (o *Outbox) Run(ctx context.Context) error {
-	poll(ctx, o.cfg.PollInterval, o.wake, o.log, "outbox dispatch", func() (bool, error) {
-		n, err := o.DispatchOnce(ctx)
-		return n == o.cfg.BatchSize, err
-	})
+	var wg sync.WaitGroup
+	for _, kind := range o.kinds {
+		wg.Go(func() {
+			poll(ctx, o.cfg.PollInterval, o.wakes[kind], o.log, "outbox dispatch of "+kind, func() (bool, error) {
+				n, err := o.dispatch(ctx, kind)
+				return n == o.cfg.BatchSize, err
+			})
+		})
+	}
+	wg.Wait()
 	return nil
 }
 
@@ -165,17 +186,26 @@ FROM (SELECT id FROM outbox
 WHERE o.id = due.id
 RETURNING o.id, o.key, o.kind, o.payload, o.attempts`
 
-// DispatchOnce carries out the items that are due now and returns how many
-// it claimed. Items it did not get to (it stopped, or half the lease went
-// by) are due again at once.
+// DispatchOnce carries out the items of every kind that are due now, up to
+// BatchSize of each, and returns how many it claimed. Items it did not get
+// to (it stopped, or half the lease went by) are due again at once.
 func (o *Outbox) DispatchOnce(ctx context.Context) (int, error) {
-	kinds := make([]string, 0, len(o.cfg.Senders))
-	for k := range o.cfg.Senders {
-		kinds = append(kinds, k)
+	total := 0
+	for _, kind := range o.kinds {
+		n, err := o.dispatch(ctx, kind)
+		total += n
+		if err != nil {
+			return total, err
+		}
 	}
+	return total, nil
+}
+
+// dispatch is [Outbox.DispatchOnce] for the items of one kind.
+func (o *Outbox) dispatch(ctx context.Context, kind string) (int, error) {
 	claimed := time.Now()
 	var items []outboxItem
-	if err := o.db.SelectContext(ctx, &items, claimOutbox, textArray(kinds), o.cfg.BatchSize, o.cfg.Lease.Milliseconds()); err != nil {
+	if err := o.db.SelectContext(ctx, &items, claimOutbox, textArray([]string{kind}), o.cfg.BatchSize, o.cfg.Lease.Milliseconds()); err != nil {
 		return 0, fmt.Errorf("claim outbox items: %w", err)
 	}
 	slices.SortFunc(items, func(a, b outboxItem) int { return cmp.Compare(a.ID, b.ID) })

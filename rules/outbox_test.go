@@ -139,3 +139,47 @@ func TestOutboxRecordsFailures(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "dead", outboxState(t, db, "flaky").Status, "after its last attempt")
 }
+
+// Each kind is dispatched on its own: an email held up by its mail server
+// does not hold up the events Herald created.
+func TestOutboxKindsDoNotWaitForEachOther(t *testing.T) {
+	t.Parallel()
+	db := testinfra.Postgres(t)
+	outboxItems(t, db, "mail")
+	db.MustExec(t, `INSERT INTO outbox (key, kind, payload) VALUES ('event', 'event', '{}')`)
+
+	mailing, release := make(chan struct{}), make(chan struct{})
+	published := make(chan struct{})
+	ob := rules.NewOutbox(db.DB, rules.OutboxConfig{
+		Senders: map[string]rules.OutboxSender{
+			rules.OutboxEmail: rules.OutboxSenderFunc(func(context.Context, string, []byte) error {
+				close(mailing)
+				<-release
+				return nil
+			}),
+			rules.OutboxEvent: rules.OutboxSenderFunc(func(context.Context, string, []byte) error {
+				close(published)
+				return nil
+			}),
+		},
+		PollInterval: 10 * time.Millisecond,
+		Logger:       slog.New(slog.DiscardHandler),
+	})
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = ob.Run(ctx)
+	}()
+	<-mailing
+	select {
+	case <-published:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the event waited for the email")
+	}
+	require.Eventually(t, func() bool { return outboxState(t, db, "event").Status == "sent" }, 10*time.Second, 10*time.Millisecond)
+	close(release)
+	require.Eventually(t, func() bool { return outboxState(t, db, "mail").Status == "sent" }, 10*time.Second, 10*time.Millisecond)
+	cancel()
+	<-done
+}
