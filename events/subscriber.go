@@ -135,14 +135,19 @@ const shutdownRedelivery = time.Second
 // acknowledged after its batch commits, terminated after it is stored as a
 // dead letter, or nak'ed with a delay for redelivery.
 type Subscriber struct {
-	cfg     SubscriberConfig
-	js      jetstream.JetStream
-	handler Handler
-	dead    DeadLetterStore
-	log     *slog.Logger
-	held    *heldMessages
-	running atomic.Bool
+	cfg       SubscriberConfig
+	js        jetstream.JetStream
+	handler   Handler
+	dead      DeadLetterStore
+	log       *slog.Logger
+	held      *heldMessages
+	running   atomic.Bool
+	consuming atomic.Bool
 }
+
+// Consuming reports whether Run is consuming: its consumer exists and it
+// pulls messages, and it is not stopping.
+func (s *Subscriber) Consuming() bool { return s.consuming.Load() }
 
 // NewSubscriber returns a Subscriber; call [Subscriber.Run] to start it.
 func NewSubscriber(js jetstream.JetStream, h Handler, dead DeadLetterStore, cfg SubscriberConfig) *Subscriber {
@@ -231,6 +236,7 @@ func (s *Subscriber) Run(ctx, stopCtx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("consume %s: %w", s.cfg.Consumer, err)
 	}
+	s.consuming.Store(true)
 
 	// A batch that is not full (the stream is keeping up) takes one of
 	// half the slots: while it waits for one its queue fills, so a steady
@@ -270,6 +276,7 @@ func (s *Subscriber) Run(ctx, stopCtx context.Context) error {
 	}
 
 	<-ctx.Done()
+	s.consuming.Store(false)
 	// Drain (not Stop): messages already pulled into the client's buffer
 	// reach the callback, which returns them to the stream at once instead
 	// of leaving them unacknowledged until AckWait.

@@ -290,3 +290,16 @@ func TestEventWithoutCreatedGetsTheStreamTime(t *testing.T) {
 		}
 	}
 }
+
+// Consuming is true while Run consumes, and false before and after.
+func TestSubscriberReportsConsuming(t *testing.T) {
+	t.Parallel()
+	_, js, st := stream(t)
+	handler := events.HandlerFunc(func(context.Context, []events.Event) error { return nil })
+	sub := events.NewSubscriber(js, handler, nil, events.SubscriberConfig{Stream: st.Name, Consumer: st.Consumer, SubjectPrefix: st.SubjectPrefix})
+	require.False(t, sub.Consuming())
+	stop := runSubscriber(t, sub)
+	require.Eventually(t, sub.Consuming, 10*time.Second, 10*time.Millisecond)
+	stop()
+	require.False(t, sub.Consuming())
+}

@@ -14,8 +14,8 @@ import (
 )
 
 // opsHandler serves /healthz (the process is up), /readyz (PostgreSQL and
-// NATS answer) and /metrics (Prometheus).
-func opsHandler(db *sqlx.DB, nc *natsConn, engine *rules.Engine, cfg config) http.Handler {
+// NATS answer, and the subscriber consumes) and /metrics (Prometheus).
+func opsHandler(db *sqlx.DB, nc *natsConn, engine *rules.Engine, consuming func() bool, cfg config) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = w.Write([]byte("ok\n"))
@@ -29,6 +29,10 @@ func opsHandler(db *sqlx.DB, nc *natsConn, engine *rules.Engine, cfg config) htt
 		}
 		if err := nc.ping(ctx); err != nil {
 			http.Error(w, "nats: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		if !consuming() {
+			http.Error(w, "not consuming events (starting or stopping)", http.StatusServiceUnavailable)
 			return
 		}
 		_, _ = w.Write([]byte("ready\n"))

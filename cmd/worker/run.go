@@ -152,7 +152,7 @@ func run(ctx context.Context, cfg config, logger *slog.Logger) error {
 
 	var srv *http.Server
 	if cfg.HTTPAddr != "" {
-		srv = &http.Server{Addr: cfg.HTTPAddr, Handler: opsHandler(db, nc, engine, cfg), ReadHeaderTimeout: 5 * time.Second}
+		srv = &http.Server{Addr: cfg.HTTPAddr, Handler: opsHandler(db, nc, engine, sub.Consuming, cfg), ReadHeaderTimeout: 5 * time.Second}
 		bg.Go(func() {
 			if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				logger.Error("http server stopped", slog.Any("error", err))

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -452,4 +453,28 @@ func TestCheckCompilesPoliciesAndMappings(t *testing.T) {
 	require.ErrorContains(t, err, "2 expressions do not compile")
 	require.Contains(t, out.String(), `"broken"`)
 	require.Contains(t, out.String(), "webhook mapping broken-body")
+}
+
+// The operations endpoints: /readyz is ready once the worker consumes.
+func TestOpsEndpoints(t *testing.T) {
+	t.Parallel()
+	s := newStack(t)
+	addr := freeAddr(t)
+	s.env["HERALD_HTTP_ADDR"] = addr
+	s.start(t)
+	get := func(path string) (int, string) {
+		resp, err := http.Get("http://" + addr + path)
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	require.Eventually(t, func() bool { code, _ := get("/readyz"); return code == http.StatusOK }, 10*time.Second, 50*time.Millisecond)
+	code, body := get("/healthz")
+	require.Equal(t, http.StatusOK, code, body)
+	code, body = get("/metrics")
+	require.Equal(t, http.StatusOK, code)
+	require.Contains(t, body, "herald_events_processed_total")
 }
