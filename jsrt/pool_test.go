@@ -302,6 +302,8 @@ func TestEvaluateRegexReplace(t *testing.T) {
 		{name: "EscapedBackslash", value: "a", re: `a`, repl: `\\`, want: `\`},
 		{name: "NewlineEscape", value: "a b", re: ` `, repl: `\n`, want: "a\nb"},
 		{name: "DollarIsLiteral", value: "a", re: `(a)`, repl: `$1`, want: "$1"},
+		// Groups are numbered left to right, named or not, as in Python.
+		{name: "NamedAndUnnumberedInOrder", value: "jane@example", re: `(?P<u>\w+)@(\w+)`, repl: `\2/\1`, want: "example/jane"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

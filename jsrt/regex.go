@@ -31,7 +31,7 @@ func compileRegex(pattern string) (*pyRegexp, error) {
 	if re, ok := regexCache.m[pattern]; ok {
 		return re, nil
 	}
-	re, err := regexp2.Compile(fromPython(pattern), regexp2.None)
+	re, err := regexp2.Compile(fromPython(pattern), regexp2.None, regexp2.OptionMaintainCaptureOrder())
 	if err != nil {
 		return nil, err
 	}
@@ -45,7 +45,9 @@ func compileRegex(pattern string) (*pyRegexp, error) {
 
 // fromPython rewrites what Python's re spells differently from regexp2:
 // (?P<name>…) as (?<name>…), (?P=name) as \k<name>, and \Z (the end of the
-// input) as \z. Inside a character class nothing is rewritten.
+// input) as \z. Inside a character class nothing is rewritten. (Groups are
+// numbered in pattern order, named or not, as in Python, by the compile
+// option.)
 func fromPython(pattern string) string {
 	var b strings.Builder
 	b.Grow(len(pattern))
