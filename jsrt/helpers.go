@@ -48,21 +48,31 @@ func (v *vm) install() {
 }
 
 // freezeShared freezes what every policy evaluated on the runtime shares:
-// the global objects and functions, built-in and Herald's, and their
-// prototypes. A policy that changes one (Array.prototype.includes, say)
-// fails with a TypeError instead of changing how later policies run.
-// Global variables themselves stay assignable.
+// the global functions and objects, built-in and Herald's helpers, and
+// their prototypes, so that a policy that changes one (Array.prototype.
+// includes, JSON.parse, ak_logger.info) fails with a TypeError instead of
+// changing how later policies run. Two are only kept from growing, because
+// freezing them would make assignments to own properties of the same name
+// fail on every object that inherits from them: Object.prototype (data keys
+// such as "constructor" or "toString") and the Error prototypes (this.name
+// in an Error subclass). Global variables stay assignable, and Go-backed
+// objects (the model managers, such as User.objects) are not frozen.
 func (v *vm) freezeShared() {
 	if _, err := v.rt.RunString(`(function () {
 	"use strict";
 	const seen = new Set([globalThis]); // whose variables stay assignable
+	const growOnly = (o) => o === Object.prototype || o === Error.prototype || Error.prototype.isPrototypeOf(o);
 	const freeze = (o) => {
 		if ((typeof o !== "object" && typeof o !== "function") || o === null || seen.has(o)) return;
 		seen.add(o);
 		try {
-			Object.freeze(o);
+			if (growOnly(o)) {
+				Object.preventExtensions(o);
+			} else {
+				Object.freeze(o);
+			}
 		} catch (e) {
-			return; // a Go-backed object: it takes no new properties anyway
+			return; // a Go-backed object
 		}
 		for (const k of Reflect.ownKeys(o)) {
 			const d = Object.getOwnPropertyDescriptor(o, k);

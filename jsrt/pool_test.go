@@ -639,4 +639,16 @@ func TestPoliciesCannotChangeSharedObjects(t *testing.T) {
 	res = evaluate(t, pool, request("globals", `globalThis.mine = 1; return request.context.event.action === "login";`))
 	require.Nil(t, res.Err, "global variables stay assignable")
 	require.True(t, res.Passing)
+
+	// What inherits from the prototypes still takes own properties of
+	// their names: data keys, and the name of an Error subclass.
+	req := request("own-properties", `class Oops extends Error { constructor(m) { super(m); this.name = "Oops"; } }
+const copy = Object.assign({}, context.data);
+const e = new Oops("x");
+return {keys: Object.keys(context.data).sort().join(","), copy: copy.constructor, error: e.name + ": " + e.message,
+        in_error: e instanceof Error};`)
+	req.Context = map[string]any{"data": map[string]any{"constructor": "c", "toString": "t", "valueOf": 1}}
+	res = evaluate(t, pool, req)
+	require.Nil(t, res.Err)
+	require.Equal(t, map[string]any{"keys": "constructor,toString,valueOf", "copy": "c", "error": "Oops: x", "in_error": true}, res.Raw)
 }
