@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -43,8 +44,8 @@ func (c StreamConfig) withDefaults() StreamConfig {
 // not exist (MaxAge 7 days, one replica and a 2 minute duplicate window
 // unless cfg sets them). A stream that exists keeps the settings it has
 // (replicas and limits an operator set included), but for those cfg sets
-// and for its subjects, which must cover SubjectPrefix.>; it is updated
-// only when one of those differs.
+// and for its subjects: when none covers SubjectPrefix.>, that is added, in
+// place of those it covers. It is updated only when one of those differs.
 func EnsureStream(ctx context.Context, js jetstream.JetStream, cfg StreamConfig) (jetstream.Stream, error) {
 	cfg = cfg.withDefaults()
 	subject := cfg.SubjectPrefix + ".>"
@@ -72,8 +73,11 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, cfg StreamConfig)
 	}
 	sc := s.CachedInfo().Config
 	changed := false
-	if !slices.Contains(sc.Subjects, subject) {
-		sc.Subjects, changed = append(slices.Clone(sc.Subjects), subject), true
+	if !slices.ContainsFunc(sc.Subjects, func(have string) bool { return subjectCovers(have, subject) }) {
+		// Subjects within ours give way to it (the server refuses
+		// overlapping ones).
+		sc.Subjects = slices.DeleteFunc(slices.Clone(sc.Subjects), func(have string) bool { return subjectCovers(subject, have) })
+		sc.Subjects, changed = append(sc.Subjects, subject), true
 	}
 	set := func(field *time.Duration, v time.Duration) {
 		if v != 0 && *field != v {
@@ -92,6 +96,27 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, cfg StreamConfig)
 		return nil, fmt.Errorf("update stream %s: %w", cfg.Name, err)
 	}
 	return s, nil
+}
+
+// subjectCovers reports whether every subject that matches pattern q also
+// matches pattern p ("*" matches one token, a final ">" one or more).
+func subjectCovers(p, q string) bool {
+	pt, qt := strings.Split(p, "."), strings.Split(q, ".")
+	for i, t := range pt {
+		switch {
+		case t == ">":
+			return i < len(qt)
+		case i >= len(qt):
+			return false
+		case t == "*":
+			if qt[i] == ">" {
+				return false
+			}
+		case t != qt[i]:
+			return false
+		}
+	}
+	return len(pt) == len(qt)
 }
 
 // Publisher publishes events to the stream. It is safe for concurrent use.

@@ -1,6 +1,7 @@
 package events_test
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -44,4 +45,29 @@ func TestEnsureStreamKeepsTheSettingsItIsNotGiven(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, 48*time.Hour, info.Config.MaxAge, "an age not given is left as it is")
 	require.Equal(t, int64(1<<30), info.Config.MaxBytes)
+}
+
+// A stream whose subjects already cover the worker's keeps them; one whose
+// subjects lie within the worker's gets the worker's instead.
+func TestEnsureStreamSubjects(t *testing.T) {
+	t.Parallel()
+	_, js, st := testinfra.JetStream(t)
+	ctx := t.Context()
+	root := strings.Split(st.SubjectPrefix, ".")[0]
+	for _, tc := range []struct {
+		have, want []string
+	}{
+		{have: []string{root + ".>"}, want: []string{root + ".>"}},
+		{have: []string{st.SubjectPrefix + ".*"}, want: []string{st.SubjectPrefix + ".>"}},
+		{have: []string{"other." + root + ".>"}, want: []string{"other." + root + ".>", st.SubjectPrefix + ".>"}},
+	} {
+		_ = js.DeleteStream(ctx, st.Name) // from the case before
+		_, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: st.Name, Subjects: tc.have})
+		require.NoError(t, err)
+		s, err := events.EnsureStream(ctx, js, events.StreamConfig{Name: st.Name, SubjectPrefix: st.SubjectPrefix})
+		require.NoError(t, err, "%v", tc.have)
+		info, err := s.Info(ctx)
+		require.NoError(t, err)
+		require.Equal(t, tc.want, info.Config.Subjects, "%v", tc.have)
+	}
 }
