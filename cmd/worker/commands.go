@@ -185,6 +185,7 @@ func publishCommand(ctx context.Context, e env, args []string) error {
 		return err
 	}
 	pub := events.NewPublisher(nc.js, cfg.SubjectPrefix)
+	duplicates := 0
 	for _, p := range payloads {
 		if *raw {
 			if _, err := nc.js.Publish(ctx, events.Subject(cfg.SubjectPrefix, "raw"), p); err != nil {
@@ -200,10 +201,20 @@ func publishCommand(ctx context.Context, e env, args []string) error {
 		if _, err := events.Decode(filled); err != nil {
 			return fmt.Errorf("event %s: %w", id, err)
 		}
-		if err := pub.PublishRaw(ctx, id, act, filled); err != nil {
-			return err // a duplicate too: the event was not published
+		err = pub.PublishRaw(ctx, id, act, filled)
+		if errors.Is(err, events.ErrDuplicate) {
+			// Not published; the rest of the input still is.
+			duplicates++
+			fmt.Fprintf(e.stderr, "%s: not published: a message with this pk is already in the stream\n", id)
+			continue
+		}
+		if err != nil {
+			return err
 		}
 		fmt.Fprintln(e.stdout, id)
+	}
+	if duplicates > 0 {
+		return fmt.Errorf("publish: %d of %d events not published: %w", duplicates, len(payloads), events.ErrDuplicate)
 	}
 	return nil
 }

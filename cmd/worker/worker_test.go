@@ -433,6 +433,14 @@ func TestPublishReportsDuplicates(t *testing.T) {
 	require.ErrorIs(t, err, events.ErrDuplicate)
 	require.Empty(t, out.String(), "the dropped event's pk is not printed as published")
 
+	// The rest of a file is published after a duplicate.
+	out.Reset()
+	const other = "8c3f0d3c-2b4e-4f5a-9c8d-7e6f5a4b3c2d"
+	lines := `{"pk": "` + pk + `", "action": "login"}` + "\n" + `{"pk": "` + other + `", "action": "login"}`
+	err = dispatch(t.Context(), []string{"publish", "-f", "-"}, s.getenv, strings.NewReader(lines), &out, &errOut)
+	require.ErrorIs(t, err, events.ErrDuplicate)
+	require.Equal(t, other, strings.TrimSpace(out.String()))
+
 	two := `{"action": "login"}` + "\n" + `{"action": "logout"}`
 	err = dispatch(t.Context(), []string{"publish", "-f", "-", "-pk", "7b2f0d3c-2b4e-4f5a-9c8d-7e6f5a4b3c2d"}, s.getenv, strings.NewReader(two), &out, &errOut)
 	require.ErrorContains(t, err, "-pk names one event")
