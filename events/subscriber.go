@@ -428,8 +428,8 @@ func (s *Subscriber) decode(m jetstream.Msg) (Event, error) {
 }
 
 func (s *Subscriber) settle(ctx context.Context, m jetstream.Msg, err error) {
-	s.held.release(m)
 	if err == nil {
+		s.held.release(m)
 		s.ack(ctx, m)
 		return
 	}
@@ -437,13 +437,14 @@ func (s *Subscriber) settle(ctx context.Context, m jetstream.Msg, err error) {
 	if md, mdErr := m.Metadata(); mdErr == nil {
 		delivered = md.NumDelivered
 	}
+	if delivered >= uint64(s.cfg.MaxAttempts) && !errors.Is(err, context.Canceled) {
+		s.deadLetter(ctx, m, fmt.Sprintf("processing failed %d times: %v", delivered, err))
+		return
+	}
+	s.held.release(m)
 	if errors.Is(err, context.Canceled) {
 		// Shutting down: return the message to the stream.
 		_ = m.NakWithDelay(shutdownRedelivery)
-		return
-	}
-	if delivered >= uint64(s.cfg.MaxAttempts) {
-		s.deadLetter(ctx, m, fmt.Sprintf("processing failed %d times: %v", delivered, err))
 		return
 	}
 	delay := s.cfg.RetryDelay << min(delivered-1, 20)
@@ -467,12 +468,14 @@ func (s *Subscriber) ack(ctx context.Context, m jetstream.Msg) {
 // deadLetter stores m as a dead letter and terminates it. If the store
 // fails, m is nak'ed instead so that it is not lost.
 func (s *Subscriber) deadLetter(ctx context.Context, m jetstream.Msg, reason string) {
-	s.held.release(m)
 	dl := DeadLetter{Subject: m.Subject(), Payload: m.Data(), Headers: m.Headers(), Reason: reason}
 	if md, err := m.Metadata(); err == nil {
 		dl.StreamSeq = md.Sequence.Stream
 	}
-	if err := s.dead.StoreDeadLetter(ctx, dl); err != nil {
+	err := s.dead.StoreDeadLetter(ctx, dl)
+	// Kept alive while it is stored; let go of before it is settled.
+	s.held.release(m)
+	if err != nil {
 		s.log.ErrorContext(ctx, "store dead letter; message will be redelivered",
 			slog.String("subject", m.Subject()), slog.Any("error", err))
 		_ = m.NakWithDelay(s.cfg.RetryDelay)

@@ -80,7 +80,8 @@ type OutboxConfig struct {
 	MinBackoff, MaxBackoff time.Duration
 	// Lease is how long claimed items are kept from other dispatchers.
 	// Items are sent only in its first half, each within the rest of that
-	// half, so that none is sent twice at once. Defaults to 5m.
+	// half and started while a tenth of the lease is left of it, so that
+	// none is sent twice at once. Defaults to 5m.
 	Lease time.Duration
 	// Permanent reports errors that will not go away on retry; the item is
 	// marked dead at once. Optional.
@@ -212,8 +213,12 @@ func (o *Outbox) dispatch(ctx context.Context, kind string) (int, error) {
 	// Outcomes are recorded even when ctx ends: the item was carried out.
 	record := context.WithoutCancel(ctx)
 	sendBy := claimed.Add(o.cfg.Lease / 2)
+	// An item is started only while it has a tenth of the lease (30s by
+	// default) before sendBy, so that a late one is not cut short and
+	// counted as failed.
+	startBy := sendBy.Add(-o.cfg.Lease / 10)
 	for i, it := range items {
-		if ctx.Err() != nil || !time.Now().Before(sendBy) {
+		if ctx.Err() != nil || !time.Now().Before(startBy) {
 			return len(items), o.release(record, items[i:])
 		}
 		sendCtx, cancel := context.WithDeadline(ctx, sendBy)

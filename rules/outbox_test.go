@@ -183,3 +183,32 @@ func TestOutboxKindsDoNotWaitForEachOther(t *testing.T) {
 	cancel()
 	<-done
 }
+
+// An item is not started late in the lease's first half, where it would be
+// cut short and counted as a failed attempt: it is left for the next claim.
+func TestOutboxDoesNotStartAnItemLateInTheLease(t *testing.T) {
+	t.Parallel()
+	db := testinfra.Postgres(t)
+	outboxItems(t, db, "first", "second")
+	const lease = time.Second // items start within 400ms of the claim
+	ob := rules.NewOutbox(db.DB, rules.OutboxConfig{
+		Senders: map[string]rules.OutboxSender{rules.OutboxEmail: rules.OutboxSenderFunc(func(ctx context.Context, key string, _ []byte) error {
+			if key == "first" {
+				time.Sleep(450 * time.Millisecond)
+				return nil
+			}
+			select {
+			case <-time.After(100 * time.Millisecond):
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		})},
+		Lease:  lease,
+		Logger: slog.New(slog.DiscardHandler),
+	})
+	_, err := ob.DispatchOnce(t.Context())
+	require.NoError(t, err)
+	require.Equal(t, "sent", outboxState(t, db, "first").Status)
+	require.Equal(t, outboxRow{Status: "pending", Attempts: 0, Due: true}, outboxState(t, db, "second"), "left for the next claim")
+}

@@ -169,7 +169,8 @@ func (e *SeedError) Unwrap() error { return e.Err }
 // Seed applies the seed files in order, all in one transaction: either every
 // statement of every file is applied, or none is. A file's own BEGIN, START
 // TRANSACTION, COMMIT and END statements are skipped (they would commit
-// part of the seed). A failure is reported as a [*SeedError].
+// part of the seed), and a ROLLBACK (but to a savepoint) is an error. A
+// failure is reported as a [*SeedError].
 func Seed(ctx context.Context, db *sqlx.DB, files ...SeedFile) error {
 	tx, err := db.BeginTxx(ctx, nil)
 	if err != nil {
@@ -182,8 +183,12 @@ func Seed(ctx context.Context, db *sqlx.DB, files ...SeedFile) error {
 			return &SeedError{File: f.Name, Err: err}
 		}
 		for i, st := range stmts {
-			if transactionControl(st.SQL) {
+			switch transactionControl(st.SQL) {
+			case txOpenOrCommit:
 				continue
+			case txRollback:
+				return &SeedError{File: f.Name, Statement: i + 1, Line: st.Line, SQL: shorten(st.SQL, 120),
+					Err: errors.New("a seed runs in one transaction; ROLLBACK would end it")}
 			}
 			if _, err := tx.ExecContext(ctx, st.SQL); err != nil {
 				return &SeedError{File: f.Name, Statement: i + 1, Line: st.Line, SQL: shorten(st.SQL, 120), Err: err}
@@ -196,9 +201,17 @@ func Seed(ctx context.Context, db *sqlx.DB, files ...SeedFile) error {
 	return nil
 }
 
-// transactionControl reports whether the statement opens or ends a
-// transaction.
-func transactionControl(sql string) bool {
+type txStatement int
+
+const (
+	txNone         txStatement = iota
+	txOpenOrCommit             // BEGIN, START TRANSACTION, COMMIT, END (any form)
+	txRollback                 // ROLLBACK or ABORT, but to a savepoint
+)
+
+// transactionControl tells whether the statement opens, commits or rolls
+// back a transaction.
+func transactionControl(sql string) txStatement {
 	for {
 		sql = strings.TrimSpace(sql)
 		switch {
@@ -214,16 +227,27 @@ func transactionControl(sql string) bool {
 		break
 	}
 	words := strings.Fields(strings.ToLower(strings.TrimRight(sql, "; \t\r\n")))
-	if len(words) == 0 || len(words) > 2 && words[0] != "start" {
-		return false
+	if len(words) == 0 {
+		return txNone
+	}
+	second := ""
+	if len(words) > 1 {
+		second = words[1]
 	}
 	switch words[0] {
 	case "begin", "commit", "end":
-		return len(words) == 1 || words[1] == "transaction" || words[1] == "work"
+		return txOpenOrCommit
 	case "start":
-		return len(words) >= 2 && words[1] == "transaction"
+		if second == "transaction" {
+			return txOpenOrCommit
+		}
+	case "rollback", "abort":
+		if second == "to" || len(words) > 2 && words[2] == "to" {
+			return txNone // to a savepoint
+		}
+		return txRollback
 	}
-	return false
+	return txNone
 }
 
 func shorten(s string, n int) string {

@@ -97,6 +97,13 @@ func TestSeedAppliesAllOrNothingAndNamesTheFailure(t *testing.T) {
 	require.ErrorContains(t, err, "nowhere")
 	require.NoError(t, db.Get(&users, `SELECT count(*) FROM users`))
 	require.Equal(t, 1, users, "nothing of the failed seed is applied")
+
+	chained := schema.SeedFile{Name: "chained.sql", SQL: "INSERT INTO users (username) VALUES ('d');\nCOMMIT AND CHAIN;\nINSERT INTO nowhere VALUES (1);"}
+	require.ErrorContains(t, schema.Seed(t.Context(), db.DB, chained), "nowhere")
+	rolled := schema.SeedFile{Name: "rolled.sql", SQL: "SAVEPOINT s;\nINSERT INTO users (username) VALUES ('e');\nROLLBACK TO SAVEPOINT s;\nINSERT INTO users (username) VALUES ('f');\nROLLBACK;"}
+	require.ErrorContains(t, schema.Seed(t.Context(), db.DB, rolled), "ROLLBACK would end it")
+	require.NoError(t, db.Get(&users, `SELECT count(*) FROM users`))
+	require.Equal(t, 1, users, "nothing of the failed seeds is applied")
 }
 
 func TestExamplesSeedTwice(t *testing.T) {

@@ -174,9 +174,6 @@ func loadConfig(getenv func(string) string, fs *flag.FlagSet, args []string) (co
 			errs = append(errs, fmt.Errorf("%s must be positive", d.name))
 		}
 	}
-	if c.BatchWait < 0 {
-		errs = append(errs, errors.New("HERALD_BATCH_WAIT must not be negative"))
-	}
 	for _, n := range []struct {
 		name string
 		v    int
