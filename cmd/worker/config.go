@@ -112,7 +112,7 @@ func loadConfig(getenv func(string) string, fs *flag.FlagSet, args []string) (co
 		Stream:             str("HERALD_STREAM", events.DefaultStream),
 		SubjectPrefix:      str("HERALD_SUBJECT_PREFIX", events.DefaultSubjectPrefix),
 		Consumer:           str("HERALD_CONSUMER", events.DefaultConsumer),
-		StreamMaxAge:       dur("HERALD_STREAM_MAX_AGE", 7*24*time.Hour),
+		StreamMaxAge:       dur("HERALD_STREAM_MAX_AGE", 0), // unset: 7 days for a new stream, an existing one's kept
 		BatchSize:          num("HERALD_BATCH_SIZE", 500),
 		Concurrency:        num("HERALD_CONCURRENCY", 2*runtime.GOMAXPROCS(0)),
 		BatchWait:          dur("HERALD_BATCH_WAIT", 10*time.Millisecond),
@@ -157,7 +157,7 @@ func loadConfig(getenv func(string) string, fs *flag.FlagSet, args []string) (co
 		errs = append(errs, errors.New("HERALD_CONCURRENCY must be at least 1"))
 	}
 	// The stream's duplicate window (2 minutes) must fit in its age.
-	if c.StreamMaxAge < 2*time.Minute {
+	if c.StreamMaxAge != 0 && c.StreamMaxAge < 2*time.Minute {
 		errs = append(errs, errors.New("HERALD_STREAM_MAX_AGE must be at least 2m"))
 	}
 	if c.MaxEventDepth < 1 {
