@@ -11,8 +11,9 @@ import (
 // that are not settled yet: waiting in a worker's queue, in a batch waiting
 // for a slot, or in the batch being processed. Each gets progress acks
 // until it is let go of, just before it is settled, so that JetStream
-// redelivers none held up behind a slow batch. Their bytes are bounded: adding one waits for room, and
-// meanwhile the client's buffer holds what it pulled.
+// redelivers none held up behind a slow batch. Their bytes are bounded:
+// adding one waits for room, and meanwhile the client's buffer holds what
+// it pulled.
 type heldMessages struct {
 	mu   sync.Mutex
 	room *sync.Cond // signalled when bytes go down or the subscriber stops

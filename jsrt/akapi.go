@@ -111,10 +111,11 @@ func (v *vm) akCallPolicy(call goja.FunctionCall) goja.Value {
 	// caller added too), with kwargs over it, in a copy.
 	c := map[string]any{}
 	if request, ok := v.rt.Get("request").(*goja.Object); ok {
-		live, _ := request.Get("context").(*goja.Object)
-		for _, k := range keysOf(live) {
-			if k != "event" {
-				c[k] = exportJSON(live.Get(k))
+		if live, ok := request.Get("context").(*goja.Object); ok {
+			for _, k := range live.Keys() {
+				if k != "event" {
+					c[k] = exportJSON(live.Get(k))
+				}
 			}
 		}
 	}
@@ -351,12 +352,4 @@ func eventMap(ev *events.Event) map[string]any {
 		return m
 	}
 	return map[string]any{"pk": ev.PK, "action": ev.Action}
-}
-
-// keysOf is o's own enumerable keys; none for nil.
-func keysOf(o *goja.Object) []string {
-	if o == nil {
-		return nil
-	}
-	return o.Keys()
 }

@@ -180,7 +180,7 @@ type outboxItem struct {
 // outcome only while the item is still its own.
 const claimOutbox = `UPDATE outbox o SET attempts = o.attempts + 1, next_attempt_at = now() + $3 * interval '1 millisecond'
 FROM (SELECT id FROM outbox
-      WHERE status IN ('pending', 'failed') AND next_attempt_at <= now() AND kind = ANY($1)
+      WHERE status IN ('pending', 'failed') AND next_attempt_at <= now() AND kind = $1
       ORDER BY next_attempt_at, id
       LIMIT $2
       FOR UPDATE SKIP LOCKED) due
@@ -206,7 +206,7 @@ func (o *Outbox) DispatchOnce(ctx context.Context) (int, error) {
 func (o *Outbox) dispatch(ctx context.Context, kind string) (int, error) {
 	claimed := time.Now()
 	var items []outboxItem
-	if err := o.db.SelectContext(ctx, &items, claimOutbox, textArray([]string{kind}), o.cfg.BatchSize, o.cfg.Lease.Milliseconds()); err != nil {
+	if err := o.db.SelectContext(ctx, &items, claimOutbox, kind, o.cfg.BatchSize, o.cfg.Lease.Milliseconds()); err != nil {
 		return 0, fmt.Errorf("claim outbox items: %w", err)
 	}
 	slices.SortFunc(items, func(a, b outboxItem) int { return cmp.Compare(a.ID, b.ID) })
