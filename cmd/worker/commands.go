@@ -86,7 +86,7 @@ func checkCommand(ctx context.Context, e env, args []string) error {
 	if err != nil {
 		return err
 	}
-	db, err := e.openDB(ctx, cfg)
+	db, err := e.openExistingDB(ctx, cfg)
 	if err != nil {
 		return err
 	}

@@ -15,6 +15,17 @@ import (
 	"github.com/heraldhq/herald/rules"
 )
 
+// openExistingDB connects to dsn's database, which must exist: the commands
+// that work on an installation (check, eval, deliveries) do not create an
+// empty one.
+func openExistingDB(ctx context.Context, dsn string) (*sqlx.DB, error) {
+	db, err := connect(ctx, rules.WithConnectionParams(dsn))
+	if err != nil {
+		return nil, fmt.Errorf("connect to PostgreSQL: %w", err)
+	}
+	return db, nil
+}
+
 // openDB connects to PostgreSQL. When the database itself does not exist
 // yet, it is created first (so the quick start needs no manual step).
 func openDB(ctx context.Context, dsn string, logger *slog.Logger) (*sqlx.DB, error) {

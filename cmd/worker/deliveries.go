@@ -23,7 +23,7 @@ func deliveriesCommand(ctx context.Context, e env, args []string) error {
 	if err != nil {
 		return err
 	}
-	db, err := e.openDB(ctx, cfg)
+	db, err := e.openExistingDB(ctx, cfg)
 	if err != nil {
 		return err
 	}
@@ -55,7 +55,7 @@ func retryCommand(ctx context.Context, e env, args []string) error {
 	if !*dead && fs.NArg() == 0 {
 		return errors.New("deliveries retry: give delivery IDs or --dead")
 	}
-	db, err := e.openDB(ctx, cfg)
+	db, err := e.openExistingDB(ctx, cfg)
 	if err != nil {
 		return err
 	}

@@ -60,7 +60,7 @@ func evalCommand(ctx context.Context, e env, args []string) error {
 		return err
 	}
 
-	db, err := e.openDB(ctx, cfg)
+	db, err := e.openExistingDB(ctx, cfg)
 	if err != nil {
 		return err
 	}

@@ -1,11 +1,16 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
+	"net/url"
+	"strings"
 	"testing"
 
+	"github.com/jmoiron/sqlx"
 	"github.com/stretchr/testify/require"
 
+	"github.com/heraldhq/herald/internal/testinfra"
 	"github.com/heraldhq/herald/rules"
 )
 
@@ -50,4 +55,25 @@ $js$)`)
 	require.Len(t, report.Bindings, 1)
 	require.False(t, report.Bindings[0].Passing)
 	require.Empty(t, report.Fired)
+}
+
+// eval does not create the database it is pointed at when it is missing.
+func TestEvalDoesNotCreateADatabase(t *testing.T) {
+	t.Parallel()
+	base, err := url.Parse(testinfra.PostgresURL(t))
+	require.NoError(t, err)
+	name := "herald_missing_" + strings.ToLower(testinfra.Name(t))
+	missing := *base
+	missing.Path = "/" + name
+	env := map[string]string{"DATABASE_URL": missing.String(), "NATS_URL": testinfra.NATSURL(t), "HERALD_HTTP_ADDR": "off"}
+	var out, errOut bytes.Buffer
+	err = dispatch(t.Context(), []string{"eval", "-action", "login"}, func(k string) string { return env[k] }, strings.NewReader(""), &out, &errOut)
+	require.Error(t, err)
+
+	admin, err := sqlx.Connect("postgres", base.String())
+	require.NoError(t, err)
+	defer admin.Close()
+	var n int
+	require.NoError(t, admin.Get(&n, `SELECT count(*) FROM pg_database WHERE datname = $1`, name))
+	require.Zero(t, n, "eval created the database")
 }

@@ -68,6 +68,11 @@ func (e env) openDB(ctx context.Context, cfg config) (*sqlx.DB, error) {
 	return openDB(ctx, cfg.DatabaseURL, cfg.logger(e.stderr))
 }
 
+// openExistingDB connects to the configured database, which must exist.
+func (e env) openExistingDB(ctx context.Context, cfg config) (*sqlx.DB, error) {
+	return openExistingDB(ctx, cfg.DatabaseURL)
+}
+
 func dispatch(ctx context.Context, args []string, getenv func(string) string, stdin io.Reader, stdout, stderr io.Writer) error {
 	e := env{getenv: getenv, stdin: stdin, stdout: stdout, stderr: stderr}
 	name := "run"
