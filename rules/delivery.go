@@ -399,6 +399,14 @@ LIMIT $2`, status, limit)
 	return rows, nil
 }
 
+// emptyIfNil is v, or "" for nil: a template prints nil as "<no value>".
+func emptyIfNil(v any) any {
+	if v == nil {
+		return ""
+	}
+	return v
+}
+
 // EmailTemplateData is the data of a notification email, as authentik's
 // email transport builds it: key_value (recipient and event user, and every
 // top-level string of the event context), body, title, link and, for
@@ -409,8 +417,8 @@ func EmailTemplateData(d *Delivery) map[string]any {
 	if d.Event != nil {
 		title = d.Event.Action
 		if len(d.Event.User) > 0 {
-			kv["event_user_email"] = d.Event.User["email"]
-			kv["event_user_username"] = d.Event.User["username"]
+			kv["event_user_email"] = emptyIfNil(d.Event.User["email"])
+			kv["event_user_username"] = emptyIfNil(d.Event.User["username"])
 		}
 		for k, v := range d.Event.Context {
 			if s, ok := v.(string); ok {

@@ -8,6 +8,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/heraldhq/herald/events"
 	"github.com/heraldhq/herald/internal/testinfra"
 	"github.com/heraldhq/herald/rules"
 )
@@ -116,4 +117,14 @@ func TestDeliveryIsBoundedByHalfItsLease(t *testing.T) {
 	require.True(t, hasDeadline, "the transport's context has no deadline")
 	require.LessOrEqual(t, time.Until(deadline), lease/2, "later than half the lease after the claim")
 	require.Equal(t, deliveryRow{Status: "failed", Attempts: 1}, deliveryState(t, db, id), "recorded as a failed attempt")
+}
+
+// An event user without an email address gives an empty value to the
+// template, not Go's "<no value>".
+func TestEmailTemplateDataWithoutEventUserEmail(t *testing.T) {
+	t.Parallel()
+	d := &rules.Delivery{Body: "login: {}", Event: &events.Event{Action: "login", User: map[string]any{"pk": 5, "username": "bob"}}}
+	kv := rules.EmailTemplateData(d)["key_value"].(map[string]any)
+	require.Equal(t, "", kv["event_user_email"])
+	require.Equal(t, "bob", kv["event_user_username"])
 }

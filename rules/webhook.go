@@ -89,7 +89,9 @@ func (w *WebhookTransport) post(ctx context.Context, d *Delivery, payload []byte
 	for k, v := range headers {
 		req.Header.Set(k, v)
 	}
-	req.Header.Set("Content-Type", "application/json")
+	if req.Header.Get("Content-Type") == "" { // a mapping may set its own
+		req.Header.Set("Content-Type", "application/json")
+	}
 	if req.Header.Get("User-Agent") == "" {
 		req.Header.Set("User-Agent", orDefault(w.UserAgent, "herald"))
 	}
@@ -101,7 +103,8 @@ func (w *WebhookTransport) post(ctx context.Context, d *Delivery, payload []byte
 	}
 	defer resp.Body.Close()
 	text, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
-	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+	// As authentik's raise_for_status: a final 1xx or 3xx is no failure.
+	if resp.StatusCode >= 400 {
 		return fmt.Errorf("HTTP %d from %s: %s", resp.StatusCode, d.Transport.WebhookURL, strings.TrimSpace(string(text)))
 	}
 	return nil
@@ -129,9 +132,13 @@ func (w *WebhookTransport) mapped(ctx context.Context, d *Delivery) (any, map[st
 			return nil, nil, fmt.Errorf("headers mapping returned %T, want an object", v)
 		}
 		for k, x := range m {
-			if s, ok := x.(string); ok {
-				headers[k] = s
-			} else {
+			switch x := x.(type) {
+			case nil: // no header, as requests leaves out None
+			case string:
+				headers[k] = x
+			case map[string]any, []any:
+				return nil, nil, fmt.Errorf("headers mapping: header %q is %T, want a string", k, x)
+			default:
 				headers[k] = fmt.Sprint(x)
 			}
 		}

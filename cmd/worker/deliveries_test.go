@@ -313,6 +313,28 @@ func TestWebhookDeliveryMappedBodyAndHeaders(t *testing.T) {
 	require.Equal(t, del.ID, reqs[0].Header.Get("Idempotency-Key"))
 }
 
+// A headers mapping may set Content-Type, a null header is left out, and a
+// final 3xx answer is no failure, as with authentik's requests.
+func TestWebhookDeliveryHeadersAndRedirectAnswer(t *testing.T) {
+	t.Parallel()
+	d := newDeliveryStack(t)
+	sink := newWebhookSink(t, func(int, *http.Request) int { return http.StatusNotModified })
+	jane := d.user(t, 12, "jane", "jane@example.com")
+	d.rule(t, "login-hook", "login")
+	hook := d.transport(t, "login-hook", "hook", "webhook", sink.URL())
+	headers := d.mapping(t, "typed-headers", `return {"Content-Type": "application/vnd.api+json", "X-Absent": null, "X-Count": 2};`)
+	d.db.MustExec(t, `UPDATE notification_transports SET webhook_mapping_headers_id = $2 WHERE id = $1`, hook, headers)
+	d.start(t)
+
+	pk := d.publish(t, "login", jane, `{"message": "hello"}`)
+	d.waitDelivery(t, pk, "hook", "sent")
+	reqs := sink.wait(t, 1)
+	require.Len(t, reqs, 1, "sent once")
+	require.Equal(t, "application/vnd.api+json", reqs[0].Header.Get("Content-Type"))
+	require.NotContains(t, reqs[0].Header, "X-Absent")
+	require.Equal(t, "2", reqs[0].Header.Get("X-Count"))
+}
+
 func TestWebhookDeliveryRetriedUntilItSucceeds(t *testing.T) {
 	t.Parallel()
 	d := newDeliveryStack(t)
