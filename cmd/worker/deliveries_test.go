@@ -760,6 +760,26 @@ func closedAddr(t *testing.T) string {
 	return addr
 }
 
+// A transport's template gives the subject, after the transport's prefix.
+func TestEmailDeliverySubjectFromTheTemplate(t *testing.T) {
+	t.Parallel()
+	d := newDeliveryStack(t)
+	smtpURL, api := testinfra.Mailpit(t)
+	d.env["SMTP_URL"] = smtpURL
+	id := testinfra.Name(t)
+	jane := d.user(t, 12, "jane", "jane."+id+"@herald.test")
+	d.rule(t, "login-mail", "login")
+	mail := d.transport(t, "login-mail", "mail", "email", "")
+	d.db.MustExec(t, `INSERT INTO email_templates (name, subject, text) VALUES ('alert', 'Alert for {{.title}}', '{{.body}}')`)
+	d.db.MustExec(t, `UPDATE notification_transports SET email_subject_prefix = '[x] ', email_template = 'alert' WHERE id = $1`, mail)
+	d.start(t)
+
+	d.publish(t, "login", jane, `{"message": "hello"}`)
+	msgs := waitMailpit(t, api, jane.Email)
+	require.Len(t, msgs, 1)
+	require.Equal(t, "[x] Alert for login", msgs[0].Subject)
+}
+
 func TestEmailDeliverySentOnceAfterSMTPOutage(t *testing.T) {
 	t.Parallel()
 	d := newDeliveryStack(t)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -79,12 +80,14 @@ func (t *emailTransport) Deliver(ctx context.Context, d *rules.Delivery) (rules.
 		return rules.DeliveryResult{}, err
 	}
 	data := rules.EmailTemplateData(d)
-	title, _ := data["title"].(string)
-	subject := d.Transport.EmailSubjectPrefix + title
-	_, html, text, err := mailer.Render(tpl, data)
+	rendered, html, text, err := mailer.Render(tpl, data)
 	if err != nil {
 		return rules.DeliveryResult{}, &rules.PermanentError{Err: err}
 	}
+	// The template's subject (the built-in one's is the title), after the
+	// transport's prefix; the title when it renders empty.
+	title, _ := data["title"].(string)
+	subject := d.Transport.EmailSubjectPrefix + cmp.Or(rendered, title)
 	to := (&netmail.Address{Name: d.User.Name, Address: d.User.Email}).String()
 	msg := mailer.Message{Key: "delivery:" + d.ID, To: []string{to}, Subject: subject, HTML: html, Text: text}
 	if err := t.mail.Send(ctx, msg); err != nil {
