@@ -266,6 +266,7 @@ func TestEvaluateRegexMatch(t *testing.T) {
 		{name: "EndOfInput", value: "a\n", re: `a\Z`, want: false},
 		{name: "DollarBeforeFinalNewline", value: "a\n", re: `a$`, want: true},
 		{name: "ClassTakenAsItIs", value: "(x", re: `[(?P<]+x`, want: true},
+		{name: "CommentTakenAsItIs", value: "xx", re: `(?#a [ in a comment)(?P<a>x)(?P=a)`, want: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -45,7 +45,8 @@ func compileRegex(pattern string) (*pyRegexp, error) {
 
 // fromPython rewrites what Python's re spells differently from regexp2:
 // (?P<name>…) as (?<name>…), (?P=name) as \k<name>, and \Z (the end of the
-// input) as \z. Inside a character class nothing is rewritten. (Groups are
+// input) as \z. Inside a character class or a (?#…) comment nothing is
+// rewritten. (Groups are
 // numbered in pattern order, named or not, as in Python, by the compile
 // option.)
 func fromPython(pattern string) string {
@@ -77,6 +78,15 @@ func fromPython(pattern string) string {
 				b.WriteByte(']')
 				i++
 			}
+			continue
+		case strings.HasPrefix(pattern[i:], "(?#"):
+			// A comment, copied as it is.
+			end := strings.IndexByte(pattern[i:], ')')
+			if end < 0 {
+				end = len(pattern) - i - 1
+			}
+			b.WriteString(pattern[i : i+end+1])
+			i += end
 			continue
 		case strings.HasPrefix(pattern[i:], "(?P<"):
 			b.WriteString("(?<")
