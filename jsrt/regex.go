@@ -46,9 +46,8 @@ func compileRegex(pattern string) (*pyRegexp, error) {
 // fromPython rewrites what Python's re spells differently from regexp2:
 // (?P<name>…) as (?<name>…), (?P=name) as \k<name>, and \Z (the end of the
 // input) as \z. Inside a character class or a (?#…) comment nothing is
-// rewritten. (Groups are
-// numbered in pattern order, named or not, as in Python, by the compile
-// option.)
+// rewritten. (Groups are numbered in pattern order, named or not, as in
+// Python, by the compile option.)
 func fromPython(pattern string) string {
 	var b strings.Builder
 	b.Grow(len(pattern))
