@@ -10,9 +10,9 @@ var _ rules.MappingEvaluator = (*Pool)(nil)
 
 // EvaluateMapping implements [rules.MappingEvaluator]: it runs a webhook
 // mapping expression with `notification`, `user` (the recipient) and
-// `request` ({user, context: {notification}}) and returns its result as
-// JSON data.
-func (p *Pool) EvaluateMapping(ctx context.Context, m rules.MappingRequest) (any, error) {
+// `request` ({user, context: {notification}}) and returns its result and
+// the notification as it left it, as JSON data.
+func (p *Pool) EvaluateMapping(ctx context.Context, m rules.MappingRequest) (rules.MappingResult, error) {
 	notification := m.Notification
 	user := rules.UserMap(m.User)
 	req := &rules.PolicyRequest{
@@ -25,7 +25,8 @@ func (p *Pool) EvaluateMapping(ctx context.Context, m rules.MappingRequest) (any
 	}
 	res := p.Evaluate(ctx, req)
 	if res.Err != nil {
-		return nil, res.Err
+		return rules.MappingResult{}, res.Err
 	}
-	return res.Raw, nil
+	n, _ := res.Globals["notification"].(map[string]any)
+	return rules.MappingResult{Value: res.Raw, Notification: n}, nil
 }

@@ -189,6 +189,12 @@ func (v *vm) evaluate(ctx context.Context, prog *goja.Program, req *rules.Policy
 		res.Raw = exportJSON(out)
 		res.Passing = out.ToBoolean()
 	}
+	if len(req.Globals) > 0 {
+		res.Globals = make(map[string]any, len(req.Globals))
+		for name := range req.Globals {
+			res.Globals[name] = exportJSON(v.rt.Get(name))
+		}
+	}
 	return res
 }
 

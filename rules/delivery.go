@@ -60,7 +60,7 @@ func (e *PermanentError) Unwrap() error { return e.Err }
 // DispatcherConfig configures a [Dispatcher]. The zero value of each field
 // means its default.
 type DispatcherConfig struct {
-	// Transports by mode (webhook, webhook_slack, email). Deliveries of a
+	// Transports by mode (local, webhook, webhook_slack, email). Deliveries of a
 	// mode without a transporter stay pending.
 	Transports map[string]Transporter
 	// MaxAttempts before a failing delivery is dead. Defaults to 6, as

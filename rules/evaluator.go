@@ -65,8 +65,12 @@ type PolicyResult struct {
 	Passing  bool
 	Messages []string
 	// Raw is the expression's return value, exported from JavaScript.
-	Raw  any
-	Logs []LogLine
+	Raw any
+	// Globals are the request's Globals as the expression left them,
+	// exported from JavaScript (a local transport's mapping changes the
+	// notification). Set only when the expression ran to completion.
+	Globals map[string]any
+	Logs    []LogLine
 	// Err is set when the policy did not run to completion.
 	Err *PolicyError
 	// Retry is set when the policy met a transient database conflict (a

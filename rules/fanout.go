@@ -49,8 +49,11 @@ func (r *eventRun) fanOut(ctx context.Context, rule *Rule) (int, error) {
 				r.out.stats.notifications++
 			}
 			status := DeliveryPending
-			if t.Mode == ModeLocal {
-				status = DeliverySent // the notification row is the inbox entry
+			if t.Mode == ModeLocal && t.WebhookMappingBodyID == nil {
+				// The notification row is the inbox entry. A body
+				// mapping, which may change it, runs in the dispatcher
+				// (see [LocalTransport]).
+				status = DeliverySent
 			}
 			r.out.deliveries = append(r.out.deliveries, pendingDelivery{notificationID: nid, transportID: t.ID, status: status})
 			n++

@@ -19,7 +19,14 @@ import (
 // MappingEvaluator runs webhook mapping expressions. Package jsrt
 // implements it.
 type MappingEvaluator interface {
-	EvaluateMapping(ctx context.Context, m MappingRequest) (any, error)
+	EvaluateMapping(ctx context.Context, m MappingRequest) (MappingResult, error)
+}
+
+// MappingResult is what a mapping expression returned, and the
+// notification as it left it.
+type MappingResult struct {
+	Value        any
+	Notification map[string]any
 }
 
 // MappingRequest is one evaluation of a webhook mapping.
@@ -150,18 +157,25 @@ func (w *WebhookTransport) mapped(ctx context.Context, d *Delivery) (any, map[st
 // property_mapping_exception event (as authentik does, on every attempt)
 // and fails the delivery, which is then retried.
 func (w *WebhookTransport) runMapping(ctx context.Context, d *Delivery, id string) (any, error) {
+	res, err := runMapping(ctx, w.DB, w.Mappings, d, id)
+	return res.Value, err
+}
+
+// runMapping evaluates the mapping with id for delivery d, recording a
+// property_mapping_exception event when it fails.
+func runMapping(ctx context.Context, db *sqlx.DB, mappings MappingEvaluator, d *Delivery, id string) (MappingResult, error) {
 	var m struct {
 		Name       string `db:"name"`
 		Expression string `db:"expression"`
 	}
-	if err := w.DB.GetContext(ctx, &m, `SELECT name, expression FROM webhook_mappings WHERE id = $1`, id); err != nil {
-		return nil, fmt.Errorf("load webhook mapping %s: %w", id, err)
+	if err := db.GetContext(ctx, &m, `SELECT name, expression FROM webhook_mappings WHERE id = $1`, id); err != nil {
+		return MappingResult{}, fmt.Errorf("load webhook mapping %s: %w", id, err)
 	}
-	v, err := w.Mappings.EvaluateMapping(ctx, MappingRequest{
+	res, err := mappings.EvaluateMapping(ctx, MappingRequest{
 		Name: m.Name, Expression: m.Expression, Notification: NotificationMap(d), User: &d.User, Event: d.Event, Timeout: 30 * time.Second,
 	})
 	if err == nil {
-		return v, nil
+		return res, nil
 	}
 	c := map[string]any{
 		"message":    "Failed to execute property mapping",
@@ -170,11 +184,11 @@ func (w *WebhookTransport) runMapping(ctx context.Context, d *Delivery, id strin
 		"exception":  err.Error(),
 		"delivery":   d.ID,
 	}
-	if cerr := CreateEventAfter(ctx, w.DB, d.Event, "property_mapping_exception", "authentik.core.expression.evaluator",
+	if cerr := CreateEventAfter(ctx, db, d.Event, "property_mapping_exception", "authentik.core.expression.evaluator",
 		d.User.EventUser(), c, fmt.Sprintf("%s/%d", d.ID, d.Attempts)); cerr != nil {
-		return nil, fmt.Errorf("mapping %q: %w (and recording it: %v)", m.Name, err, cerr)
+		return MappingResult{}, fmt.Errorf("mapping %q: %w (and recording it: %v)", m.Name, err, cerr)
 	}
-	return nil, fmt.Errorf("mapping %q: %w", m.Name, err)
+	return MappingResult{}, fmt.Errorf("mapping %q: %w", m.Name, err)
 }
 
 // NotificationMap is the notification as mappings see it.

@@ -503,6 +503,79 @@ func TestWebhookDeliveryFailingMappingIsRetried(t *testing.T) {
 	require.Equal(t, sent.Attempts-1, d.count(t, exceptions, pk), "one exception event per failed attempt")
 }
 
+// notificationRow is the notification of an event, as a mapping may have
+// changed it.
+type notificationRow struct {
+	Body           string  `db:"body"`
+	Severity       string  `db:"severity"`
+	Hyperlink      *string `db:"hyperlink"`
+	HyperlinkLabel *string `db:"hyperlink_label"`
+}
+
+func (d *deliveryStack) notification(t *testing.T, eventPK string) notificationRow {
+	t.Helper()
+	var n notificationRow
+	require.NoError(t, d.db.GetContext(t.Context(), &n,
+		`SELECT body, severity, hyperlink, hyperlink_label FROM notifications WHERE event_id = $1`, eventPK))
+	return n
+}
+
+// A body mapping on a local transport changes the stored notification, as
+// authentik's send_local does; what it returns is discarded.
+func TestLocalDeliveryBodyMappingChangesTheNotification(t *testing.T) {
+	t.Parallel()
+	d := newDeliveryStack(t)
+	jane := d.user(t, 15, "jane", "jane@example.com")
+	d.rule(t, "login-inbox", "login")
+	inbox := d.transport(t, "login-inbox", "inbox", "local", "")
+	body := d.mapping(t, "inbox-body", `notification.body = "Hi " + user.username + ", " + notification.body;
+notification.severity = "alert";
+notification.hyperlink = "https://id.example.com/events/" + notification.event.pk;
+return {ignored: true};`)
+	d.db.MustExec(t, `UPDATE notification_transports SET webhook_mapping_body_id = $2 WHERE id = $1`, inbox, body)
+	d.start(t)
+
+	pk := d.publish(t, "login", jane, `{"message": "signed in", "hyperlink_label": "Open"}`)
+	sent := d.waitDelivery(t, pk, "inbox", "sent")
+	require.Equal(t, 1, sent.Attempts)
+	n := d.notification(t, pk)
+	require.Equal(t, "Hi jane, signed in", n.Body)
+	require.Equal(t, "alert", n.Severity)
+	require.NotNil(t, n.Hyperlink)
+	require.Equal(t, "https://id.example.com/events/"+pk, *n.Hyperlink)
+	require.NotNil(t, n.HyperlinkLabel)
+	require.Equal(t, "Open", *n.HyperlinkLabel, "a field the mapping left alone is kept")
+	quiet()
+	require.Equal(t, "Hi jane, signed in", d.notification(t, pk).Body, "the mapping's change is stored once")
+}
+
+// A local mapping that throws records property_mapping_exception and is
+// retried, leaving the notification as the rule made it meanwhile; one
+// that sets a severity that does not exist makes the delivery dead.
+func TestLocalDeliveryFailingMapping(t *testing.T) {
+	t.Parallel()
+	d := newDeliveryStack(t)
+	d.env["HERALD_DELIVERY_MAX_ATTEMPTS"] = "50"
+	jane := d.user(t, 16, "jane", "jane@example.com")
+	d.rule(t, "login-inbox", "login")
+	inbox := d.transport(t, "login-inbox", "inbox", "local", "")
+	body := d.mapping(t, "inbox-body", `throw new Error("no inbox for " + user.username);`)
+	d.db.MustExec(t, `UPDATE notification_transports SET webhook_mapping_body_id = $2 WHERE id = $1`, inbox, body)
+	d.start(t)
+
+	pk := d.publish(t, "login", jane, `{"message": "signed in"}`)
+	failed := d.waitDelivery(t, pk, "inbox", "failed")
+	require.Contains(t, failed.LastError, "no inbox for jane")
+	require.GreaterOrEqual(t, d.count(t, `SELECT count(*) FROM events WHERE action = 'property_mapping_exception'
+		AND context->>'mapping' = 'inbox-body' AND context->'caused_by'->>'event' = $1`, pk), 1)
+	require.Equal(t, notificationRow{Body: "signed in", Severity: "warning"}, d.notification(t, pk))
+
+	d.db.MustExec(t, `UPDATE webhook_mappings SET expression = 'notification.severity = "critical";' WHERE name = 'inbox-body'`)
+	dead := d.waitDelivery(t, pk, "inbox", "dead")
+	require.Contains(t, dead.LastError, `notification.severity to the string "critical"`)
+	require.Equal(t, notificationRow{Body: "signed in", Severity: "warning"}, d.notification(t, pk))
+}
+
 func TestSlackDeliveryBody(t *testing.T) {
 	t.Parallel()
 	d := newDeliveryStack(t)

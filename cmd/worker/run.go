@@ -98,6 +98,7 @@ func run(ctx context.Context, cfg config, logger *slog.Logger) error {
 	})
 	dispatcher := rules.NewDispatcher(db, rules.DispatcherConfig{
 		Transports: map[string]rules.Transporter{
+			rules.ModeLocal:        &rules.LocalTransport{DB: db, Mappings: pool},
 			rules.ModeWebhook:      &rules.WebhookTransport{DB: db, Mappings: pool, Timeout: cfg.WebhookTimeout},
 			rules.ModeWebhookSlack: &rules.WebhookTransport{DB: db, Mappings: pool, Timeout: cfg.WebhookTimeout, Slack: true},
 			rules.ModeEmail:        &emailTransport{db: db, mail: mail, from: cfg.MailFrom},
