@@ -142,6 +142,10 @@ func (v *vm) akCallPolicy(call goja.FunctionCall) goja.Value {
 			panic(v.rt.NewGoError(err))
 		}
 		res = rules.PolicyResult{Messages: []string{res.Err.Error()}}
+	} else if p.ExecutionLogging {
+		if err := scope.PolicyExecution(outer.bounds.context(), p, res); err != nil {
+			panic(v.rt.NewGoError(err))
+		}
 	}
 	out := v.rt.NewObject()
 	_ = out.Set("passing", res.Passing)

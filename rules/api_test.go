@@ -691,6 +691,26 @@ return {foo: request.context.foo === undefined, added: request.context.added ===
 	require.Contains(t, b.outcomes(t, ev.PK)["callee-throws"].Exception, "callee boom")
 }
 
+// A called policy with execution_logging records its own policy_execution
+// event, as authentik's PolicyProcess does for the call's binding.
+func TestAPIAkCallPolicyExecutionLogging(t *testing.T) {
+	t.Parallel()
+	b := apiSetup(t)
+	jane := b.user(t, "jane")
+	b.loggedPolicy(t, "logged-callee", `ak_message("callee ran"); return {foo: request.context.foo};`)
+	b.policy(t, "quiet-callee", `return true;`)
+	b.probe(t, "caller", `ak_call_policy("quiet-callee"); return ak_call_policy("logged-callee", {foo: "bar"}).passing;`)
+
+	ev := b.login(t, jane)
+	require.True(t, b.result(t, ev.PK, "caller").Passing)
+	callee := b.result(t, ev.PK, "logged-callee")
+	require.True(t, callee.Passing)
+	requireJSON(t, `{"foo": "bar"}`, callee.Raw)
+	require.Equal(t, []any{"callee ran"}, callee.Messages)
+	require.NotContains(t, b.outcomes(t, ev.PK), "quiet-callee", "a callee without execution_logging records nothing")
+	require.Equal(t, 2, b.count(t, `SELECT count(*) FROM events WHERE action = 'policy_execution'`))
+}
+
 // A policy that calls itself is stopped at a fixed depth instead of
 // overflowing the Go stack.
 func TestAPIAkCallPolicyRecursion(t *testing.T) {

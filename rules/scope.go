@@ -518,6 +518,17 @@ func (s *Scope) PolicyException(ctx context.Context, p *Policy, perr *PolicyErro
 	return s.run.policyException(ctx, s.Rule, b, perr)
 }
 
+// PolicyExecution records a policy_execution event for a policy with
+// execution_logging called from another (ak_call_policy), as authentik's
+// PolicyProcess does for the binding it makes for the call.
+func (s *Scope) PolicyExecution(ctx context.Context, p *Policy, res PolicyResult) error {
+	if s == nil || s.run == nil || s.Rule == nil {
+		return nil
+	}
+	b := &Binding{ID: "00000000-0000-0000-0000-000000000000", Policy: p}
+	return s.run.policyExecution(ctx, s.Rule, b, res, res.Passing)
+}
+
 // EmailTemplateExists reports whether name is the built-in
 // event_notification template or a row of email_templates.
 func (s *Scope) EmailTemplateExists(ctx context.Context, name string) (bool, error) {
