@@ -87,10 +87,10 @@ func (v *vm) akCallPolicy(call goja.FunctionCall) goja.Value {
 	name := v.stringArg("ak_call_policy", call, 0, "policy name")
 	outer := v.cur
 	scope := outer.req.Scope
-	var p *rules.Policy
-	if scope != nil && scope.Rules != nil {
-		p = scope.Rules.Policies[name]
+	if scope == nil || scope.Rules == nil {
+		v.throw("ak_call_policy: no policies to call here (a mapping cannot call one)")
 	}
+	p := scope.Rules.Policies[name]
 	if p == nil {
 		panic(v.rt.NewGoError(fmt.Errorf("Policy '%s' not found.", name))) //nolint:staticcheck // authentik's message
 	}

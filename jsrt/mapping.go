@@ -20,12 +20,16 @@ func (p *Pool) EvaluateMapping(ctx context.Context, m rules.MappingRequest) (rul
 		Event:   m.Event,
 		User:    m.User,
 		Timeout: m.Timeout,
+		Scope:   m.Scope,
 		Context: map[string]any{"notification": notification},
 		Globals: map[string]any{"notification": notification, "user": user},
 	}
 	res := p.Evaluate(ctx, req)
 	if res.Err != nil {
 		return rules.MappingResult{}, res.Err
+	}
+	if res.Retry != nil {
+		return rules.MappingResult{}, res.Retry
 	}
 	n, _ := res.Globals["notification"].(map[string]any)
 	return rules.MappingResult{Value: res.Raw, Notification: n}, nil

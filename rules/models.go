@@ -435,6 +435,9 @@ func (m *Model) selectList() string {
 // to a concurrent one.
 func Find(ctx context.Context, db sqlx.QueryerContext, q Query, limit int, lock bool) ([]map[string]any, error) {
 	t, isPolicyTx := db.(*policyTx)
+	if isPolicyTx && t.readOnly {
+		lock = false
+	}
 	if isPolicyTx {
 		if out, ok := t.findInBatch(q, limit, lock && q.Model.hasUpdated); ok {
 			return out, nil
@@ -542,6 +545,9 @@ func Save(ctx context.Context, db sqlx.QueryerContext, m *Model, pk any, readAt 
 		return "", err
 	}
 	t, isPolicyTx := db.(*policyTx)
+	if isPolicyTx && t.readOnly {
+		return "", modelErr("%s.save: objects cannot be saved here (a mapping only reads)", m.Name)
+	}
 	if isPolicyTx {
 		s.updated = t.saveTime()
 	} else {

@@ -35,6 +35,14 @@ type Scope struct {
 	calls     int // nested ak_call_policy depth
 }
 
+// NewReadScope is a scope for expressions that only read, such as webhook
+// mappings: their model queries and helpers run in tx, which should be
+// read-only; rows are read without a lock, saves are refused, and events
+// and emails cannot be created.
+func NewReadScope(tx *sqlx.Tx) *Scope {
+	return &Scope{tx: &policyTx{Tx: tx, readOnly: true}}
+}
+
 // errRedoWithSavepoints fails an optimistic batch in which a policy that
 // used the database failed: its writes cannot be undone alone.
 var errRedoWithSavepoints = errors.New("a policy that used the database failed")
@@ -103,6 +111,9 @@ type policyTx struct {
 	// savedUsers are the users rows saved in the batch since the engine
 	// last read them: their users loaded for the batch are out of date.
 	savedUsers map[int64]bool
+	// readOnly: a read-only transaction (see [NewReadScope]), where rows
+	// are read without a lock and saves are refused.
+	readOnly bool
 }
 
 // maxPrepared bounds the statements a batch binds to its transaction.
@@ -474,7 +485,7 @@ type Email struct {
 // of the event queues nothing twice.
 func (s *Scope) QueueEmail(ctx context.Context, e Email, policy *Policy) error {
 	if s == nil || s.run == nil {
-		return fmt.Errorf("send email: not performed in a dry run")
+		return fmt.Errorf("send email: not performed in a dry run or a mapping")
 	}
 	tx, err := s.begin(ctx)
 	if err != nil {
@@ -572,7 +583,7 @@ func EventDepth(ev *events.Event) int {
 // re-run of the same event creates the same pk.
 func (s *Scope) CreateEvent(ctx context.Context, action, app string, user map[string]any, evContext map[string]any, policy *Policy) (events.Event, error) {
 	if s == nil || s.run == nil {
-		return events.Event{}, fmt.Errorf("create event %q: not performed in a dry run", action)
+		return events.Event{}, fmt.Errorf("create event %q: not performed in a dry run or a mapping", action)
 	}
 	tx, err := s.begin(ctx)
 	if err != nil {

@@ -3,6 +3,7 @@ package rules
 import (
 	"bytes"
 	"context"
+	"database/sql"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -36,6 +37,9 @@ type MappingRequest struct {
 	User             *User // the recipient
 	Event            *events.Event
 	Timeout          time.Duration
+	// Scope is what the mapping's model queries and helpers read (see
+	// [NewReadScope]); nil: they throw.
+	Scope *Scope
 }
 
 // WebhookTransport delivers the webhook and webhook_slack modes with
@@ -171,8 +175,16 @@ func runMapping(ctx context.Context, db *sqlx.DB, mappings MappingEvaluator, d *
 	if err := db.GetContext(ctx, &m, `SELECT name, expression FROM webhook_mappings WHERE id = $1`, id); err != nil {
 		return MappingResult{}, fmt.Errorf("load webhook mapping %s: %w", id, err)
 	}
+	// The mapping reads (users, groups, …) in a read-only transaction of
+	// its own.
+	tx, err := db.BeginTxx(ctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		return MappingResult{}, fmt.Errorf("begin mapping transaction: %w", err)
+	}
+	defer tx.Rollback() //nolint:errcheck // read-only: nothing to keep
 	res, err := mappings.EvaluateMapping(ctx, MappingRequest{
-		Name: m.Name, Expression: m.Expression, Notification: NotificationMap(d), User: &d.User, Event: d.Event, Timeout: 30 * time.Second,
+		Name: m.Name, Expression: m.Expression, Notification: NotificationMap(d), User: &d.User, Event: d.Event,
+		Timeout: 30 * time.Second, Scope: NewReadScope(tx),
 	})
 	if err == nil {
 		return res, nil

@@ -459,6 +459,56 @@ func TestWebhookDeliveryTimeoutIsRetried(t *testing.T) {
 	require.Equal(t, reqs[0].Header.Get("Idempotency-Key"), reqs[1].Header.Get("Idempotency-Key"))
 }
 
+// Mappings read models and use the helpers that read, as authentik's
+// property mappings do, in a read-only transaction: a save is refused.
+func TestWebhookMappingReadsModels(t *testing.T) {
+	t.Parallel()
+	d := newDeliveryStack(t)
+	d.env["HERALD_DELIVERY_MAX_ATTEMPTS"] = "1"
+	sink := newWebhookSink(t, nil)
+	jane := d.user(t, 12, "jane", "jane@example.com")
+	bob := d.user(t, 13, "bob", "bob@example.com")
+	d.rule(t, "login-hook", "login")
+	d.destinationGroup(t, "login-hook", "admins", bob)
+	hook := d.transport(t, "login-hook", "hook", "webhook", sink.URL())
+	reader := d.mapping(t, "reader", `const bob = ak_user_by({username: "bob"});
+const me = User.objects.filter({pk: user.pk}).first();
+return {recipient: me.username, bob: bob.email, admin: ak_is_group_member(me, {name: "admins"}),
+        admins: Group.objects.filter({name: "admins"}).count()};`)
+	d.db.MustExec(t, `UPDATE notification_transports SET webhook_mapping_body_id = $2 WHERE id = $1`, hook, reader)
+	saver := d.transport(t, "login-hook", "saver", "webhook", sink.URL())
+	save := d.mapping(t, "saver", `const me = User.objects.filter({pk: user.pk}).first(); me.name = "Changed"; me.save(); return {};`)
+	d.db.MustExec(t, `UPDATE notification_transports SET webhook_mapping_body_id = $2 WHERE id = $1`, saver, save)
+	d.start(t)
+
+	pk := d.publish(t, "login", jane, `{"message": "hello"}`)
+	for _, u := range []string{"bob", "jane"} {
+		var row deliveryRow
+		require.Eventually(t, func() bool {
+			require.NoError(t, d.db.GetContext(t.Context(), &row, selectDeliveries+` AND t.name = 'hook' AND u.username = $2`, pk, u))
+			return row.Status == "sent"
+		}, 20*time.Second, 25*time.Millisecond, "delivery to %s: %+v", u, row)
+	}
+	bodies := map[string]string{}
+	for _, r := range sink.wait(t, 2) {
+		b := r.decode(t)
+		bodies[b["recipient"].(string)] = string(r.Body)
+	}
+	require.JSONEq(t, `{"recipient": "jane", "bob": "bob@example.com", "admin": false, "admins": 1}`, bodies["jane"])
+	require.JSONEq(t, `{"recipient": "bob", "bob": "bob@example.com", "admin": true, "admins": 1}`, bodies["bob"])
+
+	var dead []deliveryRow
+	require.Eventually(t, func() bool {
+		dead = dead[:0]
+		require.NoError(t, d.db.SelectContext(t.Context(), &dead, selectDeliveries+` AND t.name = 'saver' AND d.status = 'dead'`, pk))
+		return len(dead) == 2
+	}, 20*time.Second, 25*time.Millisecond)
+	require.Contains(t, dead[0].LastError, "User.save: objects cannot be saved here")
+	require.Equal(t, 0, d.count(t, `SELECT count(*) FROM users WHERE name = 'Changed'`))
+	quiet()
+	require.Len(t, sink.requests(), 2, "the saver posted nothing")
+}
+
 func TestWebhookDeliveryFailingMappingIsRetried(t *testing.T) {
 	t.Parallel()
 	d := newDeliveryStack(t)
