@@ -189,13 +189,20 @@ func (v *vm) evaluate(ctx context.Context, prog *goja.Program, req *rules.Policy
 		res.Raw = exportJSON(out)
 		res.Passing = out.ToBoolean()
 	}
-	if len(req.Globals) > 0 {
-		res.Globals = make(map[string]any, len(req.Globals))
-		for name := range req.Globals {
-			res.Globals[name] = exportJSON(v.rt.Get(name))
-		}
+	if req.Globals != nil {
+		res.Globals = v.exportGlobals(req.Globals)
 	}
 	return res
+}
+
+// exportGlobals exports the current values of the globals named in
+// globals, as the expression left them.
+func (v *vm) exportGlobals(globals map[string]any) map[string]any {
+	out := make(map[string]any, len(globals))
+	for name := range globals {
+		out[name] = exportJSON(v.rt.Get(name))
+	}
+	return out
 }
 
 var parsePosition = regexp.MustCompile(`Line (\d+):(\d+) (.*?)(?: \(and \d+ more errors?\))?$`)
