@@ -138,14 +138,10 @@ func (v *vm) akCallPolicy(call goja.FunctionCall) goja.Value {
 			// The caller's own time is up: let the interrupt end it too.
 			panic(v.rt.NewGoError(errors.New(res.Err.Message)))
 		}
-		if err := scope.PolicyException(outer.bounds.context(), p, res.Err); err != nil {
-			panic(v.rt.NewGoError(err))
-		}
+		scope.PolicyException(p, res.Err)
 		res = rules.PolicyResult{Messages: []string{res.Err.Error()}}
 	} else if p.ExecutionLogging {
-		if err := scope.PolicyExecution(outer.bounds.context(), p, res); err != nil {
-			panic(v.rt.NewGoError(err))
-		}
+		scope.PolicyExecution(p, res)
 	}
 	out := v.rt.NewObject()
 	_ = out.Set("passing", res.Passing)

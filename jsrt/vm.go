@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"regexp"
 	"strconv"
 	"strings"
@@ -153,6 +154,9 @@ func (v *vm) evaluate(ctx context.Context, prog *goja.Program, req *rules.Policy
 	request := v.cache.request
 	_ = v.rt.Set("request", request)
 	_ = v.rt.Set("context", request.Get("context"))
+	if req.Globals != nil {
+		v.shareGlobals(req, request)
+	}
 
 	fn, err := v.function(prog)
 	var out goja.Value
@@ -193,6 +197,27 @@ func (v *vm) evaluate(ctx context.Context, prog *goja.Program, req *rules.Policy
 		res.Globals = v.exportGlobals(req.Globals)
 	}
 	return res
+}
+
+// shareGlobals makes a global that is also a key of request.context (a
+// mapping's notification) one object in both places, as in authentik.
+func (v *vm) shareGlobals(req *rules.PolicyRequest, request *goja.Object) {
+	c, ok := request.Get("context").(*goja.Object)
+	if !ok {
+		return
+	}
+	for name, val := range req.Globals {
+		if cv, ok := req.Context[name]; ok && sameMap(cv, val) {
+			_ = c.Set(name, v.rt.Get(name))
+		}
+	}
+}
+
+// sameMap reports whether a and b are the same map[string]any.
+func sameMap(a, b any) bool {
+	ma, okA := a.(map[string]any)
+	mb, okB := b.(map[string]any)
+	return okA && okB && reflect.ValueOf(ma).UnsafePointer() == reflect.ValueOf(mb).UnsafePointer()
 }
 
 // exportGlobals exports the current values of the globals named in

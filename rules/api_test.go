@@ -699,16 +699,23 @@ func TestAPIAkCallPolicyExecutionLogging(t *testing.T) {
 	jane := b.user(t, "jane")
 	b.loggedPolicy(t, "logged-callee", `ak_message("callee ran"); return {foo: request.context.foo};`)
 	b.policy(t, "quiet-callee", `return true;`)
-	b.probe(t, "caller", `ak_call_policy("quiet-callee"); return ak_call_policy("logged-callee", {foo: "bar"}).passing;`)
+	b.probes(t, map[string]string{
+		"caller": `ak_call_policy("quiet-callee"); return ak_call_policy("logged-callee", {foo: "bar"}).passing;`,
+		// It used the database before the call, so the call runs inside
+		// its savepoint, which its failure rolls back.
+		"caller-then-throws": `User.objects.filter({username: "jane"}).count(); ak_call_policy("logged-callee", {foo: "baz"}); throw new Error("after the call");`,
+	})
 
 	ev := b.login(t, jane)
 	require.True(t, b.result(t, ev.PK, "caller").Passing)
-	callee := b.result(t, ev.PK, "logged-callee")
-	require.True(t, callee.Passing)
-	requireJSON(t, `{"foo": "bar"}`, callee.Raw)
-	require.Equal(t, []any{"callee ran"}, callee.Messages)
+	require.Contains(t, b.thrown(t, ev.PK, "caller-then-throws"), "after the call")
 	require.NotContains(t, b.outcomes(t, ev.PK), "quiet-callee", "a callee without execution_logging records nothing")
-	require.Equal(t, 2, b.count(t, `SELECT count(*) FROM events WHERE action = 'policy_execution'`))
+	var results []string
+	require.NoError(t, b.db.SelectContext(t.Context(), &results, `SELECT context->'result'::text FROM events
+WHERE action = 'policy_execution' AND context->'policy'->>'name' = 'logged-callee' ORDER BY context->'result'->'raw_result'->>'foo'`))
+	require.Len(t, results, 2, "the callee's event is kept when its caller fails afterwards, as authentik saves it at once")
+	require.JSONEq(t, `{"passing": true, "messages": ["callee ran"], "raw_result": {"foo": "bar"}}`, results[0])
+	require.JSONEq(t, `{"passing": true, "messages": ["callee ran"], "raw_result": {"foo": "baz"}}`, results[1])
 }
 
 // A policy that calls itself is stopped at a fixed depth instead of

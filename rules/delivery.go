@@ -162,7 +162,14 @@ WHERE id = (
     FOR UPDATE OF d SKIP LOCKED)
 RETURNING id, attempts`
 
-const selectDelivery = `SELECT d.id, d.attempts, n.id AS notification_id, n.severity, n.body, n.hyperlink, n.hyperlink_label,
+// selectDelivery loads a delivery. Transports other than local send the
+// notification as its rule made it, before a local transport's body mapping
+// changed it (see [LocalTransport]).
+const selectDelivery = `SELECT d.id, d.attempts, n.id AS notification_id,
+    CASE WHEN t.mode = 'local' OR n.unmapped IS NULL THEN n.severity ELSE n.unmapped->>'severity' END AS severity,
+    CASE WHEN t.mode = 'local' OR n.unmapped IS NULL THEN n.body ELSE n.unmapped->>'body' END AS body,
+    CASE WHEN t.mode = 'local' OR n.unmapped IS NULL THEN n.hyperlink ELSE n.unmapped->>'hyperlink' END AS hyperlink,
+    CASE WHEN t.mode = 'local' OR n.unmapped IS NULL THEN n.hyperlink_label ELSE n.unmapped->>'hyperlink_label' END AS hyperlink_label,
     coalesce(r.name, '') AS rule_name,
     t.id AS "transport.id", t.name AS "transport.name", t.mode AS "transport.mode", t.send_once AS "transport.send_once",
     t.webhook_url AS "transport.webhook_url", t.webhook_mapping_body_id AS "transport.webhook_mapping_body_id",
@@ -248,6 +255,10 @@ func (d *Dispatcher) deliver(ctx, sendCtx context.Context, id string, attempts i
 	} else {
 		// The transport's mode changed since the claim.
 		err = &PermanentError{Err: fmt.Errorf("transport %q is now %q, which this dispatcher does not send", del.Transport.Name, del.Transport.Mode)}
+	}
+	if errors.Is(err, ErrLeaseLost) {
+		d.log.WarnContext(ctx, "delivery not recorded: its lease ran out", slog.String("delivery", id), slog.Int("attempt", attempts))
+		return
 	}
 	if err != nil && ctx.Err() != nil {
 		// Shutting down mid-delivery: give the attempt back so that the

@@ -38,7 +38,7 @@ type EngineConfig struct {
 type Committed struct {
 	Events []events.Event
 	// Deliveries is how many deliveries the batch queued for a transport
-	// (local ones are done when they are written).
+	// (local ones without a body mapping are done when they are written).
 	Deliveries int
 	// Outbox is how many created events and emails the batch queued.
 	Outbox int
@@ -370,6 +370,9 @@ func (r *eventRun) evalBinding(ctx context.Context, rule *Rule, b *Binding) (boo
 			return false, fmt.Errorf("evaluate policy %q: %w", p.Name, res.Retry)
 		}
 		if err := scope.finish(ctx, res.Err != nil); err != nil {
+			return false, err
+		}
+		if err := scope.writeCalledEvents(ctx); err != nil {
 			return false, err
 		}
 		if scope.userSaved && r.user != nil {

@@ -2,6 +2,7 @@ package rules
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/jmoiron/sqlx"
@@ -13,6 +14,11 @@ import (
 // hyperlink and hyperlink_label is stored; its return value is discarded.
 // Local deliveries without a mapping are sent when their batch writes them
 // and never reach a transport.
+//
+// The notification row is shared by the rule's transports: the first
+// mapping that changes it keeps the rule's values in its unmapped column,
+// which the rule's other transports send, as each of authentik's
+// transports gets a notification of its own.
 type LocalTransport struct {
 	DB       *sqlx.DB
 	Mappings MappingEvaluator
@@ -20,31 +26,73 @@ type LocalTransport struct {
 
 var _ Transporter = (*LocalTransport)(nil)
 
-// Deliver implements [Transporter]. The notification's new fields and the
-// delivery's sent status are written by one statement, fenced by the
-// attempt, so that a mapping's change is stored exactly once.
+// ErrLeaseLost reports a delivery whose lease ran out while it was carried
+// out: a newer claim owns it, and its outcome is not recorded.
+var ErrLeaseLost = errors.New("rules: the delivery's lease ran out; a newer claim carries it out")
+
+// Deliver implements [Transporter]. In one transaction it locks the
+// notification (two local transports of a rule change it one after the
+// other), runs the mapping on it as it is, and stores the change with the
+// delivery's sent status, fenced by the attempt, so that a change is
+// stored exactly once.
 func (l *LocalTransport) Deliver(ctx context.Context, d *Delivery) (DeliveryResult, error) {
 	id := d.Transport.WebhookMappingBodyID
 	if id == nil {
 		return DeliveryResult{}, nil // the notification row is the inbox entry
 	}
-	res, err := runMapping(ctx, l.DB, l.Mappings, d, *id)
+	m, err := loadMapping(ctx, l.DB, *id)
 	if err != nil {
 		return DeliveryResult{}, err
+	}
+	tx, err := l.DB.BeginTxx(ctx, nil)
+	if err != nil {
+		return DeliveryResult{}, fmt.Errorf("begin local delivery: %w", err)
+	}
+	defer tx.Rollback() //nolint:errcheck // a no-op after Commit
+	var cur struct {
+		Body           string  `db:"body"`
+		Severity       string  `db:"severity"`
+		Hyperlink      *string `db:"hyperlink"`
+		HyperlinkLabel *string `db:"hyperlink_label"`
+	}
+	if err := tx.GetContext(ctx, &cur, `SELECT body, severity, hyperlink, hyperlink_label FROM notifications
+WHERE id = $1 FOR NO KEY UPDATE`, d.NotificationID); err != nil {
+		return DeliveryResult{}, fmt.Errorf("lock notification %s: %w", d.NotificationID, err)
+	}
+	d.Body, d.Severity, d.Hyperlink, d.HyperlinkLabel = cur.Body, cur.Severity, cur.Hyperlink, cur.HyperlinkLabel
+	scope := NewReadScope(tx)
+	res, err := m.evaluate(ctx, l.Mappings, d, scope)
+	if err != nil {
+		_ = tx.Rollback()
+		return DeliveryResult{}, m.failed(ctx, l.DB, d, err)
 	}
 	n, err := mappedNotification(d, res.Notification)
 	if err != nil {
 		return DeliveryResult{}, &PermanentError{Err: err}
 	}
-	_, err = l.DB.ExecContext(ctx, `WITH sent AS (
-    UPDATE deliveries SET status = 'sent', sent_at = now(), last_error = '', updated = now()
-    WHERE id = $1 AND status = 'sending' AND attempts = $2
-    RETURNING notification_id)
-UPDATE notifications SET body = $3, severity = $4, hyperlink = $5, hyperlink_label = $6
-FROM sent WHERE notifications.id = sent.notification_id`,
-		d.ID, d.Attempts, n.body, n.severity, n.hyperlink, n.hyperlinkLabel)
+	if scope.savepoint {
+		// The mapping's queries set its timeouts on the transaction.
+		if _, err := tx.ExecContext(ctx, defaultTimeouts); err != nil {
+			return DeliveryResult{}, fmt.Errorf("reset timeouts: %w", err)
+		}
+	}
+	sent, err := tx.ExecContext(ctx, `UPDATE deliveries SET status = 'sent', sent_at = now(), last_error = '', updated = now()
+WHERE id = $1 AND status = 'sending' AND attempts = $2`, d.ID, d.Attempts)
 	if err != nil {
-		return DeliveryResult{}, fmt.Errorf("store mapped notification: %w", err)
+		return DeliveryResult{}, fmt.Errorf("record local delivery: %w", err)
+	}
+	if rows, err := sent.RowsAffected(); err != nil || rows == 0 {
+		return DeliveryResult{}, ErrLeaseLost
+	}
+	if !n.equal(mappedFields{body: cur.Body, severity: cur.Severity, hyperlink: cur.Hyperlink, hyperlinkLabel: cur.HyperlinkLabel}) {
+		if _, err := tx.ExecContext(ctx, `UPDATE notifications SET body = $2, severity = $3, hyperlink = $4, hyperlink_label = $5,
+    unmapped = coalesce(unmapped, jsonb_build_object('body', body, 'severity', severity, 'hyperlink', hyperlink, 'hyperlink_label', hyperlink_label))
+WHERE id = $1`, d.NotificationID, n.body, n.severity, n.hyperlink, n.hyperlinkLabel); err != nil {
+			return DeliveryResult{}, fmt.Errorf("store mapped notification: %w", err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return DeliveryResult{}, fmt.Errorf("commit local delivery: %w", err)
 	}
 	return DeliveryResult{}, nil
 }
@@ -54,6 +102,15 @@ FROM sent WHERE notifications.id = sent.notification_id`,
 type mappedFields struct {
 	body, severity            string
 	hyperlink, hyperlinkLabel *string
+}
+
+func (f mappedFields) equal(g mappedFields) bool {
+	return f.body == g.body && f.severity == g.severity &&
+		equalStrings(f.hyperlink, g.hyperlink) && equalStrings(f.hyperlinkLabel, g.hyperlinkLabel)
+}
+
+func equalStrings(a, b *string) bool {
+	return a == b || a != nil && b != nil && *a == *b
 }
 
 // mappedNotification reads the fields a mapping may change from the

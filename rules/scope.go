@@ -33,6 +33,9 @@ type Scope struct {
 	touched   bool // the policy used the database (optimistic batches)
 	userSaved bool
 	calls     int // nested ak_call_policy depth
+	// calledEvents write the policy_exception and policy_execution events
+	// of called policies after the policy ends.
+	calledEvents []func(context.Context) error
 }
 
 // NewReadScope is a scope for expressions that only read, such as webhook
@@ -517,27 +520,43 @@ func (s *Scope) QueueEmail(ctx context.Context, e Email, policy *Policy) error {
 }
 
 // PolicyException records a policy_exception event for a policy that failed
-// while called from another (ak_call_policy).
-func (s *Scope) PolicyException(ctx context.Context, p *Policy, perr *PolicyError) error {
-	if s == nil || s.run == nil {
-		return nil
+// while called from another (ak_call_policy). Like [Scope.PolicyExecution],
+// it is written when the calling policy ends, outside its savepoint, so that
+// it is kept whether the caller succeeds or fails, as authentik saves it at
+// once.
+func (s *Scope) PolicyException(p *Policy, perr *PolicyError) {
+	if s == nil || s.run == nil || s.Rule == nil {
+		return
 	}
 	b := &Binding{ID: "00000000-0000-0000-0000-000000000000", Policy: p}
-	if s.Rule == nil {
-		return nil
-	}
-	return s.run.policyException(ctx, s.Rule, b, perr)
+	s.calledEvents = append(s.calledEvents, func(ctx context.Context) error {
+		return s.run.policyException(ctx, s.Rule, b, perr)
+	})
 }
 
 // PolicyExecution records a policy_execution event for a policy with
 // execution_logging called from another (ak_call_policy), as authentik's
 // PolicyProcess does for the binding it makes for the call.
-func (s *Scope) PolicyExecution(ctx context.Context, p *Policy, res PolicyResult) error {
+func (s *Scope) PolicyExecution(p *Policy, res PolicyResult) {
 	if s == nil || s.run == nil || s.Rule == nil {
-		return nil
+		return
 	}
 	b := &Binding{ID: "00000000-0000-0000-0000-000000000000", Policy: p}
-	return s.run.policyExecution(ctx, s.Rule, b, res, res.Passing)
+	s.calledEvents = append(s.calledEvents, func(ctx context.Context) error {
+		return s.run.policyExecution(ctx, s.Rule, b, res, res.Passing)
+	})
+}
+
+// writeCalledEvents writes the events of the policies the evaluated policy
+// called, once it has ended (see [Scope.PolicyException]).
+func (s *Scope) writeCalledEvents(ctx context.Context) error {
+	for _, write := range s.calledEvents {
+		if err := write(ctx); err != nil {
+			return err
+		}
+	}
+	s.calledEvents = nil
+	return nil
 }
 
 // EmailTemplateExists reports whether name is the built-in

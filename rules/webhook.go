@@ -161,34 +161,49 @@ func (w *WebhookTransport) mapped(ctx context.Context, d *Delivery) (any, map[st
 // property_mapping_exception event (as authentik does, on every attempt)
 // and fails the delivery, which is then retried.
 func (w *WebhookTransport) runMapping(ctx context.Context, d *Delivery, id string) (any, error) {
-	res, err := runMapping(ctx, w.DB, w.Mappings, d, id)
-	return res.Value, err
-}
-
-// runMapping evaluates the mapping with id for delivery d, recording a
-// property_mapping_exception event when it fails.
-func runMapping(ctx context.Context, db *sqlx.DB, mappings MappingEvaluator, d *Delivery, id string) (MappingResult, error) {
-	var m struct {
-		Name       string `db:"name"`
-		Expression string `db:"expression"`
-	}
-	if err := db.GetContext(ctx, &m, `SELECT name, expression FROM webhook_mappings WHERE id = $1`, id); err != nil {
-		return MappingResult{}, fmt.Errorf("load webhook mapping %s: %w", id, err)
+	m, err := loadMapping(ctx, w.DB, id)
+	if err != nil {
+		return nil, err
 	}
 	// The mapping reads (users, groups, …) in a read-only transaction of
 	// its own.
-	tx, err := db.BeginTxx(ctx, &sql.TxOptions{ReadOnly: true})
+	tx, err := w.DB.BeginTxx(ctx, &sql.TxOptions{ReadOnly: true})
 	if err != nil {
-		return MappingResult{}, fmt.Errorf("begin mapping transaction: %w", err)
+		return nil, fmt.Errorf("begin mapping transaction: %w", err)
 	}
-	defer tx.Rollback() //nolint:errcheck // read-only: nothing to keep
-	res, err := mappings.EvaluateMapping(ctx, MappingRequest{
+	res, err := m.evaluate(ctx, w.Mappings, d, NewReadScope(tx))
+	_ = tx.Rollback() // read-only: nothing to keep
+	if err != nil {
+		return nil, m.failed(ctx, w.DB, d, err)
+	}
+	return res.Value, nil
+}
+
+// webhookMapping is a row of webhook_mappings.
+type webhookMapping struct {
+	Name       string `db:"name"`
+	Expression string `db:"expression"`
+}
+
+func loadMapping(ctx context.Context, db sqlx.QueryerContext, id string) (webhookMapping, error) {
+	var m webhookMapping
+	if err := sqlx.GetContext(ctx, db, &m, `SELECT name, expression FROM webhook_mappings WHERE id = $1`, id); err != nil {
+		return m, fmt.Errorf("load webhook mapping %s: %w", id, err)
+	}
+	return m, nil
+}
+
+// evaluate runs the mapping for delivery d, its model reads in scope.
+func (m webhookMapping) evaluate(ctx context.Context, mappings MappingEvaluator, d *Delivery, scope *Scope) (MappingResult, error) {
+	return mappings.EvaluateMapping(ctx, MappingRequest{
 		Name: m.Name, Expression: m.Expression, Notification: NotificationMap(d), User: &d.User, Event: d.Event,
-		Timeout: 30 * time.Second, Scope: NewReadScope(tx),
+		Timeout: 30 * time.Second, Scope: scope,
 	})
-	if err == nil {
-		return res, nil
-	}
+}
+
+// failed records the mapping's failure for delivery d as a
+// property_mapping_exception event and returns the delivery's error.
+func (m webhookMapping) failed(ctx context.Context, db *sqlx.DB, d *Delivery, err error) error {
 	c := map[string]any{
 		"message":    "Failed to execute property mapping",
 		"mapping":    m.Name,
@@ -198,9 +213,9 @@ func runMapping(ctx context.Context, db *sqlx.DB, mappings MappingEvaluator, d *
 	}
 	if cerr := CreateEventAfter(ctx, db, d.Event, "property_mapping_exception", "authentik.core.expression.evaluator",
 		d.User.EventUser(), c, fmt.Sprintf("%s/%d", d.ID, d.Attempts)); cerr != nil {
-		return MappingResult{}, fmt.Errorf("mapping %q: %w (and recording it: %v)", m.Name, err, cerr)
+		return fmt.Errorf("mapping %q: %w (and recording it: %v)", m.Name, err, cerr)
 	}
-	return MappingResult{}, fmt.Errorf("mapping %q: %w", m.Name, err)
+	return fmt.Errorf("mapping %q: %w", m.Name, err)
 }
 
 // NotificationMap is the notification as mappings see it.

@@ -122,6 +122,12 @@ type deliveryRow struct {
 	Transport string     `db:"transport"`
 }
 
+const selectDeliveriesCount = `SELECT count(*)
+FROM deliveries d
+JOIN notifications n ON n.id = d.notification_id
+JOIN notification_transports t ON t.id = d.transport_id
+WHERE n.event_id::text = $1`
+
 const selectDeliveries = `SELECT d.id, d.status, d.attempts, d.last_error, d.sent_at, u.username, t.name AS transport
 FROM deliveries d
 JOIN notifications n ON n.id = d.notification_id
@@ -571,10 +577,12 @@ func (d *deliveryStack) notification(t *testing.T, eventPK string) notificationR
 }
 
 // A body mapping on a local transport changes the stored notification, as
-// authentik's send_local does; what it returns is discarded.
+// authentik's send_local does; what it returns is discarded. The rule's
+// other transports send the notification as the rule made it.
 func TestLocalDeliveryBodyMappingChangesTheNotification(t *testing.T) {
 	t.Parallel()
 	d := newDeliveryStack(t)
+	d.env["HERALD_DELIVERY_MAX_ATTEMPTS"] = "50"
 	jane := d.user(t, 15, "jane", "jane@example.com")
 	d.rule(t, "login-inbox", "login")
 	inbox := d.transport(t, "login-inbox", "inbox", "local", "")
@@ -583,20 +591,65 @@ notification.severity = "alert";
 notification.hyperlink = "https://id.example.com/events/" + notification.event.pk;
 return {ignored: true};`)
 	d.db.MustExec(t, `UPDATE notification_transports SET webhook_mapping_body_id = $2 WHERE id = $1`, inbox, body)
+	// The webhook fails until the inbox's mapping has stored its change,
+	// so that it sends after it.
+	var pk atomic.Value
+	pk.Store("")
+	sink := newWebhookSink(t, func(int, *http.Request) int {
+		if d.count(t, selectDeliveriesCount+` AND t.name = 'inbox' AND d.status = 'sent'`, pk.Load()) == 1 {
+			return http.StatusOK
+		}
+		return http.StatusServiceUnavailable
+	})
+	d.transport(t, "login-inbox", "hook", "webhook", sink.URL())
 	d.start(t)
 
-	pk := d.publish(t, "login", jane, `{"message": "signed in", "hyperlink_label": "Open"}`)
-	sent := d.waitDelivery(t, pk, "inbox", "sent")
+	pk.Store(d.publish(t, "login", jane, `{"message": "signed in", "hyperlink_label": "Open"}`))
+	event := pk.Load().(string)
+	sent := d.waitDelivery(t, event, "inbox", "sent")
 	require.Equal(t, 1, sent.Attempts)
-	n := d.notification(t, pk)
+	n := d.notification(t, event)
 	require.Equal(t, "Hi jane, signed in", n.Body)
 	require.Equal(t, "alert", n.Severity)
 	require.NotNil(t, n.Hyperlink)
-	require.Equal(t, "https://id.example.com/events/"+pk, *n.Hyperlink)
+	require.Equal(t, "https://id.example.com/events/"+event, *n.Hyperlink)
 	require.NotNil(t, n.HyperlinkLabel)
 	require.Equal(t, "Open", *n.HyperlinkLabel, "a field the mapping left alone is kept")
+
+	hook := d.waitDelivery(t, event, "hook", "sent")
+	require.Greater(t, hook.Attempts, 1)
+	reqs := sink.requests()
+	last := reqs[len(reqs)-1].decode(t)
+	require.Equal(t, "signed in", last["body"], "the webhook sends the rule's body")
+	require.Equal(t, "warning", last["severity"])
 	quiet()
-	require.Equal(t, "Hi jane, signed in", d.notification(t, pk).Body, "the mapping's change is stored once")
+	require.Equal(t, "Hi jane, signed in", d.notification(t, event).Body, "the mapping's change is stored once")
+}
+
+// Two local transports with mappings both change the notification, one
+// after the other; a mapping may change it through request.context too.
+func TestLocalDeliveryTwoMappingsBothApply(t *testing.T) {
+	t.Parallel()
+	d := newDeliveryStack(t)
+	jane := d.user(t, 17, "jane", "jane@example.com")
+	d.rule(t, "login-inbox", "login")
+	for name, expr := range map[string]string{
+		"first":  `notification.body = "A: " + notification.body;`,
+		"second": `request.context.notification.severity = "alert";`,
+	} {
+		tr := d.transport(t, "login-inbox", name, "local", "")
+		m := d.mapping(t, name+"-body", expr)
+		d.db.MustExec(t, `UPDATE notification_transports SET webhook_mapping_body_id = $2 WHERE id = $1`, tr, m)
+	}
+	d.start(t)
+
+	pk := d.publish(t, "login", jane, `{"message": "signed in"}`)
+	d.waitDelivery(t, pk, "first", "sent")
+	d.waitDelivery(t, pk, "second", "sent")
+	require.Equal(t, notificationRow{Body: "A: signed in", Severity: "alert"}, d.notification(t, pk))
+	var unmapped string
+	require.NoError(t, d.db.GetContext(t.Context(), &unmapped, `SELECT unmapped::text FROM notifications WHERE event_id = $1`, pk))
+	require.JSONEq(t, `{"body": "signed in", "severity": "warning", "hyperlink": null, "hyperlink_label": null}`, unmapped)
 }
 
 // A local mapping that throws records property_mapping_exception and is
