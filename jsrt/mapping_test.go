@@ -1,0 +1,40 @@
+package jsrt_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/heraldhq/herald/jsrt"
+	"github.com/heraldhq/herald/rules"
+)
+
+// A mapping returns its value and the notification as it left it; the
+// global notification and request.context.notification are one object.
+func TestEvaluateMappingReturnsTheNotification(t *testing.T) {
+	t.Parallel()
+	pool := newPool(t, jsrt.Config{Size: 1})
+	notification := map[string]any{"body": "hello", "severity": "notice", "hyperlink": nil}
+	res, err := pool.EvaluateMapping(t.Context(), rules.MappingRequest{
+		Name: "m", Expression: `notification.body = notification.body + " " + user.username;
+request.context.notification.severity = "alert";
+return {same: notification === request.context.notification};`,
+		Notification: notification, User: &rules.User{ID: 12, Username: "jane"}, Event: loginEvent(), Timeout: time.Second,
+	})
+	require.NoError(t, err)
+	require.Equal(t, map[string]any{"same": true}, res.Value)
+	require.Equal(t, map[string]any{"body": "hello jane", "severity": "alert", "hyperlink": nil}, res.Notification)
+	require.Equal(t, "hello", notification["body"], "the caller's map is not changed")
+}
+
+// A mapping cannot call a policy: there are none to call.
+func TestEvaluateMappingCannotCallAPolicy(t *testing.T) {
+	t.Parallel()
+	pool := newPool(t, jsrt.Config{Size: 1})
+	_, err := pool.EvaluateMapping(t.Context(), rules.MappingRequest{
+		Name: "m", Expression: `return ak_call_policy("anything");`,
+		Notification: map[string]any{}, User: &rules.User{ID: 12, Username: "jane"}, Event: loginEvent(), Timeout: time.Second,
+	})
+	require.ErrorContains(t, err, "ak_call_policy: no policies to call here")
+}
