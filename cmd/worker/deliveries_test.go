@@ -100,6 +100,13 @@ func (d *deliveryStack) mapping(t *testing.T, name, expression string) string {
 	return id
 }
 
+// bodyMapping seeds a webhook mapping and makes it the body mapping of the
+// transport with id.
+func (d *deliveryStack) bodyMapping(t *testing.T, transport, name, expression string) {
+	t.Helper()
+	d.db.MustExec(t, `UPDATE notification_transports SET webhook_mapping_body_id = $2 WHERE id = $1`, transport, d.mapping(t, name, expression))
+}
+
 // publish publishes an event with action by user (none when user is the
 // zero value) and the context JSON, and returns its pk.
 func (d *deliveryStack) publish(t *testing.T, action string, user testUser, context string) string {
@@ -477,14 +484,12 @@ func TestWebhookMappingReadsModels(t *testing.T) {
 	d.rule(t, "login-hook", "login")
 	d.destinationGroup(t, "login-hook", "admins", bob)
 	hook := d.transport(t, "login-hook", "hook", "webhook", sink.URL())
-	reader := d.mapping(t, "reader", `const bob = ak_user_by({username: "bob"});
+	d.bodyMapping(t, hook, "reader", `const bob = ak_user_by({username: "bob"});
 const me = User.objects.filter({pk: user.pk}).first();
 return {recipient: me.username, bob: bob.email, admin: ak_is_group_member(me, {name: "admins"}),
         admins: Group.objects.filter({name: "admins"}).count()};`)
-	d.db.MustExec(t, `UPDATE notification_transports SET webhook_mapping_body_id = $2 WHERE id = $1`, hook, reader)
 	saver := d.transport(t, "login-hook", "saver", "webhook", sink.URL())
-	save := d.mapping(t, "saver", `const me = User.objects.filter({pk: user.pk}).first(); me.name = "Changed"; me.save(); return {};`)
-	d.db.MustExec(t, `UPDATE notification_transports SET webhook_mapping_body_id = $2 WHERE id = $1`, saver, save)
+	d.bodyMapping(t, saver, "saver", `const me = User.objects.filter({pk: user.pk}).first(); me.name = "Changed"; me.save(); return {};`)
 	d.start(t)
 
 	pk := d.publish(t, "login", jane, `{"message": "hello"}`)
@@ -523,8 +528,7 @@ func TestWebhookDeliveryFailingMappingIsRetried(t *testing.T) {
 	jane := d.user(t, 12, "jane", "jane@example.com")
 	d.rule(t, "login-hook", "login")
 	hook := d.transport(t, "login-hook", "hook", "webhook", sink.URL())
-	body := d.mapping(t, "explode", `throw new Error("boom for " + user.username);`)
-	d.db.MustExec(t, `UPDATE notification_transports SET webhook_mapping_body_id = $2 WHERE id = $1`, hook, body)
+	d.bodyMapping(t, hook, "explode", `throw new Error("boom for " + user.username);`)
 	d.start(t)
 
 	pk := d.publish(t, "login", jane, `{"message": "hello"}`)
@@ -586,11 +590,10 @@ func TestLocalDeliveryBodyMappingChangesTheNotification(t *testing.T) {
 	jane := d.user(t, 15, "jane", "jane@example.com")
 	d.rule(t, "login-inbox", "login")
 	inbox := d.transport(t, "login-inbox", "inbox", "local", "")
-	body := d.mapping(t, "inbox-body", `notification.body = "Hi " + user.username + ", " + notification.body;
+	d.bodyMapping(t, inbox, "inbox-body", `notification.body = "Hi " + user.username + ", " + notification.body;
 notification.severity = "alert";
 notification.hyperlink = "https://id.example.com/events/" + notification.event.pk;
 return {ignored: true};`)
-	d.db.MustExec(t, `UPDATE notification_transports SET webhook_mapping_body_id = $2 WHERE id = $1`, inbox, body)
 	// The webhook fails its first attempt and those made before the
 	// inbox's mapping stored its change, so that it sends after it.
 	var pk atomic.Value
@@ -637,9 +640,7 @@ func TestLocalDeliveryTwoMappingsBothApply(t *testing.T) {
 		"first":  `notification.body = "A: " + notification.body;`,
 		"second": `request.context.notification.severity = "alert";`,
 	} {
-		tr := d.transport(t, "login-inbox", name, "local", "")
-		m := d.mapping(t, name+"-body", expr)
-		d.db.MustExec(t, `UPDATE notification_transports SET webhook_mapping_body_id = $2 WHERE id = $1`, tr, m)
+		d.bodyMapping(t, d.transport(t, "login-inbox", name, "local", ""), name+"-body", expr)
 	}
 	d.start(t)
 
@@ -662,8 +663,7 @@ func TestLocalDeliveryFailingMapping(t *testing.T) {
 	jane := d.user(t, 16, "jane", "jane@example.com")
 	d.rule(t, "login-inbox", "login")
 	inbox := d.transport(t, "login-inbox", "inbox", "local", "")
-	body := d.mapping(t, "inbox-body", `throw new Error("no inbox for " + user.username);`)
-	d.db.MustExec(t, `UPDATE notification_transports SET webhook_mapping_body_id = $2 WHERE id = $1`, inbox, body)
+	d.bodyMapping(t, inbox, "inbox-body", `throw new Error("no inbox for " + user.username);`)
 	d.start(t)
 
 	pk := d.publish(t, "login", jane, `{"message": "signed in"}`)
