@@ -49,12 +49,7 @@ func (l *LocalTransport) Deliver(ctx context.Context, d *Delivery) (DeliveryResu
 		return DeliveryResult{}, fmt.Errorf("begin local delivery: %w", err)
 	}
 	defer tx.Rollback() //nolint:errcheck // a no-op after Commit
-	var cur struct {
-		Body           string  `db:"body"`
-		Severity       string  `db:"severity"`
-		Hyperlink      *string `db:"hyperlink"`
-		HyperlinkLabel *string `db:"hyperlink_label"`
-	}
+	var cur mappedFields
 	if err := tx.GetContext(ctx, &cur, `SELECT body, severity, hyperlink, hyperlink_label FROM notifications
 WHERE id = $1 FOR NO KEY UPDATE`, d.NotificationID); err != nil {
 		return DeliveryResult{}, fmt.Errorf("lock notification %s: %w", d.NotificationID, err)
@@ -66,7 +61,7 @@ WHERE id = $1 FOR NO KEY UPDATE`, d.NotificationID); err != nil {
 		_ = tx.Rollback()
 		return DeliveryResult{}, m.failed(ctx, l.DB, d, err)
 	}
-	n, err := mappedNotification(d, res.Notification)
+	n, err := mappedNotification(cur, res.Notification)
 	if err != nil {
 		return DeliveryResult{}, &PermanentError{Err: err}
 	}
@@ -84,10 +79,10 @@ WHERE id = $1 AND status = 'sending' AND attempts = $2`, d.ID, d.Attempts)
 	if rows, err := sent.RowsAffected(); err != nil || rows == 0 {
 		return DeliveryResult{}, ErrLeaseLost
 	}
-	if !n.equal(mappedFields{body: cur.Body, severity: cur.Severity, hyperlink: cur.Hyperlink, hyperlinkLabel: cur.HyperlinkLabel}) {
+	if !n.equal(cur) {
 		if _, err := tx.ExecContext(ctx, `UPDATE notifications SET body = $2, severity = $3, hyperlink = $4, hyperlink_label = $5,
     unmapped = coalesce(unmapped, jsonb_build_object('body', body, 'severity', severity, 'hyperlink', hyperlink, 'hyperlink_label', hyperlink_label))
-WHERE id = $1`, d.NotificationID, n.body, n.severity, n.hyperlink, n.hyperlinkLabel); err != nil {
+WHERE id = $1`, d.NotificationID, n.Body, n.Severity, n.Hyperlink, n.HyperlinkLabel); err != nil {
 			return DeliveryResult{}, fmt.Errorf("store mapped notification: %w", err)
 		}
 	}
@@ -100,24 +95,26 @@ WHERE id = $1`, d.NotificationID, n.body, n.severity, n.hyperlink, n.hyperlinkLa
 // mappedFields are the fields of a notification that a local mapping may
 // change.
 type mappedFields struct {
-	body, severity            string
-	hyperlink, hyperlinkLabel *string
+	Body           string  `db:"body"`
+	Severity       string  `db:"severity"`
+	Hyperlink      *string `db:"hyperlink"`
+	HyperlinkLabel *string `db:"hyperlink_label"`
 }
 
 func (f mappedFields) equal(g mappedFields) bool {
-	return f.body == g.body && f.severity == g.severity &&
-		equalStrings(f.hyperlink, g.hyperlink) && equalStrings(f.hyperlinkLabel, g.hyperlinkLabel)
+	return f.Body == g.Body && f.Severity == g.Severity &&
+		equalStrings(f.Hyperlink, g.Hyperlink) && equalStrings(f.HyperlinkLabel, g.HyperlinkLabel)
 }
 
 func equalStrings(a, b *string) bool {
 	return a == b || a != nil && b != nil && *a == *b
 }
 
-// mappedNotification reads the fields a mapping may change from the
-// notification it left (nil: the mapping replaced it with something that
-// is not an object, which changes nothing).
-func mappedNotification(d *Delivery, n map[string]any) (mappedFields, error) {
-	out := mappedFields{body: d.Body, severity: d.Severity, hyperlink: d.Hyperlink, hyperlinkLabel: d.HyperlinkLabel}
+// mappedNotification is cur with what the mapping set in the notification
+// it left (nil: the mapping replaced it with something that is not an
+// object, which changes nothing).
+func mappedNotification(cur mappedFields, n map[string]any) (mappedFields, error) {
+	out := cur
 	if n == nil {
 		return out, nil
 	}
@@ -126,18 +123,18 @@ func mappedNotification(d *Delivery, n map[string]any) (mappedFields, error) {
 		if !isString {
 			return out, fmt.Errorf("mapping set notification.body to %s, want a string", describe(v))
 		}
-		out.body = s
+		out.Body = s
 	}
 	if v, ok := n["severity"]; ok {
 		s, _ := v.(string)
 		switch s {
 		case "notice", "warning", "alert":
-			out.severity = s
+			out.Severity = s
 		default:
 			return out, fmt.Errorf("mapping set notification.severity to %s, want \"notice\", \"warning\" or \"alert\"", describe(v))
 		}
 	}
-	for key, field := range map[string]**string{"hyperlink": &out.hyperlink, "hyperlink_label": &out.hyperlinkLabel} {
+	for key, field := range map[string]**string{"hyperlink": &out.Hyperlink, "hyperlink_label": &out.HyperlinkLabel} {
 		v, ok := n[key]
 		if !ok {
 			continue
