@@ -133,6 +133,11 @@ func (v *vm) akCallPolicy(call goja.FunctionCall) goja.Value {
 			res = v.evaluate(outer.bounds.parent, compiled.prog, req)
 		}
 	}
+	if res.Retry != nil {
+		// A conflict in the callee's database work: the caller, which
+		// shares its transaction, ends too, and the event runs again.
+		panic(v.rt.NewGoError(res.Retry))
+	}
 	if res.Err != nil {
 		if res.Err.Kind == "timeout" {
 			// The caller's own time is up: let the interrupt end it too.

@@ -167,6 +167,9 @@ func (v *vm) evaluate(ctx context.Context, prog *goja.Program, req *rules.Policy
 	res.Logs = ev.logs
 	if ev.dbErr != nil && rules.Transient(ev.dbErr) {
 		res.Retry = ev.dbErr
+		if prev != nil {
+			prev.dbErr = ev.dbErr // the transaction is the caller's too
+		}
 		return res
 	}
 	if ev.dbErr != nil && rules.TimedOut(ev.dbErr) {

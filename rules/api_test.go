@@ -718,6 +718,25 @@ WHERE action = 'policy_execution' AND context->'policy'->>'name' = 'logged-calle
 	require.JSONEq(t, `{"passing": true, "messages": ["callee ran"], "raw_result": {"foo": "baz"}}`, results[1])
 }
 
+// A conflict in a called policy's save makes the event run again, as one in
+// a bound policy does, even when the caller catches the exception: the
+// write is never lost.
+func TestAPIAkCallPolicyConflictRunsTheEventAgain(t *testing.T) {
+	t.Parallel()
+	b := apiSetup(t)
+	jane := b.user(t, "jane")
+	// The save claims an updated value the row never had: it conflicts.
+	b.loggedPolicy(t, "conflicting-callee", `const u = User.objects.filter({username: "jane"}).all()[0];
+u.updated = "2000-01-01T00:00:00Z"; u.name = "changed"; u.save(); return true;`)
+	b.probe(t, "caller", `try { ak_call_policy("conflicting-callee"); } catch (e) {} return true;`)
+
+	ev := userEvent(t, "login", jane, nil)
+	err := b.engine.HandleEvents(t.Context(), []events.Event{ev})
+	require.ErrorIs(t, err, rules.ErrConflict)
+	require.Equal(t, 0, b.count(t, `SELECT count(*) FROM events WHERE id = $1`, ev.PK), "nothing of the event is committed")
+	require.Equal(t, 0, b.count(t, `SELECT count(*) FROM users WHERE name = 'changed'`))
+}
+
 // A policy that calls itself is stopped at a fixed depth instead of
 // overflowing the Go stack.
 func TestAPIAkCallPolicyRecursion(t *testing.T) {

@@ -17,8 +17,9 @@ import (
 //
 // The notification row is shared by the rule's transports: the first
 // mapping that changes it keeps the rule's values in its unmapped column,
-// which the rule's other transports send, as each of authentik's
-// transports gets a notification of its own.
+// which the rule's webhook, Slack and email transports send, as each of
+// authentik's transports gets a notification of its own. Local transports
+// share the row: a second local mapping runs on what the first left.
 type LocalTransport struct {
 	DB       *sqlx.DB
 	Mappings MappingEvaluator
