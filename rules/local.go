@@ -45,6 +45,8 @@ func (l *LocalTransport) Deliver(ctx context.Context, d *Delivery) (DeliveryResu
 	if err != nil {
 		return DeliveryResult{}, err
 	}
+	ctx, release := pinRuntime(ctx, l.Mappings)
+	defer release()
 	tx, err := l.DB.BeginTxx(ctx, nil)
 	if err != nil {
 		return DeliveryResult{}, fmt.Errorf("begin local delivery: %w", err)

@@ -114,3 +114,49 @@ func TestLocalTransportStoresNothingAfterItsLeaseRanOut(t *testing.T) {
 	require.Equal(t, "hello", body)
 	require.Equal(t, deliveryRow{Status: "sending", Attempts: 2}, deliveryState(t, db, ds["late"].ID))
 }
+
+// boundMappings is a MappingEvaluator whose runtimes must be bound first,
+// and whose Bind waits until free is closed.
+type boundMappings struct {
+	mappingFunc
+	waiting, free chan struct{}
+}
+
+func (b boundMappings) Bind(ctx context.Context) (context.Context, func()) {
+	close(b.waiting)
+	<-b.free
+	return ctx, func() {}
+}
+
+// A local delivery waits for a runtime before it locks the notification, so
+// that a busy runtime pool holds up no one else's use of it.
+func TestLocalTransportLocksTheNotificationOnlyOnceItHasARuntime(t *testing.T) {
+	t.Parallel()
+	db := testinfra.Postgres(t)
+	notification, ds := localDeliveries(t, db, "waits")
+	mappings := boundMappings{
+		mappingFunc: func(_ context.Context, m rules.MappingRequest) (rules.MappingResult, error) {
+			return rules.MappingResult{Notification: m.Notification}, nil
+		},
+		waiting: make(chan struct{}), free: make(chan struct{}),
+	}
+	local := &rules.LocalTransport{DB: db.DB, Mappings: mappings}
+	errs := make(chan error, 1)
+	go func() { _, err := local.Deliver(t.Context(), ds["waits"]); errs <- err }()
+	select {
+	case <-mappings.waiting:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the delivery did not ask for a runtime")
+	}
+	tx, err := db.BeginTxx(t.Context(), nil)
+	require.NoError(t, err)
+	defer tx.Rollback() //nolint:errcheck // the test's own transaction
+	_, err = tx.ExecContext(t.Context(), `SET LOCAL lock_timeout = '200ms'`)
+	require.NoError(t, err)
+	_, err = tx.ExecContext(t.Context(), `UPDATE notifications SET seen = true WHERE id = $1`, notification)
+	require.NoError(t, err, "the notification is not locked while the delivery waits for a runtime")
+	require.NoError(t, tx.Rollback())
+	close(mappings.free)
+	require.NoError(t, <-errs)
+	require.Equal(t, deliveryRow{Status: "sent", Attempts: 1}, deliveryState(t, db, ds["waits"].ID))
+}

@@ -165,6 +165,8 @@ func (w *WebhookTransport) runMapping(ctx context.Context, d *Delivery, id strin
 	if err != nil {
 		return nil, err
 	}
+	ctx, release := pinRuntime(ctx, w.Mappings)
+	defer release()
 	// The mapping reads (users, groups, …) in a read-only transaction of
 	// its own.
 	tx, err := w.DB.BeginTxx(ctx, &sql.TxOptions{ReadOnly: true})
@@ -191,6 +193,16 @@ func loadMapping(ctx context.Context, db sqlx.QueryerContext, id string) (webhoo
 		return m, fmt.Errorf("load webhook mapping %s: %w", id, err)
 	}
 	return m, nil
+}
+
+// pinRuntime dedicates a runtime of mappings to ctx (see [Binder]) before
+// a mapping's transaction begins, so that the transaction, and the locks it
+// takes, are not held while the mapping waits for a runtime.
+func pinRuntime(ctx context.Context, mappings MappingEvaluator) (context.Context, func()) {
+	if b, ok := mappings.(Binder); ok {
+		return b.Bind(ctx)
+	}
+	return ctx, func() {}
 }
 
 // evaluate runs the mapping for delivery d, its model reads in scope.
