@@ -39,9 +39,9 @@ type Scope struct {
 }
 
 // NewReadScope is a scope for expressions that only read, such as webhook
-// mappings: their model queries and helpers run in tx, which should be
-// read-only; rows are read without a lock, saves are refused, and events
-// and emails cannot be created.
+// mappings: their model queries and helpers run in tx (a webhook mapping's
+// is read-only); rows are read without a lock, saves are refused, and
+// events and emails cannot be created.
 func NewReadScope(tx *sqlx.Tx) *Scope {
 	return &Scope{tx: &policyTx{Tx: tx, readOnly: true}}
 }
@@ -114,8 +114,8 @@ type policyTx struct {
 	// savedUsers are the users rows saved in the batch since the engine
 	// last read them: their users loaded for the batch are out of date.
 	savedUsers map[int64]bool
-	// readOnly: a read-only transaction (see [NewReadScope]), where rows
-	// are read without a lock and saves are refused.
+	// readOnly: expressions that only read (see [NewReadScope]): rows are
+	// read without a lock and saves are refused.
 	readOnly bool
 }
 
