@@ -17,7 +17,7 @@ import (
 const maxCallDepth = 8
 
 // ak_user_by(filters): the first matching user or null. An unknown field
-// gives null, as in authentik.
+// gives null, as in authentik; other bad filters throw.
 func (v *vm) akUserBy(call goja.FunctionCall) goja.Value {
 	filters, ok := exportJSON(call.Argument(0)).(map[string]any)
 	if !ok {
@@ -26,7 +26,7 @@ func (v *vm) akUserBy(call goja.FunctionCall) goja.Value {
 	m := rules.Models["User"]
 	rows, err := rules.Find(v.cur.bounds.queries(), v.db(), rules.Query{Model: m, Filters: filters}, 1, true)
 	var me *rules.ModelError
-	if errors.As(err, &me) {
+	if errors.As(err, &me) && me.UnknownField {
 		return goja.Null()
 	}
 	v.check(err)
@@ -55,12 +55,11 @@ func (v *vm) akIsGroupMember(call goja.FunctionCall) goja.Value {
 	if len(groups) == 0 {
 		return v.rt.ToValue(false)
 	}
-	ids := make([]any, 0, len(groups))
+	ids := make([]string, 0, len(groups))
 	for id := range groups {
 		ids = append(ids, id)
 	}
-	q := rules.Query{Model: rules.Models["Group"], Filters: maps.Clone(filters)}
-	q.Filters["pk__in"] = ids
+	q := rules.Query{Model: rules.Models["Group"], Filters: filters, Within: ids}
 	n, err := rules.Count(v.cur.bounds.queries(), tx, q)
 	v.check(err)
 	return v.rt.ToValue(n > 0)
@@ -252,6 +251,9 @@ func (v *vm) addresses(fn, what string, val goja.Value, required bool) []string 
 	switch x := exportJSON(val).(type) {
 	case string:
 		if x == "" {
+			if !required {
+				return nil // Python's `if cc:`
+			}
 			v.throw("%s: %s is empty", fn, what)
 		}
 		return []string{x}

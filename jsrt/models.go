@@ -12,7 +12,7 @@ import (
 	"github.com/heraldhq/herald/rules"
 )
 
-// maxAllRows caps what .all() returns.
+// maxAllRows caps what .all() returns: more matching objects throw.
 const maxAllRows = 10000
 
 // installModels puts User, Group, Application, PolicyBinding and Event on
@@ -110,7 +110,10 @@ func (v *vm) installQueryMethods() {
 			return v.modelObject(q.model, rows[0])
 		},
 		"all": func(q *querySet, _ goja.FunctionCall) goja.Value {
-			rows := q.find(q.query(nil), maxAllRows, false)
+			rows := q.find(q.query(nil), maxAllRows+1, false)
+			if len(rows) > maxAllRows {
+				v.throw("%s.objects.all(): more than %d objects match; narrow the filter or use count()", q.model.Name, maxAllRows)
+			}
 			items := make([]any, len(rows))
 			for i, r := range rows {
 				items[i] = v.modelObject(q.model, r)

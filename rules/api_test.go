@@ -517,6 +517,10 @@ func TestAPIAkUserBy(t *testing.T) {
 		"none":        `return ak_user_by({username: "nobody"}) === null;`,
 		// authentik returns None for a field that does not exist.
 		"unknown-field": `return ak_user_by({nope: "x"}) === null;`,
+		"lookups": `return [ak_user_by({username__exact: "alice"}), ak_user_by({email__endswith: "ce@example.com"}),
+  ak_user_by({username__istartswith: "ALI"}), ak_user_by({username__iendswith: "ICE"})].map((u) => u && u.username);`,
+		"unsupported-lookup": `return ak_user_by({username__regex: "^a"});`,
+		"bad-value":          `return ak_user_by({is_superuser: "maybe"});`,
 		"z-save":        `const u = ak_user_by({username: "alice"}); u.attributes.via = "ak_user_by"; u.save({update_fields: ["attributes"]}); return true;`,
 	})
 
@@ -526,8 +530,27 @@ func TestAPIAkUserBy(t *testing.T) {
 	require.Equal(t, "alice", b.result(t, ev.PK, "by-lookup").Raw)
 	require.True(t, b.result(t, ev.PK, "none").Passing)
 	require.True(t, b.result(t, ev.PK, "unknown-field").Passing)
+	requireJSON(t, `["alice", "alice", "alice", "alice"]`, b.result(t, ev.PK, "lookups").Raw)
+	require.Contains(t, b.thrown(t, ev.PK, "unsupported-lookup"), "the lookup __regex is not supported")
+	require.NotEmpty(t, b.thrown(t, ev.PK, "bad-value"), "only an unknown field gives null, as authentik's FieldError")
 	require.True(t, b.result(t, ev.PK, "z-save").Passing)
 	requireJSON(t, `{"via": "ak_user_by"}`, b.jsonColumn(t, `SELECT attributes::text FROM users WHERE id = $1`, alice))
+}
+
+// all() throws when more objects match than it returns, instead of
+// cutting the list short.
+func TestAPIAllThrowsPastItsCap(t *testing.T) {
+	t.Parallel()
+	b := apiSetup(t)
+	jane := b.user(t, "jane")
+	b.db.MustExec(t, `INSERT INTO users (username) SELECT 'bulk' || i FROM generate_series(1, 10000) i`)
+	b.probes(t, map[string]string{
+		"too-many": `return User.objects.all().length;`,
+		"narrowed": `return [User.objects.filter({username__startswith: "bulk"}).count(), User.objects.filter({username__startswith: "bulk1"}).all().length];`,
+	})
+	ev := b.login(t, jane)
+	require.Contains(t, b.thrown(t, ev.PK, "too-many"), "more than 10000 objects match")
+	requireJSON(t, `[10000, 1112]`, b.result(t, ev.PK, "narrowed").Raw)
 }
 
 func TestAPIAkIsGroupMember(t *testing.T) {
@@ -539,7 +562,7 @@ func TestAPIAkIsGroupMember(t *testing.T) {
 	company := b.group(t, "company", "")
 	staff := b.group(t, "staff", company, carol)
 	b.group(t, "ops", staff, jane)
-	b.group(t, "unrelated", "", bob)
+	unrelated := b.group(t, "unrelated", "", bob)
 	b.probe(t, "membership", fmt.Sprintf(`const me = request.user;
 const evUser = request.context.event.user;
 const carol = User.objects.get({pk: %d});
@@ -556,14 +579,17 @@ return {
   child_not_counted: ak_is_group_member(carol, {name: "ops"}),
   carol_staff: ak_is_group_member(carol, {name: "staff"}),
   no_groups: ak_is_group_member(ak_user_by({username: "nobody"}), {name: "ops"}),
-};`, carol, company))
+  pk_in_other: ak_is_group_member(me, {pk__in: [%q]}),
+  pk_in_mine: ak_is_group_member(me, {pk__in: [%q, %q]}),
+};`, carol, company, unrelated, unrelated, staff))
 	b.probe2(t, "anonymous", `return ak_is_group_member(request.user, {name: "ops"});`)
 	b.probe2(t, "bad-filter", `return ak_is_group_member(request.user, {colour: "red"});`)
 
 	ev := b.login(t, jane)
 	requireJSON(t, `{"direct": true, "parent": true, "grandparent": true, "unrelated": false, "missing": false,
 		"lookup": true, "by_pk": true, "event_user_dict": true, "any_group": true,
-		"child_not_counted": false, "carol_staff": true, "no_groups": false}`, b.result(t, ev.PK, "membership").Raw)
+		"child_not_counted": false, "carol_staff": true, "no_groups": false,
+		"pk_in_other": false, "pk_in_mine": true}`, b.result(t, ev.PK, "membership").Raw)
 	require.Contains(t, b.thrown(t, ev.PK, "bad-filter"), `unknown field "colour"`)
 
 	anon := b.login(t, 0)
@@ -830,6 +856,7 @@ func TestAPIAkSendEmail(t *testing.T) {
 		"list":               `return ak_send_email(["a@example.com", "Bee <b@example.com>"], "List", {body: "x", cc: "c@example.com", bcc: ["d@example.com"]});`,
 		"builtin-template":   `return ak_send_email("t@example.com", "Builtin", {template: "event_notification", context: {extra: "value"}});`,
 		"row-template":       `return ak_send_email("w@example.com", "Row", {template: "welcome"});`,
+		"empty-cc":           `return ak_send_email("e@example.com", "No cc", {body: "x", cc: "", bcc: []});`,
 		"both":               `return ak_send_email("x@example.com", "Both", {body: "b", template: "event_notification"});`,
 		"neither":            `return ak_send_email("x@example.com", "Neither", {});`,
 		"empty-body":         `return ak_send_email("x@example.com", "Empty", {body: ""});`,
@@ -842,7 +869,7 @@ func TestAPIAkSendEmail(t *testing.T) {
 	})
 
 	ev := b.login(t, jane)
-	for _, name := range []string{"body", "list", "builtin-template", "row-template"} {
+	for _, name := range []string{"body", "list", "builtin-template", "row-template", "empty-cc"} {
 		o := b.result(t, ev.PK, name)
 		require.True(t, o.Passing, "%s returns true once queued", name)
 	}
@@ -875,7 +902,9 @@ func TestAPIAkSendEmail(t *testing.T) {
 		require.Equal(t, r.Key, p["key"])
 		bySubject[p["subject"].(string)] = p
 	}
-	require.Len(t, bySubject, 4, "only the four valid emails are queued: %v", keysOf(bySubject))
+	require.Len(t, bySubject, 5, "only the five valid emails are queued: %v", keysOf(bySubject))
+	require.Nil(t, bySubject["No cc"]["cc"], "an empty cc is none, as Python's `if cc:`")
+	require.Nil(t, bySubject["No cc"]["bcc"])
 
 	requireJSON(t, `["one@example.com"]`, bySubject["Plain"]["to"])
 	require.Equal(t, "Hello\nthere", bySubject["Plain"]["body"])

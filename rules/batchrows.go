@@ -79,7 +79,7 @@ func scannedPK(v any) any {
 // locks); false when it must go to the database. Rows come as [Find]
 // returns them: in pk order, at most limit.
 func (t *policyTx) findInBatch(q Query, limit int, lock bool) ([]map[string]any, bool) {
-	if !t.optimistic || t.saveErr != nil || len(t.rows) == 0 || len(q.Filters) != 1 {
+	if !t.optimistic || t.saveErr != nil || len(t.rows) == 0 || len(q.Filters) != 1 || q.Within != nil {
 		return nil, false
 	}
 	keys, ok := q.pkRows()

@@ -121,7 +121,12 @@ var Models = map[string]*Model{
 
 // ModelError is a bad use of the model API: an unknown model, field or
 // lookup, or a value of the wrong type. Policies see it as a thrown error.
-type ModelError struct{ Msg string }
+type ModelError struct {
+	Msg string
+	// UnknownField: the error is a filter on a field the model does not
+	// have (Django's FieldError).
+	UnknownField bool
+}
 
 func (e *ModelError) Error() string { return e.Msg }
 
@@ -159,10 +164,19 @@ func (m *Model) FieldNames() []string {
 type Query struct {
 	Model   *Model
 	Filters map[string]any
+	// Within, when not nil, limits the query to the rows with these pks,
+	// beside its filters.
+	Within []string
 }
 
 // lookups a filter key may end with; "" is exact.
-var lookups = []string{"in", "iexact", "isnull", "gt", "gte", "lt", "lte", "contains", "icontains", "startswith"}
+var lookups = []string{"exact", "in", "iexact", "isnull", "gt", "gte", "lt", "lte",
+	"contains", "icontains", "startswith", "istartswith", "endswith", "iendswith"}
+
+// unsupportedLookups are Django's other lookups: a filter with one is
+// refused by name, not taken for an unknown field.
+var unsupportedLookups = []string{"range", "date", "year", "iso_year", "month", "day", "week", "week_day",
+	"iso_week_day", "quarter", "time", "hour", "minute", "second", "regex", "iregex", "search"}
 
 // where builds the WHERE clause of q, validating every key and value so
 // that no bad input reaches PostgreSQL (an SQL error would abort the
@@ -184,14 +198,26 @@ func (q Query) where(args *[]any) (string, error) {
 			continue
 		}
 		f, ok := q.Model.field(name)
+		if i := strings.LastIndex(key, "__"); !ok && i > 0 && slices.Contains(unsupportedLookups, key[i+2:]) {
+			if _, known := q.Model.field(key[:i]); known {
+				return "", modelErr("%s.objects.filter: %s: the lookup __%s is not supported (lookups: %s)",
+					q.Model.Name, key, key[i+2:], strings.Join(lookups, ", "))
+			}
+		}
 		if !ok || f.typ == colJSON {
-			return "", modelErr("%s.objects.filter: unknown field %q (fields: %s)", q.Model.Name, name, strings.Join(q.Model.FieldNames(), ", "))
+			return "", &ModelError{UnknownField: true, Msg: fmt.Sprintf("%s.objects.filter: unknown field %q (fields: %s)",
+				q.Model.Name, name, strings.Join(q.Model.FieldNames(), ", "))}
 		}
 		cond, err := condition(f, lookup, value, args)
 		if err != nil {
 			return "", modelErr("%s.objects.filter: %s: %v", q.Model.Name, key, err)
 		}
 		conds = append(conds, cond)
+	}
+	if q.Within != nil {
+		pkField, _ := q.Model.field("pk")
+		*args = append(*args, pq.Array(q.Within))
+		conds = append(conds, fmt.Sprintf("%s = ANY($%d::%s[])", pkField.column, len(*args), sqlType(pkField)))
 	}
 	if len(conds) == 0 {
 		return "true", nil
@@ -230,7 +256,7 @@ func (q Query) pkRows() ([]string, bool) {
 		}
 		var list []any
 		switch lookup {
-		case "":
+		case "", "exact":
 			list = []any{value}
 		case "in":
 			l, isList := value.([]any)
@@ -257,7 +283,7 @@ func (q Query) pkRows() ([]string, bool) {
 func condition(f field, lookup string, value any, args *[]any) (string, error) {
 	arg := func(v any) string { *args = append(*args, v); return fmt.Sprintf("$%d", len(*args)) }
 	switch lookup {
-	case "":
+	case "", "exact":
 		if value == nil {
 			return f.column + " IS NULL", nil
 		}
@@ -292,7 +318,7 @@ func condition(f field, lookup string, value any, args *[]any) (string, error) {
 			return "false", nil
 		}
 		return f.column + " = ANY(" + arg(pq.Array(vals)) + "::" + sqlType(f) + "[])", nil
-	case "iexact", "contains", "icontains", "startswith":
+	case "iexact", "contains", "icontains", "startswith", "istartswith", "endswith", "iendswith":
 		if f.typ != colText {
 			return "", fmt.Errorf("%s works on text fields only", lookup)
 		}
@@ -308,8 +334,14 @@ func condition(f field, lookup string, value any, args *[]any) (string, error) {
 			return f.column + " LIKE " + arg("%"+esc+"%"), nil
 		case "icontains":
 			return f.column + " ILIKE " + arg("%"+esc+"%"), nil
-		default:
+		case "startswith":
 			return f.column + " LIKE " + arg(esc+"%"), nil
+		case "istartswith":
+			return f.column + " ILIKE " + arg(esc+"%"), nil
+		case "endswith":
+			return f.column + " LIKE " + arg("%"+esc), nil
+		default: // iendswith
+			return f.column + " ILIKE " + arg("%"+esc), nil
 		}
 	default: // gt, gte, lt, lte
 		v, err := convert(f, value)
