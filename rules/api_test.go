@@ -521,7 +521,7 @@ func TestAPIAkUserBy(t *testing.T) {
   ak_user_by({username__istartswith: "ALI"}), ak_user_by({username__iendswith: "ICE"})].map((u) => u && u.username);`,
 		"unsupported-lookup": `return ak_user_by({username__regex: "^a"});`,
 		"bad-value":          `return ak_user_by({is_superuser: "maybe"});`,
-		"z-save":        `const u = ak_user_by({username: "alice"}); u.attributes.via = "ak_user_by"; u.save({update_fields: ["attributes"]}); return true;`,
+		"z-save":             `const u = ak_user_by({username: "alice"}); u.attributes.via = "ak_user_by"; u.save({update_fields: ["attributes"]}); return true;`,
 	})
 
 	ev := b.login(t, jane)
