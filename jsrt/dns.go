@@ -2,6 +2,7 @@ package jsrt
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"sync"
@@ -83,19 +84,35 @@ func (v *vm) resolveDNS(call goja.FunctionCall) goja.Value {
 	}
 	ctx, cancel := context.WithTimeout(v.cur.bounds.context(), 5*time.Second)
 	defer cancel()
-	addrs, err := net.DefaultResolver.LookupIP(ctx, network, host)
+	addrs, err := v.pool.cfg.Resolver.LookupIP(ctx, network, host)
 	out := []string{}
-	if err == nil {
-		seen := map[string]bool{}
-		for _, a := range addrs {
-			if s := a.String(); !seen[s] {
-				seen[s] = true
-				out = append(out, s)
-			}
+	if err != nil && !v.dnsAnswered("resolve_dns", host, err) {
+		return v.stringArray(out) // not cached: a later lookup asks again
+	}
+	seen := map[string]bool{}
+	for _, a := range addrs {
+		if s := a.String(); !seen[s] {
+			seen[s] = true
+			out = append(out, s)
 		}
 	}
 	forwardDNS.put(key, out, now)
 	return v.stringArray(out)
+}
+
+// dnsAnswered reports whether a failed lookup was answered (the name does
+// not exist), which is cached like an address. Anything else (a timeout, a
+// failing server) is not an answer; when it is the policy's own deadline
+// that cut the lookup short, the policy times out.
+func (v *vm) dnsAnswered(fn, name string, err error) bool {
+	var dnsErr *net.DNSError
+	if errors.As(err, &dnsErr) && dnsErr.IsNotFound {
+		return true
+	}
+	if v.cur.bounds.context().Err() != nil {
+		panic(v.rt.NewGoError(fmt.Errorf("%w: %s(%q): %v", ErrTimeout, fn, name, err)))
+	}
+	return false
 }
 
 // reverse_dns(ip): the name of ip, or ip itself when it has none.
@@ -108,7 +125,11 @@ func (v *vm) reverseDNS(call goja.FunctionCall) goja.Value {
 	ctx, cancel := context.WithTimeout(v.cur.bounds.context(), 5*time.Second)
 	defer cancel()
 	name := ip
-	if names, err := net.DefaultResolver.LookupAddr(ctx, ip); err == nil && len(names) > 0 {
+	names, err := v.pool.cfg.Resolver.LookupAddr(ctx, ip)
+	if err != nil && !v.dnsAnswered("reverse_dns", ip, err) {
+		return v.rt.ToValue(name) // not cached: a later lookup asks again
+	}
+	if len(names) > 0 {
 		name = names[0]
 		if len(name) > 1 && name[len(name)-1] == '.' {
 			name = name[:len(name)-1]

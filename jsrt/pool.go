@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"runtime"
 	"sync"
 	"time"
@@ -31,6 +32,9 @@ type Config struct {
 	// engine's batch are held until the batch ends (see [rules.BatchLogger]).
 	// Defaults to slog.Default().
 	Logger *slog.Logger
+	// Resolver answers resolve_dns and reverse_dns. Defaults to
+	// net.DefaultResolver.
+	Resolver *net.Resolver
 }
 
 func (c Config) withDefaults() Config {
@@ -42,6 +46,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.DefaultTimeout <= 0 {
 		c.DefaultTimeout = 30 * time.Second
+	}
+	if c.Resolver == nil {
+		c.Resolver = net.DefaultResolver
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
