@@ -589,6 +589,9 @@ func Save(ctx context.Context, db sqlx.QueryerContext, m *Model, pk any, readAt 
 	if isPolicyTx && t.optimistic {
 		return updated, t.queueSave(ctx, s)
 	}
+	if isPolicyTx {
+		return updated, t.execSaves(ctx, []*modelSave{s})
+	}
 	if err := execSaves(ctx, db, []*modelSave{s}); err != nil {
 		return "", err
 	}
@@ -606,6 +609,10 @@ type modelSave struct {
 	// checked); updated is the one the save sets.
 	readAt  any
 	updated time.Time
+	// own are the row's updated values written and replaced by the
+	// saving transaction itself: a read of one of them was changed since
+	// by nobody else (see [policyTx.own]).
+	own ownWrites
 }
 
 // row identifies the saved row among a batch's saves.
@@ -712,7 +719,7 @@ func updateStatement(saves []*modelSave) (string, []any) {
 		fmt.Fprintf(&b, "%s = v.f%d, ", f.column, i)
 		cols = append(cols, fmt.Sprintf("f%d", i))
 	}
-	cols = append(cols, "updated", "read_at")
+	cols = append(cols, "updated", "read_at", "own_from", "own_to")
 	b.WriteString("updated = v.updated FROM (VALUES ")
 	args := make([]any, 0, len(saves)*len(cols))
 	for r, s := range saves {
@@ -733,10 +740,39 @@ func updateStatement(saves []*modelSave) (string, []any) {
 		add(s.updated, "timestamptz")
 		b.WriteString(", ")
 		add(s.readAt, "timestamptz")
+		b.WriteString(", ")
+		add(s.own.fromArg(), "timestamptz[]")
+		b.WriteString(", ")
+		add(s.own.toArg(), "timestamptz")
 		b.WriteByte(')')
 	}
-	b.WriteString(") AS v(" + strings.Join(cols, ", ") + ") WHERE t." + m.pk + " = v.pk AND (v.read_at IS NULL OR t.updated = v.read_at) RETURNING true")
+	// A row still as the object read it, or as this transaction last wrote
+	// it after replacing the value the object read.
+	b.WriteString(") AS v(" + strings.Join(cols, ", ") + ") WHERE t." + m.pk + " = v.pk AND (v.read_at IS NULL OR t.updated = v.read_at" +
+		" OR (v.read_at = ANY(v.own_from) AND t.updated = v.own_to)) RETURNING true")
 	return b.String(), args
+}
+
+// ownWrites are what a transaction itself did to a row's updated value:
+// the values it replaced and the one it wrote last.
+type ownWrites struct {
+	from []time.Time
+	to   time.Time
+}
+
+func (o ownWrites) fromArg() any {
+	out := make([]string, len(o.from))
+	for i, ts := range o.from {
+		out[i] = ts.Format(time.RFC3339Nano)
+	}
+	return pq.Array(out)
+}
+
+func (o ownWrites) toArg() any {
+	if o.to.IsZero() {
+		return nil
+	}
+	return o.to
 }
 
 // columnType is the SQL type of f's column.

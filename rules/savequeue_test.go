@@ -68,9 +68,9 @@ func TestOptimisticSavesAreQueuedUntilAStatementCouldSeeThem(t *testing.T) {
 	require.Zero(t, ptx.QueuedSaves())
 	require.NoError(t, ptx.Settle(ctx))
 
-	// A save of an object read before a later save of the same row
-	// conflicts, and the batch cannot settle.
-	_, err = rules.Save(ctx, ptx, groups, g1, one[0]["updated"], map[string]any{"name": "stale"})
+	// A save of an object read as the row never was in this batch (another
+	// transaction changed it since) conflicts, and the batch cannot settle.
+	_, err = rules.Save(ctx, ptx, groups, g1, changedElsewhere, map[string]any{"name": "stale"})
 	require.NoError(t, err, "queued, not yet checked")
 	err = ptx.Settle(ctx)
 	require.ErrorIs(t, err, rules.ErrConflict)
@@ -107,9 +107,19 @@ func TestSaveWithSavepointsWritesAtOnce(t *testing.T) {
 	t2, err := time.Parse(time.RFC3339Nano, second)
 	require.NoError(t, err)
 	require.True(t, t2.After(t1), "saves in one batch set increasing updated values")
-	_, err = rules.Save(ctx, ptx, groups, g, rows[0]["updated"], map[string]any{"name": "stale"})
+	// An object read before the batch's own saves saves over them, as in
+	// Django: nobody else changed the row meanwhile.
+	_, err = rules.Save(ctx, ptx, groups, g, rows[0]["updated"], map[string]any{"name": "tres"})
+	require.NoError(t, err)
+	require.NoError(t, tx.GetContext(ctx, &name, `SELECT name FROM groups WHERE id = $1`, g))
+	require.Equal(t, "tres", name)
+	_, err = rules.Save(ctx, ptx, groups, g, changedElsewhere, map[string]any{"name": "stale"})
 	require.ErrorIs(t, err, rules.ErrConflict)
 }
+
+// changedElsewhere is an updated value that a test's batch never read: an
+// object read so was changed since by another transaction.
+const changedElsewhere = "2001-02-03T04:05:06Z"
 
 // In an optimistic batch, a row read with a lock (first(), get()) cannot
 // change until the batch ends but through the batch's own saves: a later
@@ -176,10 +186,10 @@ func TestLockedRowsAnswerReadsInTheBatch(t *testing.T) {
 	require.Equal(t, []any{g2, g1}, []any{both[0]["pk"], both[1]["pk"]})
 	require.Equal(t, find(tx, false, map[string]any{"pk__in": []any{g1, g2}}), both)
 
-	// A save made on an older reading of the row is not answered from the
-	// batch: the next read goes to the database, which reports the
-	// conflict.
-	_, err = rules.Save(ctx, ptx, groups, g1, one[0]["updated"], map[string]any{"name": "stale"})
+	// A save made on a reading of the row that is not the batch's is not
+	// answered from the batch: the next read goes to the database, which
+	// reports the conflict.
+	_, err = rules.Save(ctx, ptx, groups, g1, changedElsewhere, map[string]any{"name": "stale"})
 	require.NoError(t, err, "queued, not yet checked")
 	_, err = rules.Find(ctx, ptx, rules.Query{Model: groups, Filters: map[string]any{"pk": g1}}, 1, true)
 	require.ErrorIs(t, err, rules.ErrConflict)
@@ -402,5 +412,52 @@ func finder(t *testing.T, m *rules.Model) func(q sqlx.QueryerContext, limit int,
 		rows, err := rules.Find(t.Context(), q, rules.Query{Model: m, Filters: filters}, limit, lock)
 		require.NoError(t, err)
 		return rows
+	}
+}
+
+// A policy that saves two copies of one row, or a called policy that saves
+// the caller's copy of a user the caller saved, overwrites the
+// transaction's own change, as in Django: it is no concurrent change, and
+// the event commits instead of failing on every attempt.
+func TestSaveOverTheTransactionsOwnChange(t *testing.T) {
+	t.Parallel()
+	for _, optimistic := range []bool{true, false} {
+		t.Run(fmt.Sprintf("optimistic=%v", optimistic), func(t *testing.T) {
+			t.Parallel()
+			b := setup(t)
+			alice := b.user(t, "alice")
+			copies := b.policy(t, "two-copies", `const a = ak_user_by({pk: request.user.pk});
+const c = User.objects.filter({pk: request.user.pk}).all()[0];
+a.name = "A"; a.save({update_fields: ["name"]});
+c.email = "c@example.com"; c.save({update_fields: ["email"]});
+return true;`)
+			b.policy(t, "mark-seen", `request.user.attributes.seen = true; request.user.save({update_fields: ["attributes"]}); return true;`)
+			caller := b.policy(t, "caller", `request.user.username = "alice2"; request.user.save({update_fields: ["username"]});
+return ak_call_policy("mark-seen").passing;`)
+			r1 := b.alertRule(t, "copies", binding{Policy: copies})
+			r2 := b.alertRule(t, "calls", binding{Policy: caller, Order: 1})
+			if !optimistic {
+				// A policy that fails after using the database makes the
+				// batch run again with a savepoint per policy.
+				b.alertRule(t, "fails", binding{Policy: b.policy(t, "fails", `User.objects.filter({pk: 0}).count(); throw new Error("redo");`), Order: 2})
+			}
+			b.reload(t)
+
+			ev := userEvent(t, "login", alice, nil)
+			require.NoError(t, b.engine.HandleEvents(t.Context(), []events.Event{ev}))
+			require.True(t, b.fired(t, r1, ev.PK))
+			require.True(t, b.fired(t, r2, ev.PK))
+			var row struct {
+				Name     string `db:"name"`
+				Email    string `db:"email"`
+				Username string `db:"username"`
+				Seen     bool   `db:"seen"`
+			}
+			require.NoError(t, b.db.GetContext(t.Context(), &row, `SELECT name, email, username, (attributes->>'seen')::bool AS seen FROM users WHERE id = $1`, alice))
+			require.Equal(t, "A", row.Name)
+			require.Equal(t, "c@example.com", row.Email)
+			require.Equal(t, "alice2", row.Username)
+			require.True(t, row.Seen)
+		})
 	}
 }

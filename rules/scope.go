@@ -117,6 +117,37 @@ type policyTx struct {
 	// readOnly: expressions that only read (see [NewReadScope]): rows are
 	// read without a lock and saves are refused.
 	readOnly bool
+	// own are, by [rowKey], the updated values the transaction's own saves
+	// replaced and wrote. An object read before such a save (a second copy
+	// of the row) may save over it, as in Django: nobody else changed the
+	// row meanwhile, as the first save checked it and holds its lock.
+	own map[string]ownWrites
+}
+
+// execSaves writes saves of one shape (see [modelSave.shape]) and records
+// them as the transaction's own writes.
+func (t *policyTx) execSaves(ctx context.Context, saves []*modelSave) error {
+	for _, s := range saves {
+		s.own = t.own[s.row()]
+	}
+	if err := execSaves(ctx, t.Tx, saves); err != nil {
+		return err
+	}
+	if t.own == nil {
+		t.own = make(map[string]ownWrites)
+	}
+	for _, s := range saves {
+		o := t.own[s.row()]
+		if readAt, ok := s.readAt.(time.Time); ok {
+			o.from = append(o.from, readAt)
+		}
+		if !o.to.IsZero() {
+			o.from = append(o.from, o.to)
+		}
+		o.to = s.updated
+		t.own[s.row()] = o
+	}
+	return nil
 }
 
 // maxPrepared bounds the statements a batch binds to its transaction.
@@ -331,7 +362,7 @@ func (t *policyTx) flushSaves(ctx context.Context) error {
 	clear(t.savedRows)
 	for _, k := range order {
 		// Unprepared: these statements vary with the number of rows.
-		if err := execSaves(ctx, t.Tx, shapes[k]); err != nil {
+		if err := t.execSaves(ctx, shapes[k]); err != nil {
 			t.saveErr = fmt.Errorf("queued saves: %w", err)
 			return t.saveErr
 		}
