@@ -43,6 +43,17 @@ type DeliveryResult struct {
 	Skipped bool
 	// Note is recorded in last_error for skipped deliveries.
 	Note string
+	// Event, when set, is an event the delivery created (email_sent): it is
+	// stored with the delivery's sent status, in one transaction, so that
+	// neither is recorded without the other.
+	Event *OutcomeEvent
+}
+
+// OutcomeEvent is an event that a delivery creates, caused by the
+// notification's event; its pk derives from the delivery.
+type OutcomeEvent struct {
+	Action, App   string
+	User, Context map[string]any
 }
 
 // Transporter carries out deliveries of one transport mode.
@@ -294,9 +305,7 @@ WHERE id = $1 AND status = 'sending' AND attempts = $3`, del.ID, res.Note, del.A
 		return err
 	case sendErr == nil:
 		log.InfoContext(ctx, "delivery sent")
-		_, err := d.db.ExecContext(ctx, `UPDATE deliveries SET status = 'sent', sent_at = now(), last_error = '', updated = now()
-WHERE id = $1 AND status = 'sending' AND attempts = $2`, del.ID, del.Attempts)
-		return err
+		return d.recordSent(ctx, del, res.Event)
 	}
 	var perm *PermanentError
 	status := DeliveryFailed
@@ -314,6 +323,34 @@ WHERE id = $1 AND status = 'sending' AND attempts = $5`,
 	return err
 }
 
+// recordSent marks a delivery sent, fenced by its attempt, and stores the
+// event it created in the same transaction.
+func (d *Dispatcher) recordSent(ctx context.Context, del *Delivery, ev *OutcomeEvent) error {
+	const markSent = `UPDATE deliveries SET status = 'sent', sent_at = now(), last_error = '', updated = now()
+WHERE id = $1 AND status = 'sending' AND attempts = $2`
+	if ev == nil {
+		_, err := d.db.ExecContext(ctx, markSent, del.ID, del.Attempts)
+		return err
+	}
+	tx, err := d.db.BeginTxx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("begin recording delivery: %w", err)
+	}
+	defer tx.Rollback() //nolint:errcheck // a no-op after Commit
+	res, err := tx.ExecContext(ctx, markSent, del.ID, del.Attempts)
+	if err != nil {
+		return err
+	}
+	if n, err := res.RowsAffected(); err != nil || n == 0 {
+		return nil // a newer claim carries it out, and records its own event
+	}
+	created := eventAfter(del.Event, ev.Action, ev.App, ev.User, ev.Context, del.ID)
+	if err := insertCreatedEvent(ctx, tx, &created); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
 func truncate(s string, n int) string {
 	if len(s) <= n {
 		return s
@@ -325,6 +362,21 @@ func truncate(s string, n int) string {
 // (email_sent, property_mapping_exception), caused by cause (which may be
 // nil), and queues it for publishing.
 func CreateEventAfter(ctx context.Context, db *sqlx.DB, cause *events.Event, action, app string, user, evContext map[string]any, key string) error {
+	ev := eventAfter(cause, action, app, user, evContext, key)
+	tx, err := db.BeginTxx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("begin %s event: %w", action, err)
+	}
+	defer tx.Rollback() //nolint:errcheck // a no-op after Commit
+	if err := insertCreatedEvent(ctx, tx, &ev); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+// eventAfter is the event Herald creates outside of a policy (see
+// [CreateEventAfter]); its pk derives from cause, action and key.
+func eventAfter(cause *events.Event, action, app string, user, evContext map[string]any, key string) events.Event {
 	c := events.Cleanse(events.Sanitize(evContext).(map[string]any))
 	causePK := ""
 	depth := 1
@@ -336,7 +388,7 @@ func CreateEventAfter(ctx context.Context, db *sqlx.DB, cause *events.Event, act
 	if user == nil {
 		user = map[string]any{}
 	}
-	ev := events.Event{
+	return events.Event{
 		PK:      derivedUUID(causePK, action, key),
 		Action:  action,
 		App:     app,
@@ -345,15 +397,6 @@ func CreateEventAfter(ctx context.Context, db *sqlx.DB, cause *events.Event, act
 		Created: time.Now().UTC(),
 		Brand:   brand,
 	}
-	tx, err := db.BeginTxx(ctx, nil)
-	if err != nil {
-		return fmt.Errorf("begin %s event: %w", action, err)
-	}
-	defer tx.Rollback() //nolint:errcheck // a no-op after Commit
-	if err := insertCreatedEvent(ctx, tx, &ev); err != nil {
-		return err
-	}
-	return tx.Commit()
 }
 
 // RetryDeliveries puts the deliveries with the given ids (or, with dead,

@@ -128,3 +128,51 @@ func TestEmailTemplateDataWithoutEventUserEmail(t *testing.T) {
 	require.Equal(t, "", kv["event_user_email"])
 	require.Equal(t, "bob", kv["event_user_username"])
 }
+
+// An event a delivery creates (email_sent) is stored with its sent status,
+// and not at all when a newer claim took the delivery meanwhile.
+func TestDeliveryEventIsStoredWithItsOutcome(t *testing.T) {
+	t.Parallel()
+	db := testinfra.Postgres(t)
+	logger := slog.New(slog.DiscardHandler)
+	sent := rules.OutcomeEvent{Action: "email_sent", App: "authentik.stages.email.tasks", Context: map[string]any{"message": "sent"}}
+	events := func() int {
+		var n int
+		require.NoError(t, db.Get(&n, `SELECT count(*) FROM events WHERE action = 'email_sent'`))
+		return n
+	}
+
+	id := pendingWebhookDelivery(t, db)
+	d := rules.NewDispatcher(db.DB, rules.DispatcherConfig{Logger: logger,
+		Transports: map[string]rules.Transporter{rules.ModeWebhook: transportFunc(func(context.Context, *rules.Delivery) (rules.DeliveryResult, error) {
+			return rules.DeliveryResult{Event: &sent}, nil
+		})}})
+	ok, err := d.DispatchOne(t.Context())
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.Equal(t, deliveryRow{Status: "sent", Attempts: 1}, deliveryState(t, db, id))
+	require.Equal(t, 1, events())
+	require.Equal(t, 1, countRows(t, db, `SELECT count(*) FROM outbox WHERE kind = 'event'`), "queued for publishing")
+
+	// The lease ran out and another claim took the delivery while it was
+	// sent: neither outcome nor event is recorded.
+	db.MustExec(t, `DELETE FROM events`)
+	db.MustExec(t, `UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = now() WHERE id = $1`, id)
+	late := rules.NewDispatcher(db.DB, rules.DispatcherConfig{Logger: logger,
+		Transports: map[string]rules.Transporter{rules.ModeWebhook: transportFunc(func(context.Context, *rules.Delivery) (rules.DeliveryResult, error) {
+			db.MustExec(t, `UPDATE deliveries SET attempts = attempts + 1 WHERE id = $1`, id) // claimed again
+			return rules.DeliveryResult{Event: &sent}, nil
+		})}})
+	ok, err = late.DispatchOne(t.Context())
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.Equal(t, deliveryRow{Status: "sending", Attempts: 2}, deliveryState(t, db, id))
+	require.Zero(t, events())
+}
+
+func countRows(t *testing.T, db *testinfra.DB, query string) int {
+	t.Helper()
+	var n int
+	require.NoError(t, db.Get(&n, query))
+	return n
+}

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	netmail "net/mail"
 	"strings"
 
@@ -96,18 +95,18 @@ func (t *emailTransport) Deliver(ctx context.Context, d *rules.Delivery) (rules.
 		}
 		return rules.DeliveryResult{}, err
 	}
-	sent := map[string]any{
-		"message":    "Email to " + d.User.Email + " sent",
-		"subject":    subject,
-		"body":       text,
-		"from_email": t.from,
-		"to_email":   []any{d.User.Email},
-	}
-	// The email went out: its event is stored even while stopping.
-	if err := rules.CreateEventAfter(context.WithoutCancel(ctx), t.db, d.Event, "email_sent", "authentik.stages.email.tasks", map[string]any{}, sent, d.ID); err != nil {
-		slog.WarnContext(ctx, "record email_sent event", slog.String("delivery", d.ID), slog.Any("error", err))
-	}
-	return rules.DeliveryResult{}, nil
+	// The email went out: its email_sent event is stored with the
+	// delivery's sent status.
+	return rules.DeliveryResult{Event: &rules.OutcomeEvent{
+		Action: "email_sent", App: "authentik.stages.email.tasks", User: map[string]any{},
+		Context: map[string]any{
+			"message":    "Email to " + d.User.Email + " sent",
+			"subject":    subject,
+			"body":       text,
+			"from_email": t.from,
+			"to_email":   []any{d.User.Email},
+		},
+	}}, nil
 }
 
 // template returns the named template: a row of email_templates, or the
