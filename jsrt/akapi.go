@@ -165,7 +165,7 @@ func (v *vm) akCreateEvent(call goja.FunctionCall) goja.Value {
 	kwargs := map[string]any{}
 	if k := call.Argument(1); !goja.IsUndefined(k) && !goja.IsNull(k) {
 		var ok bool
-		if kwargs, ok = exportJSON(k).(map[string]any); !ok {
+		if kwargs, ok = exportSanitized(k).(map[string]any); !ok {
 			v.throw("ak_create_event: kwargs must be an object")
 		}
 	}
@@ -283,15 +283,16 @@ const maxDataDepth = 32
 // and other Go values that JSON cannot hold are dropped, and nesting deeper
 // than maxDataDepth (a cycle) is cut.
 func jsonSafe(m map[string]any) map[string]any {
-	out, _ := plainJSON(m, 0)
+	out, _ := plainJSON(m, 0, false)
 	if mm, ok := out.(map[string]any); ok {
 		return mm
 	}
 	return map[string]any{}
 }
 
-// plainJSON returns x as JSON data, and false for a value to drop.
-func plainJSON(x any, depth int) (any, bool) {
+// plainJSON returns x as JSON data, and false for a value to drop. With
+// short, objects that have a short form (see [lazyObject.short]) take it.
+func plainJSON(x any, depth int, short bool) (any, bool) {
 	if depth > maxDataDepth {
 		return "[nested too deep]", true
 	}
@@ -301,7 +302,7 @@ func plainJSON(x any, depth int) (any, bool) {
 	case map[string]any:
 		out := make(map[string]any, len(t))
 		for k, e := range t {
-			if y, ok := plainJSON(e, depth+1); ok {
+			if y, ok := plainJSON(e, depth+1, short); ok {
 				out[k] = y
 			}
 		}
@@ -309,7 +310,7 @@ func plainJSON(x any, depth int) (any, bool) {
 	case []any:
 		out := make([]any, 0, len(t))
 		for _, e := range t {
-			if y, ok := plainJSON(e, depth+1); ok {
+			if y, ok := plainJSON(e, depth+1, short); ok {
 				out = append(out, y)
 			}
 		}
@@ -317,9 +318,12 @@ func plainJSON(x any, depth int) (any, bool) {
 	case time.Time:
 		return t.UTC().Format(time.RFC3339Nano), true
 	case *lazyObject: // an event's data, as a policy sees it
+		if short && t.short != nil {
+			return t.short(t), true
+		}
 		out := make(map[string]any, len(t.keys))
 		for _, k := range t.Keys() {
-			if y, ok := plainJSON(exportValue(t.Get(k)), depth+1); ok {
+			if y, ok := plainJSON(exportValue(t.Get(k)), depth+1, short); ok {
 				out[k] = y
 			}
 		}
@@ -327,7 +331,7 @@ func plainJSON(x any, depth int) (any, bool) {
 	case *lazyArray:
 		out := make([]any, 0, t.Len())
 		for i := range t.Len() {
-			if y, ok := plainJSON(exportValue(t.Get(i)), depth+1); ok {
+			if y, ok := plainJSON(exportValue(t.Get(i)), depth+1, short); ok {
 				out = append(out, y)
 			}
 		}
@@ -348,7 +352,18 @@ func exportJSON(val goja.Value) any {
 	if val == nil || goja.IsUndefined(val) {
 		return nil
 	}
-	out, _ := plainJSON(val.Export(), 0)
+	out, _ := plainJSON(val.Export(), 0, false)
+	return out
+}
+
+// exportSanitized exports a JavaScript value as JSON data for an event or
+// a policy's result, with model objects and addresses in their short forms,
+// as authentik's sanitize_item gives them.
+func exportSanitized(val goja.Value) any {
+	if val == nil || goja.IsUndefined(val) {
+		return nil
+	}
+	out, _ := plainJSON(val.Export(), 0, true)
 	return out
 }
 

@@ -26,6 +26,8 @@ func (v *vm) toJS(x any) goja.Value {
 		return obj
 	case rules.JSONMap:
 		return v.toJS(map[string]any(t))
+	case *rules.User: // a model object, as request.user
+		return v.userObject(t)
 	case []any:
 		items := make([]any, len(t))
 		for i, e := range t {
@@ -137,6 +139,7 @@ func (v *vm) userObject(u *rules.User) *goja.Object {
 		}
 		return v.toJS(u.Updated)
 	})
+	setShort(obj, userShort)
 	_ = obj.SetPrototype(v.protos["User"])
 	return obj
 }

@@ -109,6 +109,7 @@ func (v *vm) ipObject(a netip.Addr) *goja.Object {
 		return v.rt.ToValue(a.String())
 	})
 	_ = obj.SetPrototype(v.ipProto)
+	setShort(obj, func(*lazyObject) any { return a.String() }) // str(), as sanitize_item
 	return obj
 }
 
@@ -221,6 +222,7 @@ func (v *vm) ipNetwork(call goja.FunctionCall) goja.Value {
 		return v.rt.ToValue(p.String())
 	})
 	_ = obj.SetPrototype(v.netProto)
+	setShort(obj, func(*lazyObject) any { return p.String() })
 	return obj
 }
 

@@ -23,6 +23,10 @@ type lazyObject struct {
 	// per object.
 	values []goja.Value
 	gone   []bool
+	// short, when set, is what the object becomes in an event or a
+	// policy's result, as authentik's sanitize_item makes it: a model's
+	// reference, an address's text (see [vm.setShort]).
+	short func(o *lazyObject) any
 }
 
 var _ goja.DynamicObject = (*lazyObject)(nil)
@@ -31,6 +35,13 @@ var _ goja.DynamicObject = (*lazyObject)(nil)
 // keys may be shared with other objects: the object never changes them.
 func (v *vm) newLazy(keys []string, build func(key string) goja.Value) *goja.Object {
 	return v.rt.NewDynamicObject(&lazyObject{keys: keys, build: build, values: make([]goja.Value, len(keys))})
+}
+
+// setShort gives obj (made by newLazy) the short form short.
+func setShort(obj *goja.Object, short func(o *lazyObject) any) {
+	if o, ok := obj.Export().(*lazyObject); ok {
+		o.short = short
+	}
 }
 
 // index is the position of key in keys, or -1 (also when deleted).

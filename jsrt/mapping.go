@@ -14,7 +14,6 @@ var _ rules.MappingEvaluator = (*Pool)(nil)
 // the notification as it left it, as JSON data.
 func (p *Pool) EvaluateMapping(ctx context.Context, m rules.MappingRequest) (rules.MappingResult, error) {
 	notification := m.Notification
-	user := rules.UserMap(m.User)
 	req := &rules.PolicyRequest{
 		Policy:  &rules.Policy{Name: m.Name, Expression: m.Expression, Kind: rules.KindExpression},
 		Event:   m.Event,
@@ -22,7 +21,7 @@ func (p *Pool) EvaluateMapping(ctx context.Context, m rules.MappingRequest) (rul
 		Timeout: m.Timeout,
 		Scope:   m.Scope,
 		Context: map[string]any{"notification": notification},
-		Globals: map[string]any{"notification": notification, "user": user},
+		Globals: map[string]any{"notification": notification, "user": m.User},
 	}
 	res := p.Evaluate(ctx, req)
 	if res.Err != nil {

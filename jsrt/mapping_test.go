@@ -38,3 +38,18 @@ func TestEvaluateMappingCannotCallAPolicy(t *testing.T) {
 	})
 	require.ErrorContains(t, err, "ak_call_policy: no policies to call here")
 }
+
+// What a mapping returns is sanitized as authentik's sanitize_item does: a
+// user as {username, pk, email}, an address as its text.
+func TestEvaluateMappingResultShortForms(t *testing.T) {
+	t.Parallel()
+	pool := newPool(t, jsrt.Config{Size: 1})
+	res, err := pool.EvaluateMapping(t.Context(), rules.MappingRequest{
+		Name: "m", Expression: `return {who: user, name: user.name, ip: ip_address("10.0.0.1"), net: ip_network("10.0.0.0/8")};`,
+		Notification: map[string]any{}, User: &rules.User{ID: 12, Username: "jane", Name: "Jane", Email: "jane@example.com"},
+		Event: loginEvent(), Timeout: time.Second,
+	})
+	require.NoError(t, err)
+	require.Equal(t, map[string]any{"who": map[string]any{"username": "jane", "pk": int64(12), "email": "jane@example.com"},
+		"name": "Jane", "ip": "10.0.0.1", "net": "10.0.0.0/8"}, res.Value)
+}

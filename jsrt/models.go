@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"strings"
 
 	"github.com/dop251/goja"
 	"github.com/jmoiron/sqlx"
@@ -36,7 +37,47 @@ func (v *vm) installModels() {
 func (v *vm) modelObject(m *rules.Model, row map[string]any) *goja.Object {
 	obj := v.newLazy(m.RowKeys(), func(key string) goja.Value { return v.toJS(row[key]) })
 	_ = obj.SetPrototype(v.protos[m.Name])
+	setShort(obj, modelShort(m.Name))
 	return obj
+}
+
+// modelRefs are the app and model name authentik gives each model.
+var modelRefs = map[string][2]string{
+	"Group":         {"authentik_core", "group"},
+	"Application":   {"authentik_core", "application"},
+	"PolicyBinding": {"authentik_policies", "policybinding"},
+	"Event":         {"authentik_events", "event"},
+}
+
+// modelShort is the short form of a model object, as authentik's
+// sanitize_item gives it: get_user's {username, pk, email} for a user,
+// model_to_dict's {app, model_name, pk (hex), name} for the others.
+func modelShort(model string) func(o *lazyObject) any {
+	if model == "User" {
+		return userShort
+	}
+	ref := modelRefs[model]
+	return func(o *lazyObject) any {
+		pk := exportValue(o.Get("pk"))
+		if s, ok := pk.(string); ok {
+			pk = strings.ReplaceAll(s, "-", "")
+		}
+		var name any
+		switch model {
+		case "Event":
+			name = fmt.Sprintf("Event action=%v", exportValue(o.Get("action")))
+		case "PolicyBinding":
+			name = fmt.Sprintf("Binding #%v", exportValue(o.Get("order")))
+		default:
+			name = exportValue(o.Get("name"))
+		}
+		return map[string]any{"app": ref[0], "model_name": ref[1], "pk": pk, "name": name}
+	}
+}
+
+// userShort is get_user's form of a user object.
+func userShort(o *lazyObject) any {
+	return map[string]any{"username": exportValue(o.Get("username")), "pk": exportValue(o.Get("pk")), "email": exportValue(o.Get("email"))}
 }
 
 // querySet is a lazily evaluated filter: filter() narrows it, first(),

@@ -193,7 +193,7 @@ func (v *vm) evaluate(ctx context.Context, prog *goja.Program, req *rules.Policy
 		return res
 	}
 	if out != nil && !goja.IsUndefined(out) && !goja.IsNull(out) {
-		res.Raw = exportJSON(out)
+		res.Raw = exportSanitized(out)
 		res.Passing = out.ToBoolean()
 	}
 	if req.Globals != nil {

@@ -783,6 +783,33 @@ return ak_call_policy("recurse", {n: n}).passing || n;`)
 // ak_create_event and ak_send_email: written in the event's transaction and
 // queued in the outbox.
 
+// Model objects and addresses in ak_create_event's kwargs and in a
+// policy's result are stored as authentik's sanitize_item gives them.
+func TestAPIAkCreateEventShortForms(t *testing.T) {
+	t.Parallel()
+	b := apiSetup(t)
+	jane := b.user(t, "jane")
+	ops := b.group(t, "ops", "", jane)
+	b.probe(t, "short", `const g = Group.objects.get({name: "ops"});
+ak_create_event("refs", {me: request.user, again: User.objects.filter({username: "jane"}).first(), group: g,
+  ip: ak_client_ip, net: ip_network("10.0.0.0/8"), list: [g]});
+return {me: request.user, group: g};`)
+
+	ev := b.login(t, jane)
+	created := b.createdEvents(t, "custom_refs")
+	require.Len(t, created, 1)
+	delete(created[0], "caused_by")
+	me := map[string]any{"username": "jane", "pk": float64(jane), "email": "jane@example.com"}
+	group := map[string]any{"app": "authentik_core", "model_name": "group", "pk": strings.ReplaceAll(ops, "-", ""), "name": "ops"}
+	ip := ev.ClientIP
+	if ip == "" {
+		ip = "255.255.255.255" // ak_client_ip without one, as authentik
+	}
+	require.Equal(t, map[string]any{"me": me, "again": me, "group": group, "ip": ip, "net": "10.0.0.0/8",
+		"list": []any{group}}, created[0])
+	require.Equal(t, map[string]any{"me": me, "group": group}, b.result(t, ev.PK, "short").Raw)
+}
+
 func TestAPIAkCreateEvent(t *testing.T) {
 	t.Parallel()
 	b := apiSetup(t)
