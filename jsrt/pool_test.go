@@ -267,6 +267,9 @@ func TestEvaluateRegexMatch(t *testing.T) {
 		{name: "DollarBeforeFinalNewline", value: "a\n", re: `a$`, want: true},
 		{name: "ClassTakenAsItIs", value: "(x", re: `[(?P<]+x`, want: true},
 		{name: "CommentTakenAsItIs", value: "xx", re: `(?#a [ in a comment)(?P<a>x)(?P=a)`, want: true},
+		{name: "UpToN", value: "a", re: `^a{,2}$`, want: true},
+		{name: "UpToNIsNoMore", value: "aaa", re: `^a{,2}$`, want: false},
+		{name: "UpToNInAClassIsLiteral", value: "{", re: `^[{,2}]$`, want: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -305,6 +308,13 @@ func TestEvaluateRegexReplace(t *testing.T) {
 		{name: "DollarIsLiteral", value: "a", re: `(a)`, repl: `$1`, want: "$1"},
 		// Groups are numbered left to right, named or not, as in Python.
 		{name: "NamedAndUnnumberedInOrder", value: "jane@example", re: `(?P<u>\w+)@(\w+)`, repl: `\2/\1`, want: "example/jane"},
+		// Python's template escapes: \0 and three octal digits are
+		// characters, other escaped punctuation stays as it is.
+		{name: "OctalZero", value: "abc", re: `b`, repl: `[\0]`, want: "a[\x00]c"},
+		{name: "OctalThreeDigits", value: "abc", re: `b`, repl: `\101`, want: "aAc"},
+		{name: "GroupZero", value: "abc", re: `b`, repl: `<\g<0>>`, want: "a<b>c"},
+		{name: "TwoDigitGroup", value: "abcdefghijk", re: `(a)(b)(c)(d)(e)(f)(g)(h)(i)(j)(k)`, repl: `\11\10`, want: "kj"},
+		{name: "EscapedPunctuationKept", value: "a", re: `a`, repl: `\.`, want: `\.`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -314,6 +324,16 @@ func TestEvaluateRegexReplace(t *testing.T) {
 			res := evaluate(t, pool, req)
 			require.Nil(t, res.Err)
 			require.Equal(t, tt.want, res.Raw)
+		})
+	}
+
+	for name, repl := range map[string]string{"BadEscape": `\\d`, "TrailingBackslash": `x\\`, "OctalOutOfRange": `\\477`} {
+		t.Run(name+"Throws", func(t *testing.T) {
+			t.Parallel()
+			// It throws without a match, as Python checks the template first.
+			res := evaluate(t, pool, request("regex-replace-"+name, `return regex_replace("abc", "x", "`+repl+`");`))
+			require.NotNil(t, res.Err, "%+v", res)
+			require.Equal(t, "exception", res.Err.Kind)
 		})
 	}
 

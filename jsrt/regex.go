@@ -1,11 +1,13 @@
 package jsrt
 
 import (
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
+	"unicode"
 
 	"github.com/dlclark/regexp2/v2"
 )
@@ -44,8 +46,8 @@ func compileRegex(pattern string) (*pyRegexp, error) {
 }
 
 // fromPython rewrites what Python's re spells differently from regexp2:
-// (?P<name>…) as (?<name>…), (?P=name) as \k<name>, and \Z (the end of the
-// input) as \z. Inside a character class or a (?#…) comment nothing is
+// (?P<name>…) as (?<name>…), (?P=name) as \k<name>, \Z (the end of the
+// input) as \z, and {,n} as {0,n}. Inside a character class or a (?#…) comment nothing is
 // rewritten. (Groups are numbered in pattern order, named or not, as in
 // Python, by the compile option.)
 func fromPython(pattern string) string {
@@ -87,6 +89,10 @@ func fromPython(pattern string) string {
 			b.WriteString(pattern[i : i+end+1])
 			i += end
 			continue
+		case c == '{' && quantifierFromZero(pattern[i+1:]):
+			// {,n}: Python's zero to n, which regexp2 reads literally.
+			b.WriteString("{0")
+			continue
 		case strings.HasPrefix(pattern[i:], "(?P<"):
 			b.WriteString("(?<")
 			i += len("(?P<") - 1
@@ -103,61 +109,145 @@ func fromPython(pattern string) string {
 	return b.String()
 }
 
-// pythonSub replaces every match of re in s with repl, expanding repl as
-// Python's re.sub does: \1 … \99, \g<1>, \g<name>, \\ and the escapes \n,
-// \t, \r, \f, \v, \a, \b. An unmatched group expands to "".
+// quantifierFromZero reports whether rest (what follows a '{') is ",n}".
+func quantifierFromZero(rest string) bool {
+	if !strings.HasPrefix(rest, ",") {
+		return false
+	}
+	end := strings.IndexByte(rest, '}')
+	if end < 2 {
+		return false
+	}
+	for _, d := range rest[1:end] {
+		if d < '0' || d > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+// templatePart is a piece of a replacement template: literal text, or a
+// group by number (name empty) or by name.
+type templatePart struct {
+	text  string
+	group int
+	name  string
+	isRef bool
+}
+
+// parseTemplate parses repl as Python's re does a replacement template:
+// \1 … \99 and \g<1>, \g<name> refer to groups; \0 and three octal digits
+// are octal escapes; \n, \t, \r, \f, \v, \a, \b and \\ are escapes; another
+// escaped ASCII letter, and a trailing backslash, are errors; any other
+// escaped character stays as it is, backslash and all.
+func parseTemplate(repl string) ([]templatePart, error) {
+	var parts []templatePart
+	var lit strings.Builder
+	ref := func(p templatePart) {
+		if lit.Len() > 0 {
+			parts = append(parts, templatePart{text: lit.String()})
+			lit.Reset()
+		}
+		p.isRef = true
+		parts = append(parts, p)
+	}
+	isOctal := func(i int) bool { return i < len(repl) && repl[i] >= '0' && repl[i] <= '7' }
+	isDigit := func(i int) bool { return i < len(repl) && repl[i] >= '0' && repl[i] <= '9' }
+	for i := 0; i < len(repl); i++ {
+		c := repl[i]
+		if c != '\\' {
+			lit.WriteByte(c)
+			continue
+		}
+		if i+1 == len(repl) {
+			return nil, errors.New("bad escape (end of pattern)")
+		}
+		i++
+		switch n := repl[i]; {
+		case n == '0':
+			j := i + 1
+			for j < len(repl) && j < i+3 && isOctal(j) {
+				j++
+			}
+			v, _ := strconv.ParseUint(repl[i:j], 8, 32)
+			lit.WriteRune(rune(v & 0xff))
+			i = j - 1
+		case n >= '1' && n <= '9':
+			if isDigit(i+1) && isOctal(i) && isOctal(i+1) && isOctal(i+2) {
+				v, _ := strconv.ParseUint(repl[i:i+3], 8, 32)
+				if v > 0o377 {
+					return nil, fmt.Errorf("octal escape value \\%s outside of range 0-0o377", repl[i:i+3])
+				}
+				lit.WriteRune(rune(v))
+				i += 2
+				continue
+			}
+			j := i + 1
+			if isDigit(j) {
+				j++
+			}
+			num, _ := strconv.Atoi(repl[i:j])
+			ref(templatePart{group: num})
+			i = j - 1
+		case n == 'g':
+			end := strings.IndexByte(repl[i:], '>')
+			if i+1 >= len(repl) || repl[i+1] != '<' || end < 0 {
+				return nil, errors.New("missing group name in \\g<...>")
+			}
+			name := repl[i+2 : i+end]
+			if num, err := strconv.Atoi(name); err == nil {
+				ref(templatePart{group: num})
+			} else {
+				ref(templatePart{name: name})
+			}
+			i += end
+		default:
+			if esc, ok := pyEscapes[n]; ok {
+				lit.WriteString(esc)
+			} else if n < 0x80 && unicode.IsLetter(rune(n)) {
+				return nil, fmt.Errorf("bad escape \\%c", n)
+			} else {
+				lit.WriteByte('\\')
+				lit.WriteByte(n)
+			}
+		}
+	}
+	if lit.Len() > 0 {
+		parts = append(parts, templatePart{text: lit.String()})
+	}
+	return parts, nil
+}
+
+// pythonSub replaces every match of re in s with repl, expanded as Python's
+// re.sub does (see [parseTemplate]). An unmatched group expands to "".
 func pythonSub(re *pyRegexp, s, repl string) (string, error) {
+	parts, err := parseTemplate(repl)
+	if err != nil {
+		return "", err
+	}
 	var expandErr error
 	out, err := re.ReplaceFunc(s, func(m regexp2.Match) string {
 		var b strings.Builder
-		for i := 0; i < len(repl); i++ {
-			c := repl[i]
-			if c != '\\' || i+1 == len(repl) {
-				b.WriteByte(c)
+		for _, p := range parts {
+			if !p.isRef {
+				b.WriteString(p.text)
 				continue
 			}
-			i++
-			switch n := repl[i]; {
-			case n >= '0' && n <= '9':
-				j := i + 1
-				if j < len(repl) && repl[j] >= '0' && repl[j] <= '9' {
-					j++
-				}
-				num, _ := strconv.Atoi(repl[i:j])
-				g := m.GroupByNumber(num)
-				if g == nil {
-					expandErr = fmt.Errorf("invalid group reference %d", num)
-					return ""
-				}
-				b.WriteString(g.String())
-				i = j - 1
-			case n == 'g':
-				end := strings.IndexByte(repl[i:], '>')
-				if i+1 >= len(repl) || repl[i+1] != '<' || end < 0 {
-					expandErr = fmt.Errorf("missing group name in \\g<...>")
-					return ""
-				}
-				name := repl[i+2 : i+end]
-				var g *regexp2.Group
-				if num, err := strconv.Atoi(name); err == nil {
-					g = m.GroupByNumber(num)
-				} else {
-					g = m.GroupByName(name)
-				}
-				if g == nil {
-					expandErr = fmt.Errorf("unknown group name %q", name)
-					return ""
-				}
-				b.WriteString(g.String())
-				i += end
-			default:
-				if esc, ok := pyEscapes[n]; ok {
-					b.WriteString(esc)
-				} else {
-					b.WriteByte('\\')
-					b.WriteByte(n)
-				}
+			var g *regexp2.Group
+			if p.name != "" {
+				g = m.GroupByName(p.name)
+			} else {
+				g = m.GroupByNumber(p.group)
 			}
+			if g == nil {
+				if p.name != "" {
+					expandErr = fmt.Errorf("unknown group name %q", p.name)
+				} else {
+					expandErr = fmt.Errorf("invalid group reference %d", p.group)
+				}
+				return ""
+			}
+			b.WriteString(g.String())
 		}
 		return b.String()
 	}, -1, -1)
