@@ -1,8 +1,13 @@
 package jsrt
 
 import (
+	"encoding/binary"
 	"fmt"
+	"math"
+	"math/bits"
 	"net/netip"
+	"strconv"
+	"strings"
 
 	"github.com/dop251/goja"
 )
@@ -83,6 +88,8 @@ func isGlobal(a netip.Addr) bool {
 // is_loopback, is_multicast, is_link_local, is_unspecified, compressed,
 // and toString().
 func (v *vm) ipObject(a netip.Addr) *goja.Object {
+	text := a.String()
+	a = a.WithZone("") // a zone (fe80::1%eth0) counts in its text only, as in Python
 	version := 4
 	if a.Is6() { // an IPv4-mapped address too, as in Python
 		version = 6
@@ -106,10 +113,10 @@ func (v *vm) ipObject(a netip.Addr) *goja.Object {
 		case "is_unspecified":
 			return v.rt.ToValue(a.IsUnspecified())
 		}
-		return v.rt.ToValue(a.String())
+		return v.rt.ToValue(text)
 	})
 	_ = obj.SetPrototype(v.ipProto)
-	setShort(obj, func(*lazyObject) any { return a.String() }) // str(), as sanitize_item
+	setShort(obj, func(*lazyObject) any { return text }) // str(), as sanitize_item
 	return obj
 }
 
@@ -151,8 +158,8 @@ func (v *vm) installIP() {
 			return v.rt.ToValue(false)
 		}
 		// As Python's `in`: never across versions (an IPv4-mapped
-		// address is IPv6).
-		return v.rt.ToValue(p.Contains(a))
+		// address is IPv6), and an IPv6 zone does not count.
+		return v.rt.ToValue(p.Contains(a.WithZone("")))
 	})
 	_ = v.rt.GlobalObject().DefineAccessorProperty("ak_client_ip", v.rt.ToValue(func(goja.FunctionCall) goja.Value {
 		if v.cur == nil {
@@ -165,8 +172,16 @@ func (v *vm) installIP() {
 	}), nil, goja.FLAG_FALSE, goja.FLAG_TRUE)
 }
 
-// ip_address(s): Python's ipaddress.ip_address; a bad address throws.
+// ip_address(s): Python's ipaddress.ip_address, of text or of an integer
+// (IPv4 below 2^32); a bad address throws.
 func (v *vm) ipAddress(call goja.FunctionCall) goja.Value {
+	if n, ok := call.Argument(0).Export().(int64); ok {
+		a, ok := addrFromInt(n)
+		if !ok {
+			panic(v.rt.NewGoError(fmt.Errorf("ValueError: %d does not appear to be an IPv4 or IPv6 address", n)))
+		}
+		return v.ipObject(a)
+	}
 	s := v.stringArg("ip_address", call, 0, "address")
 	a, err := netip.ParseAddr(s)
 	if err != nil {
@@ -175,16 +190,61 @@ func (v *vm) ipAddress(call goja.FunctionCall) goja.Value {
 	return v.ipObject(a)
 }
 
+// addrFromInt is Python's address of an integer: IPv4 below 2^32, IPv6
+// above (a JavaScript number holds up to 2^53).
+func addrFromInt(n int64) (netip.Addr, bool) {
+	switch {
+	case n < 0:
+		return netip.Addr{}, false
+	case n <= math.MaxUint32:
+		var b [4]byte
+		binary.BigEndian.PutUint32(b[:], uint32(n))
+		return netip.AddrFrom4(b), true
+	default:
+		var b [16]byte
+		binary.BigEndian.PutUint64(b[8:], uint64(n))
+		return netip.AddrFrom16(b), true
+	}
+}
+
+// parseNetwork reads a network as Python's ip_network does: an address,
+// or an address and a prefix length (leading zeros allowed), or, for IPv4,
+// a netmask (255.0.0.0) or a hostmask (0.255.255.255).
+func parseNetwork(s string) (netip.Prefix, bool) {
+	addr, suffix, hasSuffix := strings.Cut(s, "/")
+	a, err := netip.ParseAddr(addr)
+	if err != nil || a.Zone() != "" {
+		return netip.Prefix{}, false
+	}
+	if !hasSuffix {
+		return netip.PrefixFrom(a, a.BitLen()), true
+	}
+	if suffix != "" && strings.Trim(suffix, "0123456789") == "" {
+		n, err := strconv.Atoi(suffix)
+		if err != nil || n > a.BitLen() {
+			return netip.Prefix{}, false
+		}
+		return netip.PrefixFrom(a, n), true
+	}
+	mask, err := netip.ParseAddr(suffix)
+	if !a.Is4() || err != nil || !mask.Is4() {
+		return netip.Prefix{}, false
+	}
+	m := binary.BigEndian.Uint32(mask.AsSlice())
+	for _, x := range []uint32{m, ^m} { // a netmask, else a hostmask
+		if ones := bits.LeadingZeros32(^x); x<<ones == 0 {
+			return netip.PrefixFrom(a, ones), true
+		}
+	}
+	return netip.Prefix{}, false
+}
+
 // ip_network(s): Python's strict ipaddress.ip_network; host bits set throw.
 func (v *vm) ipNetwork(call goja.FunctionCall) goja.Value {
 	s := v.stringArg("ip_network", call, 0, "network")
-	p, err := netip.ParsePrefix(s)
-	if err != nil {
-		a, aerr := netip.ParseAddr(s)
-		if aerr != nil {
-			panic(v.rt.NewGoError(fmt.Errorf("ValueError: %q does not appear to be an IPv4 or IPv6 network", s)))
-		}
-		p = netip.PrefixFrom(a, a.BitLen())
+	p, ok := parseNetwork(s)
+	if !ok {
+		panic(v.rt.NewGoError(fmt.Errorf("ValueError: %q does not appear to be an IPv4 or IPv6 network", s)))
 	}
 	if p.Masked() != p {
 		panic(v.rt.NewGoError(fmt.Errorf("ValueError: %s has host bits set", s)))

@@ -985,6 +985,11 @@ return {props: Object.keys(a).join(","), net: Object.keys(n).join(","), json: JS
         net_private: ip_network("10.0.0.0/8").is_private, net_loopback: ip_network("127.0.0.0/8").is_loopback,
         multicast_global: ip_address("224.0.0.1").is_global, shared_net_global: ip_network("100.64.0.0/10").is_global,
         broadcast: String(ip_network("10.0.0.0/8").broadcast_address), unspecified: ip_network("::/128").is_unspecified};`,
+		"python-forms": `return {netmask: String(ip_network("10.0.0.0/255.0.0.0")), hostmask: String(ip_network("10.0.0.0/0.255.255.255")),
+        leading_zero: String(ip_network("10.0.0.0/08")), from_int: String(ip_address(3232235777)), v6_from_int: String(ip_address(2 ** 32)),
+        zone_text: String(ip_address("fe80::1%eth0")), zone_private: ip_address("fe80::1%eth0").is_private,
+        zone_in: ip_network("fe80::/10").contains("fe80::1%eth0")};`,
+		"bad-mask": `return ip_network("10.0.0.0/255.0.255.0");`,
 	})
 
 	withIP := event(t, map[string]any{"action": "login", "client_ip": "192.0.2.10", "user": map[string]any{"pk": jane, "username": "jane"}})
@@ -1004,6 +1009,9 @@ return {props: Object.keys(a).join(","), net: Object.keys(n).join(","), json: JS
 	requireJSON(t, `{"mapped_version": 6, "mapped_in_v4": false, "all_private": false, "wide_private": false, "net_private": true,
 		"net_loopback": true, "multicast_global": true, "shared_net_global": false, "broadcast": "10.255.255.255", "unspecified": true}`,
 		b.result(t, withIP.PK, "as-python").Raw)
+	requireJSON(t, `{"netmask": "10.0.0.0/8", "hostmask": "10.0.0.0/8", "leading_zero": "10.0.0.0/8", "from_int": "192.168.1.1",
+		"v6_from_int": "::1:0:0", "zone_text": "fe80::1%eth0", "zone_private": true, "zone_in": true}`, b.result(t, withIP.PK, "python-forms").Raw)
+	require.Contains(t, b.thrown(t, withIP.PK, "bad-mask"), "does not appear to be an IPv4 or IPv6 network")
 }
 
 func TestAPIExecutionLoggingRecordsLogs(t *testing.T) {
