@@ -2,8 +2,8 @@ package jsrt_test
 
 import (
 	"context"
-	"fmt"
 	"encoding/binary"
+	"fmt"
 	"net"
 	"testing"
 	"time"
