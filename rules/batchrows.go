@@ -221,6 +221,7 @@ func (p *modelSave) absorb(s *modelSave) bool {
 		fields[i], values[i] = p.fields[j], p.values[j]
 	}
 	p.fields, p.values = fields, values
+	p.absorbed = append(p.absorbed, p.updated)
 	p.updated = s.updated
 	return true
 }

@@ -613,6 +613,10 @@ type modelSave struct {
 	// saving transaction itself: a read of one of them was changed since
 	// by nobody else (see [policyTx.own]).
 	own ownWrites
+	// absorbed are the updated values of the later saves this one joined
+	// but the last (see [modelSave.absorb]): never stored, but read by the
+	// batch.
+	absorbed []time.Time
 }
 
 // row identifies the saved row among a batch's saves.
@@ -682,7 +686,7 @@ const maxSaveParams = 60000
 // limit allows. A row that is missing or changed since it was read fails
 // with [ErrConflict].
 func execSaves(ctx context.Context, db sqlx.QueryerContext, saves []*modelSave) error {
-	perRow := len(saves[0].fields) + 3
+	perRow := len(saves[0].fields) + 5 // pk, updated, read_at, own_from, own_to
 	for chunk := range slices.Chunk(saves, maxSaveParams/perRow) {
 		sql, args := updateStatement(chunk)
 		rows, err := db.QueryxContext(ctx, sql, args...)

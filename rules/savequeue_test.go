@@ -461,3 +461,92 @@ return ak_call_policy("mark-seen").passing;`)
 		})
 	}
 }
+
+// A policy's save that its savepoint undid is no longer the transaction's
+// own change: a copy read before another transaction's change still
+// conflicts. P1 saves a row and fails; P2 reads copy A, another transaction
+// changes the row, P2 reads and saves copy B, then saves A.
+func TestSaveAfterARolledBackSaveStillChecksOtherChanges(t *testing.T) {
+	t.Parallel()
+	db := testinfra.Postgres(t)
+	ctx := t.Context()
+	var g string
+	require.NoError(t, db.Get(&g, `INSERT INTO groups (name) VALUES ('one') RETURNING id`))
+	groups := rules.Models["Group"]
+	tx, err := db.BeginTxx(ctx, nil)
+	require.NoError(t, err)
+	defer tx.Rollback() //nolint:errcheck // test
+	ptx := rules.NewPolicyTx(db.DB, tx)
+
+	p1 := rules.NewPolicyScope(ptx)
+	q, err := p1.DB(ctx)
+	require.NoError(t, err)
+	rows, err := rules.Find(ctx, q, rules.Query{Model: groups, Filters: map[string]any{"pk": g}}, 1, false)
+	require.NoError(t, err)
+	r0 := rows[0]["updated"]
+	_, err = rules.Save(ctx, q, groups, g, r0, map[string]any{"name": "p1"})
+	require.NoError(t, err)
+	require.NoError(t, p1.Finish(ctx, true)) // P1 failed: its save is undone
+
+	p2 := rules.NewPolicyScope(ptx)
+	q, err = p2.DB(ctx)
+	require.NoError(t, err)
+	a, err := rules.Find(ctx, q, rules.Query{Model: groups, Filters: map[string]any{"pk": g}}, 0, false)
+	require.NoError(t, err)
+	require.Equal(t, r0, a[0]["updated"])
+	// Another transaction changes the row.
+	db.MustExec(t, `UPDATE groups SET name = 'elsewhere', updated = now() WHERE id = $1`, g)
+	bRows, err := rules.Find(ctx, q, rules.Query{Model: groups, Filters: map[string]any{"pk": g}}, 1, true)
+	require.NoError(t, err)
+	require.Equal(t, "elsewhere", bRows[0]["name"])
+	_, err = rules.Save(ctx, q, groups, g, bRows[0]["updated"], map[string]any{"attributes": map[string]any{"b": 1}})
+	require.NoError(t, err)
+	_, err = rules.Save(ctx, q, groups, g, a[0]["updated"], map[string]any{"name": "from-A"})
+	require.ErrorIs(t, err, rules.ErrConflict, "A read the row before another transaction changed it")
+}
+
+// Queued saves are written in statements within PostgreSQL's parameter
+// limit: 11,000 one-field saves, 6 parameters each.
+func TestManySavesStayWithinTheParameterLimit(t *testing.T) {
+	t.Parallel()
+	db := testinfra.Postgres(t)
+	ctx := t.Context()
+	db.MustExec(t, `INSERT INTO groups (name) SELECT 'g' || i FROM generate_series(1, 11000) i`)
+	var ids []string
+	require.NoError(t, db.Select(&ids, `SELECT id FROM groups ORDER BY name`))
+	groups := rules.Models["Group"]
+	_, ptx := openBatch(t, db)
+	for _, id := range ids {
+		_, err := rules.Save(ctx, ptx, groups, id, nil, map[string]any{"name": "x" + id})
+		require.NoError(t, err)
+	}
+	require.NoError(t, ptx.Settle(ctx))
+}
+
+// In an optimistic batch, a copy read from the batch between two saves of a
+// row that join into one UPDATE saves over them: only this transaction
+// wrote the row.
+func TestSaveOverJoinedSavesOfTheBatch(t *testing.T) {
+	t.Parallel()
+	db := testinfra.Postgres(t)
+	ctx := t.Context()
+	var g string
+	require.NoError(t, db.Get(&g, `INSERT INTO groups (name) VALUES ('one') RETURNING id`))
+	groups := rules.Models["Group"]
+	_, ptx := openBatch(t, db)
+	get := func() map[string]any {
+		rows, err := rules.Find(ctx, ptx, rules.Query{Model: groups, Filters: map[string]any{"pk": g}}, 1, true)
+		require.NoError(t, err)
+		return rows[0]
+	}
+	a := get()
+	u1, err := rules.Save(ctx, ptx, groups, g, a["updated"], map[string]any{"name": "a1"})
+	require.NoError(t, err)
+	c := get()
+	require.Equal(t, u1, c["updated"])
+	_, err = rules.Save(ctx, ptx, groups, g, u1, map[string]any{"name": "a2"})
+	require.NoError(t, err)
+	_, err = rules.Save(ctx, ptx, groups, g, c["updated"], map[string]any{"attributes": map[string]any{"c": 1}})
+	require.NoError(t, err)
+	require.NoError(t, ptx.Settle(ctx))
+}

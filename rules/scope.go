@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"strings"
 	"sync"
 	"time"
@@ -36,6 +37,9 @@ type Scope struct {
 	// calledEvents write the policy_exception and policy_execution events
 	// of called policies after the policy ends.
 	calledEvents []func(context.Context) error
+	// ownAtSavepoint is the transaction's own writes (see [policyTx.own])
+	// when the policy's savepoint was set: rolling back to it undoes them.
+	ownAtSavepoint map[string]ownWrites
 }
 
 // NewReadScope is a scope for expressions that only read, such as webhook
@@ -141,6 +145,7 @@ func (t *policyTx) execSaves(ctx context.Context, saves []*modelSave) error {
 		if readAt, ok := s.readAt.(time.Time); ok {
 			o.from = append(o.from, readAt)
 		}
+		o.from = append(o.from, s.absorbed...)
 		if !o.to.IsZero() {
 			o.from = append(o.from, o.to)
 		}
@@ -436,6 +441,7 @@ func (s *Scope) enter(ctx context.Context) (*sqlx.Tx, error) {
 		}
 		s.tx.releasePending = false
 		s.savepoint = true
+		s.ownAtSavepoint = maps.Clone(s.tx.own)
 	}
 	return s.tx.Tx, nil
 }
@@ -458,6 +464,9 @@ func (s *Scope) finish(ctx context.Context, failed bool) error {
 	if _, err := s.tx.ExecContext(ctx, rollbackSavepoint+"; "+defaultTimeouts); err != nil {
 		return fmt.Errorf("roll back failed policy: %w", err)
 	}
+	// The policy's saves are undone: a copy read before them is no longer
+	// a copy of the transaction's own change.
+	s.tx.own = s.ownAtSavepoint
 	return nil
 }
 
