@@ -122,6 +122,7 @@ func (v *vm) akCallPolicy(call goja.FunctionCall) goja.Value {
 	req := &rules.PolicyRequest{Policy: p, Event: outer.req.Event, User: outer.req.User, Context: c, Scope: scope, Depth: outer.req.Depth + 1}
 
 	var res rules.PolicyResult
+	outer.calleeOut = nil
 	if p.Kind == rules.KindEventMatcher {
 		res.Passing = rules.MatchEvent(p, req.Event)
 	} else {
@@ -154,7 +155,11 @@ func (v *vm) akCallPolicy(call goja.FunctionCall) goja.Value {
 		msgs[i] = m
 	}
 	_ = out.Set("messages", v.rt.NewArray(msgs...))
-	_ = out.Set("raw_result", v.rt.ToValue(res.Raw))
+	raw := outer.calleeOut // unset when the callee threw
+	if raw == nil || goja.IsUndefined(raw) {
+		raw = v.rt.ToValue(res.Raw)
+	}
+	_ = out.Set("raw_result", raw)
 	return out
 }
 

@@ -69,7 +69,7 @@ func (v *vm) eventObject(ev *events.Event) *goja.Object {
 			}
 		}
 	}
-	return v.newLazy(keys, func(key string) goja.Value {
+	obj := v.newLazy(keys, func(key string) goja.Value {
 		switch key {
 		case "pk":
 			return v.rt.ToValue(ev.PK)
@@ -93,21 +93,33 @@ func (v *vm) eventObject(ev *events.Event) *goja.Object {
 		}
 		return v.toJS(ev.Extra[key])
 	})
+	setShort(obj, modelShort("Event"))
+	return obj
 }
 
 // userObject is a users row as a model object (with save), or the anonymous
 // user (a plain object).
 func (v *vm) userObject(u *rules.User) *goja.Object {
-	obj := v.rt.NewObject()
+	var obj *goja.Object
 	if u == nil {
-		_ = obj.Set("pk", goja.Null())
-		_ = obj.Set("username", "AnonymousUser")
-		_ = obj.Set("name", "")
-		_ = obj.Set("email", "")
-		_ = obj.Set("is_active", true)
-		_ = obj.Set("is_superuser", false)
-		_ = obj.Set("is_anonymous", true)
-		_ = obj.Set("attributes", v.rt.NewObject())
+		obj = v.newLazy(anonymousKeys, func(key string) goja.Value {
+			switch key {
+			case "pk":
+				return goja.Null()
+			case "username":
+				return v.rt.ToValue("AnonymousUser")
+			case "name", "email":
+				return v.rt.ToValue("")
+			case "is_active", "is_anonymous":
+				return v.rt.ToValue(true)
+			case "is_superuser":
+				return v.rt.ToValue(false)
+			}
+			return v.rt.NewObject() // attributes
+		})
+		setShort(obj, func(*lazyObject) any {
+			return map[string]any{"username": "AnonymousUser", "pk": nil, "email": "", "is_anonymous": true} // get_user's
+		})
 		return obj
 	}
 	// A model object like those of User.objects (it has save()), whose
@@ -145,6 +157,9 @@ func (v *vm) userObject(u *rules.User) *goja.Object {
 }
 
 // userKeys are the fields of a user object, in the order policies see them.
+// anonymousKeys are the properties of the anonymous request.user.
+var anonymousKeys = []string{"pk", "username", "name", "email", "is_active", "is_superuser", "is_anonymous", "attributes"}
+
 var userKeys = []string{"pk", "id", "uuid", "username", "name", "email", "is_active", "is_superuser",
 	"is_anonymous", "attributes", "last_login", "created", "updated"}
 

@@ -270,6 +270,7 @@ func TestEvaluateRegexMatch(t *testing.T) {
 		{name: "UpToN", value: "a", re: `^a{,2}$`, want: true},
 		{name: "UpToNIsNoMore", value: "aaa", re: `^a{,2}$`, want: false},
 		{name: "UpToNInAClassIsLiteral", value: "{", re: `^[{,2}]$`, want: true},
+		{name: "FromZeroUnbounded", value: "aaaa", re: `^a{,}$`, want: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -327,7 +328,8 @@ func TestEvaluateRegexReplace(t *testing.T) {
 		})
 	}
 
-	for name, repl := range map[string]string{"BadEscape": `\\d`, "TrailingBackslash": `x\\`, "OctalOutOfRange": `\\477`} {
+	for name, repl := range map[string]string{"BadEscape": `\\d`, "TrailingBackslash": `x\\`, "OctalOutOfRange": `\\477`,
+		"MissingGroup": `\\1`, "MissingGroupName": `\\g<nope>`} {
 		t.Run(name+"Throws", func(t *testing.T) {
 			t.Parallel()
 			// It throws without a match, as Python checks the template first.

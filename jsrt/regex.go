@@ -3,6 +3,7 @@ package jsrt
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -47,9 +48,9 @@ func compileRegex(pattern string) (*pyRegexp, error) {
 
 // fromPython rewrites what Python's re spells differently from regexp2:
 // (?P<name>…) as (?<name>…), (?P=name) as \k<name>, \Z (the end of the
-// input) as \z, and {,n} as {0,n}. Inside a character class or a (?#…) comment nothing is
-// rewritten. (Groups are numbered in pattern order, named or not, as in
-// Python, by the compile option.)
+// input) as \z, and {,n} as {0,n} ({,} as {0,}). Inside a character class
+// or a (?#…) comment nothing is rewritten. (Groups are numbered in pattern
+// order, named or not, as in Python, by the compile option.)
 func fromPython(pattern string) string {
 	var b strings.Builder
 	b.Grow(len(pattern))
@@ -109,13 +110,14 @@ func fromPython(pattern string) string {
 	return b.String()
 }
 
-// quantifierFromZero reports whether rest (what follows a '{') is ",n}".
+// quantifierFromZero reports whether rest (what follows a '{') is ",n}"
+// or ",}".
 func quantifierFromZero(rest string) bool {
 	if !strings.HasPrefix(rest, ",") {
 		return false
 	}
 	end := strings.IndexByte(rest, '}')
-	if end < 2 {
+	if end < 1 {
 		return false
 	}
 	for _, d := range rest[1:end] {
@@ -224,6 +226,17 @@ func pythonSub(re *pyRegexp, s, repl string) (string, error) {
 	parts, err := parseTemplate(repl)
 	if err != nil {
 		return "", err
+	}
+	// As Python, references are checked before any match.
+	groups := slices.Max(re.GetGroupNumbers())
+	for _, p := range parts {
+		switch {
+		case !p.isRef:
+		case p.name != "" && re.GroupNumberFromName(p.name) < 0:
+			return "", fmt.Errorf("unknown group name %q", p.name)
+		case p.name == "" && p.group > groups:
+			return "", fmt.Errorf("invalid group reference %d", p.group)
+		}
 	}
 	var expandErr error
 	out, err := re.ReplaceFunc(s, func(m regexp2.Match) string {

@@ -60,6 +60,9 @@ type evaluation struct {
 	logs     []rules.LogLine
 	// dbErr is a database error a host function met; it fails the policy.
 	dbErr error
+	// calleeOut is what the policy it last called (ak_call_policy)
+	// returned, as a JavaScript value.
+	calleeOut goja.Value
 }
 
 func newVM(p *Pool) *vm {
@@ -195,6 +198,9 @@ func (v *vm) evaluate(ctx context.Context, prog *goja.Program, req *rules.Policy
 	if out != nil && !goja.IsUndefined(out) && !goja.IsNull(out) {
 		res.Raw = exportSanitized(out)
 		res.Passing = out.ToBoolean()
+	}
+	if prev != nil {
+		prev.calleeOut = out // raw_result is the value itself, as in authentik
 	}
 	if req.Globals != nil {
 		res.Globals = v.exportGlobals(req.Globals)

@@ -792,13 +792,16 @@ func TestAPIAkCreateEventShortForms(t *testing.T) {
 	ops := b.group(t, "ops", "", jane)
 	b.probe(t, "short", `const g = Group.objects.get({name: "ops"});
 ak_create_event("refs", {me: request.user, again: User.objects.filter({username: "jane"}).first(), group: g,
-  ip: ak_client_ip, net: ip_network("10.0.0.0/8"), list: [g]});
+  ip: ak_client_ip, net: ip_network("10.0.0.0/8"), list: [g], event: request.context.event});
 return {me: request.user, group: g};`)
 
 	ev := b.login(t, jane)
 	created := b.createdEvents(t, "custom_refs")
 	require.Len(t, created, 1)
 	delete(created[0], "caused_by")
+	require.Equal(t, map[string]any{"app": "authentik_events", "model_name": "event", "pk": strings.ReplaceAll(ev.PK, "-", ""),
+		"name": "Event action=login"}, created[0]["event"])
+	delete(created[0], "event")
 	me := map[string]any{"username": "jane", "pk": float64(jane), "email": "jane@example.com"}
 	group := map[string]any{"app": "authentik_core", "model_name": "group", "pk": strings.ReplaceAll(ops, "-", ""), "name": "ops"}
 	ip := ev.ClientIP
@@ -808,6 +811,25 @@ return {me: request.user, group: g};`)
 	require.Equal(t, map[string]any{"me": me, "again": me, "group": group, "ip": ip, "net": "10.0.0.0/8",
 		"list": []any{group}}, created[0])
 	require.Equal(t, map[string]any{"me": me, "group": group}, b.result(t, ev.PK, "short").Raw)
+
+	anon := b.login(t, 0)
+	require.Equal(t, map[string]any{"username": "AnonymousUser", "pk": nil, "email": "", "is_anonymous": true},
+		b.result(t, anon.PK, "short").Raw.(map[string]any)["me"], "get_user's form of the anonymous user")
+}
+
+// A called policy's raw_result is the value it returned, a model object
+// with all its fields, as in authentik.
+func TestAPIAkCallPolicyRawResultIsTheValue(t *testing.T) {
+	t.Parallel()
+	b := apiSetup(t)
+	jane := b.user(t, "jane")
+	b.db.MustExec(t, `UPDATE users SET name = 'Jane J.' WHERE id = $1`, jane)
+	b.policy(t, "finder", `return User.objects.get({username: "jane"});`)
+	b.policy(t, "nothing", `return;`)
+	b.probe(t, "caller", `const r = ak_call_policy("finder");
+return {name: r.raw_result.name, active: r.raw_result.is_active, passing: r.passing, none: ak_call_policy("nothing").raw_result};`)
+	ev := b.login(t, jane)
+	requireJSON(t, `{"name": "Jane J.", "active": true, "passing": true, "none": null}`, b.result(t, ev.PK, "caller").Raw)
 }
 
 func TestAPIAkCreateEvent(t *testing.T) {
