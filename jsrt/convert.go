@@ -93,12 +93,12 @@ func (v *vm) eventObject(ev *events.Event) *goja.Object {
 		}
 		return v.toJS(ev.Extra[key])
 	})
-	setShort(obj, modelShort("Event"))
+	setShort(obj, modelShorts["Event"])
 	return obj
 }
 
 // userObject is a users row as a model object (with save), or the anonymous
-// user (a plain object).
+// user (without save).
 func (v *vm) userObject(u *rules.User) *goja.Object {
 	var obj *goja.Object
 	if u == nil {
@@ -156,10 +156,10 @@ func (v *vm) userObject(u *rules.User) *goja.Object {
 	return obj
 }
 
-// userKeys are the fields of a user object, in the order policies see them.
 // anonymousKeys are the properties of the anonymous request.user.
 var anonymousKeys = []string{"pk", "username", "name", "email", "is_active", "is_superuser", "is_anonymous", "attributes"}
 
+// userKeys are the fields of a user object, in the order policies see them.
 var userKeys = []string{"pk", "id", "uuid", "username", "name", "email", "is_active", "is_superuser",
 	"is_anonymous", "attributes", "last_login", "created", "updated"}
 

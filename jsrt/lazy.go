@@ -25,7 +25,7 @@ type lazyObject struct {
 	gone   []bool
 	// short, when set, is what the object becomes in an event or a
 	// policy's result, as authentik's sanitize_item makes it: a model's
-	// reference, an address's text (see [vm.setShort]).
+	// reference, an address's text (see [setShort]).
 	short func(o *lazyObject) any
 }
 

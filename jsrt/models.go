@@ -37,9 +37,19 @@ func (v *vm) installModels() {
 func (v *vm) modelObject(m *rules.Model, row map[string]any) *goja.Object {
 	obj := v.newLazy(m.RowKeys(), func(key string) goja.Value { return v.toJS(row[key]) })
 	_ = obj.SetPrototype(v.protos[m.Name])
-	setShort(obj, modelShort(m.Name))
+	setShort(obj, modelShorts[m.Name])
 	return obj
 }
+
+// modelShorts are the short forms of each model's objects (see
+// [modelShort]).
+var modelShorts = func() map[string]func(*lazyObject) any {
+	out := make(map[string]func(*lazyObject) any, len(rules.Models))
+	for name := range rules.Models {
+		out[name] = modelShort(name)
+	}
+	return out
+}()
 
 // modelRefs are the app and model name authentik gives each model.
 var modelRefs = map[string][2]string{
