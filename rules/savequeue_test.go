@@ -86,8 +86,7 @@ func TestSaveWithSavepointsWritesAtOnce(t *testing.T) {
 	t.Parallel()
 	db := testinfra.Postgres(t)
 	ctx := t.Context()
-	var g string
-	require.NoError(t, db.Get(&g, `INSERT INTO groups (name) VALUES ('one') RETURNING id`))
+	g := oneGroup(t, db)
 	tx, err := db.BeginTxx(ctx, nil)
 	require.NoError(t, err)
 	defer tx.Rollback() //nolint:errcheck // test
@@ -470,8 +469,7 @@ func TestSaveAfterARolledBackSaveStillChecksOtherChanges(t *testing.T) {
 	t.Parallel()
 	db := testinfra.Postgres(t)
 	ctx := t.Context()
-	var g string
-	require.NoError(t, db.Get(&g, `INSERT INTO groups (name) VALUES ('one') RETURNING id`))
+	g := oneGroup(t, db)
 	groups := rules.Models["Group"]
 	tx, err := db.BeginTxx(ctx, nil)
 	require.NoError(t, err)
@@ -530,8 +528,7 @@ func TestSaveOverJoinedSavesOfTheBatch(t *testing.T) {
 	t.Parallel()
 	db := testinfra.Postgres(t)
 	ctx := t.Context()
-	var g string
-	require.NoError(t, db.Get(&g, `INSERT INTO groups (name) VALUES ('one') RETURNING id`))
+	g := oneGroup(t, db)
 	groups := rules.Models["Group"]
 	_, ptx := openBatch(t, db)
 	get := func() map[string]any {
@@ -549,4 +546,12 @@ func TestSaveOverJoinedSavesOfTheBatch(t *testing.T) {
 	_, err = rules.Save(ctx, ptx, groups, g, c["updated"], map[string]any{"attributes": map[string]any{"c": 1}})
 	require.NoError(t, err)
 	require.NoError(t, ptx.Settle(ctx))
+}
+
+// oneGroup inserts a group named "one" and returns its id.
+func oneGroup(t *testing.T, db *testinfra.DB) string {
+	t.Helper()
+	var g string
+	require.NoError(t, db.Get(&g, `INSERT INTO groups (name) VALUES ('one') RETURNING id`))
+	return g
 }
