@@ -341,6 +341,11 @@ func (m *Mailer) sendSMTP(ctx context.Context, gm *mail.Msg) error {
 		return fmt.Errorf("configure SMTP client: %w", err)
 	}
 	err = client.DialAndSendWithContext(ctx, gm)
+	if err != nil && gm.IsDelivered() {
+		// The server accepted the message; only what follows it (RSET,
+		// QUIT, closing) failed. Sending it again would deliver it twice.
+		return nil
+	}
 	if err != nil && ctx.Err() != nil {
 		return fmt.Errorf("%w (%w)", context.Cause(ctx), err)
 	}

@@ -359,6 +359,7 @@ type fakeServer struct {
 	implicit  *tls.Config // speak TLS from the first byte (smtps)
 	startTLS  *tls.Config // offer STARTTLS
 	auth      bool        // offer AUTH PLAIN and record the credentials
+	hangUp    bool        // close the connection after accepting a message
 }
 
 // fakeSession records what one fakeSMTP server saw.
@@ -484,6 +485,9 @@ func serveFakeSMTP(conn net.Conn, cfg fakeServer, sess *fakeSession) {
 			sess.delivered++
 			sess.mu.Unlock()
 			reply("250 queued")
+			if cfg.hangUp {
+				return
+			}
 		case "QUIT":
 			reply("221 bye")
 			return
@@ -491,6 +495,19 @@ func serveFakeSMTP(conn net.Conn, cfg fakeServer, sess *fakeSession) {
 			reply("502 not implemented")
 		}
 	}
+}
+
+// A message the server accepted counts as sent even when the connection
+// fails after it (here before RSET and QUIT): an error would make the
+// caller send it again.
+func TestSendAcceptedBeforeTheConnectionFails(t *testing.T) {
+	t.Parallel()
+	u, sess := fakeSMTP(t, fakeServer{hangUp: true})
+	m, err := mailer.New(mailer.Config{SMTPURL: u})
+	require.NoError(t, err)
+	err = m.Send(t.Context(), mailer.Message{Key: "k", To: []string{"a@example.test"}, Subject: "s", Text: "t"})
+	require.NoError(t, err)
+	require.Equal(t, 1, sess.count())
 }
 
 // selfSigned returns a server TLS config with a fresh certificate for 127.0.0.1.

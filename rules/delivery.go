@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jmoiron/sqlx"
 
@@ -49,11 +50,31 @@ type DeliveryResult struct {
 	Event *OutcomeEvent
 }
 
-// OutcomeEvent is an event that a delivery creates, caused by the
-// notification's event; its pk derives from the delivery.
+// OutcomeEvent is an event that a delivery or an outbox item creates
+// (email_sent); its pk derives from the delivery or the item.
 type OutcomeEvent struct {
 	Action, App   string
 	User, Context map[string]any
+	// Cause is the event that led to an outbox item's event. A delivery's
+	// event is caused by its notification's event.
+	Cause *EventCause
+}
+
+// EventCause is what an event created after its cause's batch committed
+// needs of that cause: its pk, its depth in a chain of created events (for
+// the loop guard) and its brand.
+type EventCause struct {
+	Event string         `json:"event"`
+	Depth int            `json:"depth"`
+	Brand map[string]any `json:"brand,omitempty"`
+}
+
+// causeOf is ev as the cause of an event created later; nil for nil.
+func causeOf(ev *events.Event) *EventCause {
+	if ev == nil {
+		return nil
+	}
+	return &EventCause{Event: ev.PK, Depth: EventDepth(ev), Brand: ev.Brand}
 }
 
 // Transporter carries out deliveries of one transport mode.
@@ -301,7 +322,7 @@ func (d *Dispatcher) record(ctx context.Context, del *Delivery, res DeliveryResu
 	case sendErr == nil && res.Skipped:
 		log.InfoContext(ctx, "delivery skipped", slog.String("reason", res.Note))
 		_, err := d.db.ExecContext(ctx, `UPDATE deliveries SET status = 'skipped', last_error = $2, updated = now()
-WHERE id = $1 AND status = 'sending' AND attempts = $3`, del.ID, res.Note, del.Attempts)
+WHERE id = $1 AND status = 'sending' AND attempts = $3`, del.ID, storableText(res.Note), del.Attempts)
 		return err
 	case sendErr == nil:
 		log.InfoContext(ctx, "delivery sent")
@@ -319,7 +340,7 @@ WHERE id = $1 AND status = 'sending' AND attempts = $3`, del.ID, res.Note, del.A
 	_, err := d.db.ExecContext(ctx, `UPDATE deliveries SET status = $2, last_error = $3,
     next_attempt_at = now() + $4 * interval '1 millisecond', updated = now()
 WHERE id = $1 AND status = 'sending' AND attempts = $5`,
-		del.ID, status, truncate(sendErr.Error(), 2000), delay.Milliseconds(), del.Attempts)
+		del.ID, status, errorText(sendErr, 2000), delay.Milliseconds(), del.Attempts)
 	return err
 }
 
@@ -344,25 +365,33 @@ WHERE id = $1 AND status = 'sending' AND attempts = $2`
 	if n, err := res.RowsAffected(); err != nil || n == 0 {
 		return nil // a newer claim carries it out, and records its own event
 	}
-	created := eventAfter(del.Event, ev.Action, ev.App, ev.User, ev.Context, del.ID)
+	created := eventAfter(causeOf(del.Event), ev.Action, ev.App, ev.User, ev.Context, del.ID)
 	if err := insertCreatedEvent(ctx, tx, &created); err != nil {
 		return err
 	}
 	return tx.Commit()
 }
 
-func truncate(s string, n int) string {
-	if len(s) <= n {
+// errorText is err's message as last_error stores it: text PostgreSQL
+// takes (see [storableText]), cut to at most maxBytes on a character
+// boundary.
+func errorText(err error, maxBytes int) string {
+	s := storableText(err.Error())
+	if len(s) <= maxBytes {
 		return s
 	}
-	return s[:n] + "…"
+	cut := maxBytes
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
 }
 
 // CreateEventAfter stores an event that Herald creates outside of a policy
 // (email_sent, property_mapping_exception), caused by cause (which may be
 // nil), and queues it for publishing.
 func CreateEventAfter(ctx context.Context, db *sqlx.DB, cause *events.Event, action, app string, user, evContext map[string]any, key string) error {
-	ev := eventAfter(cause, action, app, user, evContext, key)
+	ev := eventAfter(causeOf(cause), action, app, user, evContext, key)
 	tx, err := db.BeginTxx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("begin %s event: %w", action, err)
@@ -376,13 +405,13 @@ func CreateEventAfter(ctx context.Context, db *sqlx.DB, cause *events.Event, act
 
 // eventAfter is the event Herald creates outside of a policy (see
 // [CreateEventAfter]); its pk derives from cause, action and key.
-func eventAfter(cause *events.Event, action, app string, user, evContext map[string]any, key string) events.Event {
+func eventAfter(cause *EventCause, action, app string, user, evContext map[string]any, key string) events.Event {
 	c := events.Cleanse(events.Sanitize(evContext).(map[string]any))
 	causePK := ""
 	depth := 1
 	var brand map[string]any
 	if cause != nil {
-		causePK, depth, brand = cause.PK, EventDepth(cause)+1, cause.Brand
+		causePK, depth, brand = cause.Event, cause.Depth+1, cause.Brand
 	}
 	c["caused_by"] = map[string]any{"event": causePK, "depth": int64(depth)}
 	if user == nil {

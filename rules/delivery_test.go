@@ -2,9 +2,16 @@ package rules_test
 
 import (
 	"context"
+	"errors"
+	"io"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/stretchr/testify/require"
 
@@ -175,4 +182,102 @@ func countRows(t *testing.T, db *testinfra.DB, query string) int {
 	var n int
 	require.NoError(t, db.Get(&n, query))
 	return n
+}
+
+// lastError is a delivery's status and last_error.
+func lastError(t *testing.T, db *testinfra.DB, id string) (status, lastErr string) {
+	t.Helper()
+	require.NoError(t, db.QueryRowContext(t.Context(), `SELECT status, last_error FROM deliveries WHERE id = $1`, id).Scan(&status, &lastErr))
+	return status, lastErr
+}
+
+// Any error text is recorded, so that the delivery fails (and ends dead)
+// instead of staying claimed and being sent again after every lease: a
+// webhook's answer in Latin-1 or with a NUL byte, a UTF-8 answer whose
+// first KiB ends inside a character, a long error cut inside a character.
+func TestDeliveryRecordsAnyErrorText(t *testing.T) {
+	t.Parallel()
+	answers := map[string]string{
+		"latin-1":        "Anfrage ung\xfcltig",
+		"nul":            "bad\x00request",
+		"cut at 1 KiB":   strings.Repeat("a", 1023) + "é and more",
+		"cut at 2000 B":  "x" + strings.Repeat("ü", 1500),
+		"invalid, short": "\xff\xfe",
+	}
+	for name, answer := range answers {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			db := testinfra.Postgres(t)
+			var posts atomic.Int32
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+				posts.Add(1)
+				w.WriteHeader(http.StatusInternalServerError)
+				_, _ = io.WriteString(w, answer)
+			}))
+			t.Cleanup(srv.Close)
+			id := pendingWebhookDelivery(t, db)
+			db.MustExec(t, `UPDATE notification_transports SET webhook_url = $1`, srv.URL+"/hook")
+			d := rules.NewDispatcher(db.DB, rules.DispatcherConfig{MaxAttempts: 1, Logger: slog.New(slog.DiscardHandler),
+				Transports: map[string]rules.Transporter{rules.ModeWebhook: &rules.WebhookTransport{DB: db.DB}}})
+			ok, err := d.DispatchOne(t.Context())
+			require.NoError(t, err)
+			require.True(t, ok)
+			status, lastErr := lastError(t, db, id)
+			require.Equal(t, rules.DeliveryDead, status)
+			require.Contains(t, lastErr, "HTTP 500")
+			require.True(t, utf8.ValidString(lastErr))
+			require.LessOrEqual(t, len(lastErr), 2000+len("…"))
+			require.Equal(t, int32(1), posts.Load())
+		})
+	}
+	t.Run("long error", func(t *testing.T) {
+		t.Parallel()
+		db := testinfra.Postgres(t)
+		id := pendingWebhookDelivery(t, db)
+		d := rules.NewDispatcher(db.DB, rules.DispatcherConfig{Logger: slog.New(slog.DiscardHandler),
+			Transports: map[string]rules.Transporter{rules.ModeWebhook: transportFunc(func(context.Context, *rules.Delivery) (rules.DeliveryResult, error) {
+				return rules.DeliveryResult{}, errors.New("x" + strings.Repeat("ü", 1500))
+			})}})
+		ok, err := d.DispatchOne(t.Context())
+		require.NoError(t, err)
+		require.True(t, ok)
+		status, lastErr := lastError(t, db, id)
+		require.Equal(t, rules.DeliveryFailed, status)
+		require.Equal(t, "x"+strings.Repeat("ü", 999)+"…", lastErr)
+	})
+}
+
+// A webhook's user information and path are secrets (a Slack or Discord
+// webhook's path is its token): errors, in last_error and in the logs,
+// name the webhook by scheme and host only.
+func TestWebhookErrorsKeepTheURLSecret(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}))
+	t.Cleanup(srv.Close)
+	closed := httptest.NewServer(http.NotFoundHandler())
+	closed.Close()
+	for name, base := range map[string]string{"answer": srv.URL, "no answer": closed.URL} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			db := testinfra.Postgres(t)
+			id := pendingWebhookDelivery(t, db)
+			host := strings.TrimPrefix(base, "http://")
+			db.MustExec(t, `UPDATE notification_transports SET webhook_url = $1`, "http://hook:s3cr3t-pw@"+host+"/services/T0/B0/t0ken")
+			var logs strings.Builder
+			d := rules.NewDispatcher(db.DB, rules.DispatcherConfig{Logger: slog.New(slog.NewTextHandler(&logs, nil)),
+				Transports: map[string]rules.Transporter{rules.ModeWebhook: &rules.WebhookTransport{DB: db.DB}}})
+			ok, err := d.DispatchOne(t.Context())
+			require.NoError(t, err)
+			require.True(t, ok)
+			status, lastErr := lastError(t, db, id)
+			require.Equal(t, rules.DeliveryFailed, status)
+			require.Contains(t, lastErr, "http://"+host)
+			for _, secret := range []string{"s3cr3t-pw", "t0ken"} {
+				require.NotContains(t, lastErr, secret)
+				require.NotContains(t, logs.String(), secret)
+			}
+		})
+	}
 }

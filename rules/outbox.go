@@ -25,16 +25,17 @@ const (
 )
 
 // OutboxSender carries out one outbox item. An error means the item is
-// retried later with backoff.
+// retried later with backoff. An event it returns (email_sent) is stored
+// in the transaction that marks the item sent.
 type OutboxSender interface {
-	SendOutbox(ctx context.Context, key string, payload []byte) error
+	SendOutbox(ctx context.Context, key string, payload []byte) (*OutcomeEvent, error)
 }
 
 // OutboxSenderFunc adapts a function to [OutboxSender].
-type OutboxSenderFunc func(ctx context.Context, key string, payload []byte) error
+type OutboxSenderFunc func(ctx context.Context, key string, payload []byte) (*OutcomeEvent, error)
 
 // SendOutbox calls f.
-func (f OutboxSenderFunc) SendOutbox(ctx context.Context, key string, payload []byte) error {
+func (f OutboxSenderFunc) SendOutbox(ctx context.Context, key string, payload []byte) (*OutcomeEvent, error) {
 	return f(ctx, key, payload)
 }
 
@@ -45,19 +46,19 @@ type EventPublisher interface {
 
 // PublishEvents returns the sender for [OutboxEvent] items.
 func PublishEvents(p EventPublisher) OutboxSender {
-	return OutboxSenderFunc(func(ctx context.Context, _ string, payload []byte) error {
+	return OutboxSenderFunc(func(ctx context.Context, _ string, payload []byte) (*OutcomeEvent, error) {
 		var head struct {
 			PK     string `json:"pk"`
 			Action string `json:"action"`
 		}
 		if err := json.Unmarshal(payload, &head); err != nil {
-			return fmt.Errorf("decode outbox event: %w", err)
+			return nil, fmt.Errorf("decode outbox event: %w", err)
 		}
 		err := p.PublishRaw(ctx, head.PK, head.Action, payload)
 		if errors.Is(err, events.ErrDuplicate) {
-			return nil // published before, by an attempt whose outcome was not recorded
+			return nil, nil // published before, by an attempt whose outcome was not recorded
 		}
-		return err
+		return nil, err
 	})
 }
 
@@ -73,7 +74,7 @@ type OutboxConfig struct {
 	// BatchSize is the most items claimed at once. Defaults to 100.
 	BatchSize int
 	// MaxAttempts before an item is marked dead. Defaults to 20 (with the
-	// default backoff, about two and a half hours of retrying).
+	// default backoff, about an hour and 50 minutes of retrying).
 	MaxAttempts int
 	// MinBackoff is the delay after the first failure; it doubles per
 	// attempt, with jitter, up to MaxBackoff. Defaults to 1s and 10m.
@@ -222,11 +223,17 @@ func (o *Outbox) dispatch(ctx context.Context, kind string) (int, error) {
 			return len(items), o.release(record, items[i:])
 		}
 		sendCtx, cancel := context.WithDeadline(ctx, sendBy)
-		err := o.cfg.Senders[it.Kind].SendOutbox(sendCtx, it.Key, it.Payload)
+		outcome, err := o.cfg.Senders[it.Kind].SendOutbox(sendCtx, it.Key, it.Payload)
 		cancel()
 		if err != nil && ctx.Err() != nil {
 			// Stopping: not an attempt of the item's.
 			return len(items), o.release(record, items[i:])
+		}
+		if err == nil && outcome != nil {
+			if err := o.recordSent(record, it, outcome); err != nil {
+				return len(items), err
+			}
+			continue
 		}
 		if err := o.record(record, it, err); err != nil {
 			return len(items), err
@@ -255,9 +262,38 @@ WHERE id = $1 AND attempts = $2`, it.ID, it.Attempts)
 		slog.String("status", status), slog.Duration("retry_in", delay), slog.Any("error", sendErr))
 	_, err := o.db.ExecContext(ctx, `UPDATE outbox SET status = $3, last_error = $4,
         next_attempt_at = now() + $5 * interval '1 millisecond' WHERE id = $1 AND attempts = $2`,
-		it.ID, it.Attempts, status, sendErr.Error(), delay.Milliseconds())
+		it.ID, it.Attempts, status, errorText(sendErr, 2000), delay.Milliseconds())
 	if err != nil {
 		return fmt.Errorf("record outbox failure of %s: %w", it.Key, err)
+	}
+	return nil
+}
+
+// recordSent marks a claimed item sent, fenced by its attempt, and stores
+// the event it created in the same transaction.
+func (o *Outbox) recordSent(ctx context.Context, it outboxItem, outcome *OutcomeEvent) error {
+	tx, err := o.db.BeginTxx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("begin recording outbox item %s: %w", it.Key, err)
+	}
+	defer tx.Rollback() //nolint:errcheck // a no-op after Commit
+	res, err := tx.ExecContext(ctx, `UPDATE outbox SET status = 'sent', sent_at = now(), last_error = ''
+WHERE id = $1 AND attempts = $2`, it.ID, it.Attempts)
+	if err != nil {
+		return fmt.Errorf("mark outbox item %s sent: %w", it.Key, err)
+	}
+	if n, err := res.RowsAffected(); err != nil || n == 0 {
+		return nil // a newer claim carries it out, and records its own event
+	}
+	created := eventAfter(outcome.Cause, outcome.Action, outcome.App, outcome.User, outcome.Context, it.Key)
+	if err := insertCreatedEvent(ctx, tx, &created); err != nil {
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("record outbox item %s sent: %w", it.Key, err)
+	}
+	if w, ok := o.wakes[OutboxEvent]; ok {
+		w.wake() // the created event waits to be published
 	}
 	return nil
 }

@@ -35,9 +35,16 @@ func outboxState(t *testing.T, db *testinfra.DB, key string) outboxRow {
 	return r
 }
 
-func newOutbox(db *testinfra.DB, send rules.OutboxSenderFunc) *rules.Outbox {
+// sender adapts a sender that creates no event.
+func sender(send func(ctx context.Context, key string, payload []byte) error) rules.OutboxSender {
+	return rules.OutboxSenderFunc(func(ctx context.Context, key string, payload []byte) (*rules.OutcomeEvent, error) {
+		return nil, send(ctx, key, payload)
+	})
+}
+
+func newOutbox(db *testinfra.DB, send func(ctx context.Context, key string, payload []byte) error) *rules.Outbox {
 	return rules.NewOutbox(db.DB, rules.OutboxConfig{
-		Senders: map[string]rules.OutboxSender{rules.OutboxEmail: send},
+		Senders: map[string]rules.OutboxSender{rules.OutboxEmail: sender(send)},
 		Logger:  slog.New(slog.DiscardHandler),
 	})
 }
@@ -118,7 +125,7 @@ func TestOutboxRecordsFailures(t *testing.T) {
 	outboxItems(t, db, "flaky", "rejected")
 	errPermanent := errors.New("550 no such user")
 	ob := rules.NewOutbox(db.DB, rules.OutboxConfig{
-		Senders: map[string]rules.OutboxSender{rules.OutboxEmail: rules.OutboxSenderFunc(func(_ context.Context, key string, _ []byte) error {
+		Senders: map[string]rules.OutboxSender{rules.OutboxEmail: sender(func(_ context.Context, key string, _ []byte) error {
 			if key == "rejected" {
 				return errPermanent
 			}
@@ -152,12 +159,12 @@ func TestOutboxKindsDoNotWaitForEachOther(t *testing.T) {
 	published := make(chan struct{})
 	ob := rules.NewOutbox(db.DB, rules.OutboxConfig{
 		Senders: map[string]rules.OutboxSender{
-			rules.OutboxEmail: rules.OutboxSenderFunc(func(context.Context, string, []byte) error {
+			rules.OutboxEmail: sender(func(context.Context, string, []byte) error {
 				close(mailing)
 				<-release
 				return nil
 			}),
-			rules.OutboxEvent: rules.OutboxSenderFunc(func(context.Context, string, []byte) error {
+			rules.OutboxEvent: sender(func(context.Context, string, []byte) error {
 				close(published)
 				return nil
 			}),
@@ -192,7 +199,7 @@ func TestOutboxDoesNotStartAnItemLateInTheLease(t *testing.T) {
 	outboxItems(t, db, "first", "second")
 	const lease = time.Second // items start within 400ms of the claim
 	ob := rules.NewOutbox(db.DB, rules.OutboxConfig{
-		Senders: map[string]rules.OutboxSender{rules.OutboxEmail: rules.OutboxSenderFunc(func(ctx context.Context, key string, _ []byte) error {
+		Senders: map[string]rules.OutboxSender{rules.OutboxEmail: sender(func(ctx context.Context, key string, _ []byte) error {
 			if key == "first" {
 				time.Sleep(450 * time.Millisecond)
 				return nil
@@ -211,4 +218,29 @@ func TestOutboxDoesNotStartAnItemLateInTheLease(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "sent", outboxState(t, db, "first").Status)
 	require.Equal(t, outboxRow{Status: "pending", Attempts: 0, Due: true}, outboxState(t, db, "second"), "left for the next claim")
+}
+
+// An error text PostgreSQL cannot store as it is (an SMTP server answering
+// in Latin-1) is recorded all the same: the item fails, and the items
+// claimed with it go on.
+func TestOutboxRecordsAnyErrorText(t *testing.T) {
+	t.Parallel()
+	db := testinfra.Postgres(t)
+	outboxItems(t, db, "a", "b")
+	var sent []string
+	ob := rules.NewOutbox(db.DB, rules.OutboxConfig{MaxAttempts: 1, Logger: slog.New(slog.DiscardHandler),
+		Senders: map[string]rules.OutboxSender{rules.OutboxEmail: sender(func(_ context.Context, key string, _ []byte) error {
+			if key == "a" {
+				return errors.New("550 Empf\xe4nger\x00 unbekannt")
+			}
+			sent = append(sent, key)
+			return nil
+		})}})
+	_, err := ob.DispatchOnce(t.Context())
+	require.NoError(t, err)
+	require.Equal(t, "dead", outboxState(t, db, "a").Status)
+	var lastErr string
+	require.NoError(t, db.GetContext(t.Context(), &lastErr, `SELECT last_error FROM outbox WHERE key = 'a'`))
+	require.Equal(t, "550 Empf\uFFFDnger unbekannt", lastErr)
+	require.Equal(t, []string{"b"}, sent)
 }

@@ -521,6 +521,9 @@ type Email struct {
 	Context  map[string]any `json:"context,omitempty"`
 	// Key identifies the email; its Message-ID derives from it.
 	Key string `json:"key"`
+	// Cause is the event whose policy queued the email: the email_sent
+	// event is caused by it.
+	Cause *EventCause `json:"cause,omitempty"`
 }
 
 // QueueEmail stores e in the outbox, to be sent after the event commits.
@@ -544,6 +547,7 @@ func (s *Scope) QueueEmail(ctx context.Context, e Email, policy *Policy) error {
 		policyID = policy.ID
 	}
 	e.Key = "email:" + derivedUUID(r.ev.PK, ruleID, policyID, "email", fmt.Sprint(r.created))
+	e.Cause = causeOf(r.ev)
 	e.Context = events.Sanitize(e.Context).(map[string]any)
 	payload, err := json.Marshal(e)
 	if err != nil {

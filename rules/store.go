@@ -58,9 +58,9 @@ func (s *Store) StoreDeadLetter(ctx context.Context, dl events.DeadLetter) error
 	for k, vs := range dl.Headers {
 		out := make([]string, len(vs))
 		for i, v := range vs {
-			out[i] = stripNUL(v)
+			out[i] = storableText(v)
 		}
-		clean[stripNUL(k)] = out
+		clean[storableText(k)] = out
 	}
 	headers, err := json.Marshal(clean)
 	if err != nil {
@@ -77,7 +77,7 @@ func (s *Store) StoreDeadLetter(ctx context.Context, dl events.DeadLetter) error
 	}
 	_, err = s.db.ExecContext(ctx,
 		`INSERT INTO dead_letters (subject, payload, headers, reason, stream_seq) VALUES ($1, $2, $3, $4, $5)`,
-		stripNUL(dl.Subject), payload, string(headers), stripNUL(dl.Reason), seq)
+		storableText(dl.Subject), payload, string(headers), storableText(dl.Reason), seq)
 	if err != nil {
 		return fmt.Errorf("insert dead letter: %w", err)
 	}
@@ -217,4 +217,8 @@ func LoadEmailTemplate(ctx context.Context, q sqlx.QueryerContext, name string) 
 	return &t, nil
 }
 
-func stripNUL(s string) string { return strings.ReplaceAll(s, "\x00", "") }
+// storableText is s as a PostgreSQL text column takes it: invalid UTF-8
+// becomes U+FFFD and NUL bytes are dropped.
+func storableText(s string) string {
+	return strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", "")
+}

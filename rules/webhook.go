@@ -5,9 +5,11 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -95,7 +97,7 @@ func (w *WebhookTransport) post(ctx context.Context, d *Delivery, payload []byte
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, d.Transport.WebhookURL, bytes.NewReader(payload))
 	if err != nil {
-		return &PermanentError{fmt.Errorf("webhook request: %w", err)}
+		return &PermanentError{fmt.Errorf("webhook request: %w", withoutURL(err))}
 	}
 	for k, v := range headers {
 		req.Header.Set(k, v)
@@ -110,15 +112,35 @@ func (w *WebhookTransport) post(ctx context.Context, d *Delivery, payload []byte
 	req.Header.Set("Idempotency-Key", d.ID)
 	resp, err := client.Do(req)
 	if err != nil {
-		return fmt.Errorf("POST %s: %w", d.Transport.WebhookURL, err)
+		return fmt.Errorf("POST %s: %w", webhookHost(d.Transport.WebhookURL), withoutURL(err))
 	}
 	defer resp.Body.Close()
 	text, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
 	// As authentik's raise_for_status: a final 1xx or 3xx is no failure.
 	if resp.StatusCode >= 400 {
-		return fmt.Errorf("HTTP %d from %s: %s", resp.StatusCode, d.Transport.WebhookURL, strings.TrimSpace(string(text)))
+		return fmt.Errorf("HTTP %d from %s: %s", resp.StatusCode, webhookHost(d.Transport.WebhookURL), strings.TrimSpace(string(text)))
 	}
 	return nil
+}
+
+// webhookHost names a webhook in errors by its scheme and host: its user
+// information and, for Slack and Discord, its path are secrets.
+func webhookHost(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" {
+		return "the webhook URL"
+	}
+	return u.Scheme + "://" + u.Host
+}
+
+// withoutURL is err without the URL that net/http and net/url write into
+// their messages, for the reason given at [webhookHost].
+func withoutURL(err error) error {
+	var uerr *url.Error
+	if errors.As(err, &uerr) {
+		return uerr.Err
+	}
+	return err
 }
 
 // mapped returns the webhook body and headers: authentik's default body,

@@ -452,7 +452,8 @@ func TestExampleGroupUserHistoryTwoGroupsConcurrent(t *testing.T) {
 
 // ak_send_email with a template of the email_templates table: the worker
 // renders it with the policy's context (and the event and user) and sends
-// it through SMTP.
+// it through SMTP, and records email_sent as authentik's send_mail does,
+// caused by the event whose policy sent it.
 func TestSendEmailWithTemplateFromPolicy(t *testing.T) {
 	t.Parallel()
 	smtpURL, api := testinfra.Mailpit(t)
@@ -464,17 +465,35 @@ func TestSendEmailWithTemplateFromPolicy(t *testing.T) {
 		'<p>Hi {{.user.username}}, from <b>{{.where}}</b></p>')`)
 	s.db.MustExec(t, `INSERT INTO users (id, username, email) VALUES (12, 'jane', $1)`, address)
 	s.db.MustExec(t, `INSERT INTO policies (name, expression) VALUES ('notice', $1)`,
-		`ak_send_email(request.user.email, "New login", {template: "login-notice", context: {where: "Amsterdam <NL>"}}); return false;`)
+		`if (request.context.event.action !== "login") return false;
+ak_send_email(request.user.email, "New login", {template: "login-notice", context: {where: "Amsterdam <NL>"}}); return false;`)
 	s.db.MustExec(t, `INSERT INTO notification_rules (name) VALUES ('notice')`)
 	s.db.MustExec(t, `INSERT INTO policy_bindings (target_rule_id, policy_id)
 		SELECT r.id, p.id FROM notification_rules r, policies p WHERE r.name = 'notice' AND p.name = 'notice'`)
 	s.start(t)
 
-	s.publishEvent(t, map[string]any{"action": "login", "client_ip": "198.51.100.23",
+	pk := s.publishEvent(t, map[string]any{"action": "login", "client_ip": "198.51.100.23",
 		"user": map[string]any{"pk": 12, "username": "jane", "email": address}})
 	msgs := exampleMailTo(t, api, address)
 	require.Len(t, msgs, 1)
 	require.Equal(t, "New login", msgs[0].Subject)
 	require.Equal(t, "Hi jane, you logged in from 198.51.100.23 (Amsterdam <NL>).", strings.TrimSpace(strings.ReplaceAll(msgs[0].Text, "\r\n", "\n")))
 	s.waitCount(t, 1, `SELECT count(*) FROM outbox WHERE kind = 'email' AND status = 'sent'`)
+
+	var sent struct {
+		App     string `db:"app"`
+		Context []byte `db:"context"`
+	}
+	require.NoError(t, s.db.Get(&sent, `SELECT app, context FROM events WHERE action = 'email_sent'`))
+	require.Equal(t, "authentik.stages.email.tasks", sent.App)
+	var c map[string]any
+	require.NoError(t, json.Unmarshal(sent.Context, &c))
+	require.Equal(t, "Email to "+address+" sent", c["message"])
+	require.Equal(t, "New login", c["subject"])
+	require.Equal(t, "<p>Hi jane, from <b>Amsterdam &lt;NL&gt;</b></p>", c["body"], "the HTML part, as authentik's get_email_body")
+	require.Equal(t, "herald@localhost", c["from_email"])
+	require.Equal(t, []any{address}, c["to_email"])
+	causedBy, _ := c["caused_by"].(map[string]any)
+	require.Equal(t, pk, causedBy["event"])
+	require.Equal(t, float64(1), causedBy["depth"])
 }

@@ -16,12 +16,14 @@ import (
 )
 
 // emailSender carries out the emails that policies queued (ak_send_email):
-// it renders the template, if any, and sends through the mailer.
-func emailSender(db *sqlx.DB, m *mailer.Mailer) rules.OutboxSender {
-	return rules.OutboxSenderFunc(func(ctx context.Context, key string, payload []byte) error {
+// it renders the template, if any, and sends through the mailer. A sent
+// email records an email_sent event, caused by the event whose policy
+// queued it.
+func emailSender(db *sqlx.DB, m *mailer.Mailer, from string) rules.OutboxSender {
+	return rules.OutboxSenderFunc(func(ctx context.Context, key string, payload []byte) (*rules.OutcomeEvent, error) {
 		var e rules.Email
 		if err := json.Unmarshal(payload, &e); err != nil {
-			return &undeliverable{fmt.Errorf("decode queued email %s: %w", key, err)}
+			return nil, &undeliverable{fmt.Errorf("decode queued email %s: %w", key, err)}
 		}
 		msg := mailer.Message{Key: e.Key, To: e.To, Cc: e.Cc, Bcc: e.Bcc, Subject: e.Subject, Text: e.Body}
 		if e.Template != "" {
@@ -29,21 +31,45 @@ func emailSender(db *sqlx.DB, m *mailer.Mailer) rules.OutboxSender {
 			if e.Template != rules.BuiltinEmailTemplate {
 				row, err := rules.LoadEmailTemplate(ctx, db, e.Template)
 				if errors.Is(err, rules.ErrNotFound) {
-					return &undeliverable{fmt.Errorf("email template %q does not exist", e.Template)}
+					return nil, &undeliverable{fmt.Errorf("email template %q does not exist", e.Template)}
 				}
 				if err != nil {
-					return err
+					return nil, err
 				}
 				tpl = mailer.Template{Name: row.Name, Subject: row.Subject, HTML: row.HTML, Text: row.Text}
 			}
 			_, html, text, err := mailer.Render(tpl, e.Context)
 			if err != nil {
-				return &undeliverable{err}
+				return nil, &undeliverable{err}
 			}
 			msg.HTML, msg.Text = html, text
 		}
-		return m.Send(ctx, msg)
+		if err := m.Send(ctx, msg); err != nil {
+			return nil, err
+		}
+		sent := emailSent(msg, e.To, from)
+		sent.Cause = e.Cause
+		return sent, nil
 	})
+}
+
+// emailSent is the email_sent event authentik's send_mail records for a
+// sent message: its body is the HTML part when there is one, else the text.
+func emailSent(msg mailer.Message, to []string, from string) *rules.OutcomeEvent {
+	toEmail := make([]any, len(to))
+	for i, a := range to {
+		toEmail[i] = a
+	}
+	return &rules.OutcomeEvent{
+		Action: "email_sent", App: "authentik.stages.email.tasks", User: map[string]any{},
+		Context: map[string]any{
+			"message":    "Email to " + strings.Join(to, ", ") + " sent",
+			"subject":    msg.Subject,
+			"body":       cmp.Or(msg.HTML, msg.Text),
+			"from_email": from,
+			"to_email":   toEmail,
+		},
+	}
 }
 
 // undeliverable marks an email that no retry can send.
@@ -97,16 +123,7 @@ func (t *emailTransport) Deliver(ctx context.Context, d *rules.Delivery) (rules.
 	}
 	// The email went out: its email_sent event is stored with the
 	// delivery's sent status.
-	return rules.DeliveryResult{Event: &rules.OutcomeEvent{
-		Action: "email_sent", App: "authentik.stages.email.tasks", User: map[string]any{},
-		Context: map[string]any{
-			"message":    "Email to " + d.User.Email + " sent",
-			"subject":    subject,
-			"body":       text,
-			"from_email": t.from,
-			"to_email":   []any{d.User.Email},
-		},
-	}}, nil
+	return rules.DeliveryResult{Event: emailSent(msg, []string{d.User.Email}, t.from)}, nil
 }
 
 // template returns the named template: a row of email_templates, or the

@@ -91,7 +91,7 @@ func run(ctx context.Context, cfg config, logger *slog.Logger) error {
 	outbox := rules.NewOutbox(db, rules.OutboxConfig{
 		Senders: map[string]rules.OutboxSender{
 			rules.OutboxEvent: rules.PublishEvents(publisher),
-			rules.OutboxEmail: emailSender(db, mail),
+			rules.OutboxEmail: emailSender(db, mail, cfg.MailFrom),
 		},
 		Permanent: permanentMailError,
 		Logger:    logger,
