@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math"
 	"runtime"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -394,7 +395,7 @@ func (s *Subscriber) process(ctx context.Context, batch []item) {
 	if len(evs) == 0 {
 		return
 	}
-	err := s.handler.HandleEvents(ctx, evs)
+	err := s.handle(ctx, evs)
 	if err == nil {
 		s.held.remove(batch)
 		for _, m := range msgs {
@@ -406,11 +407,24 @@ func (s *Subscriber) process(ctx context.Context, batch []item) {
 		s.log.WarnContext(ctx, "batch failed; retrying its events one by one",
 			slog.Int("events", len(evs)), slog.Any("error", err))
 		for i := range evs {
-			s.settle(ctx, msgs[i], s.handler.HandleEvents(ctx, evs[i:i+1]))
+			s.settle(ctx, msgs[i], s.handle(ctx, evs[i:i+1]))
 		}
 		return
 	}
 	s.settle(ctx, msgs[0], err)
+}
+
+// handle passes events to the handler. A panic in the handler fails them
+// instead of the worker: they are retried, and dead-lettered in the end.
+func (s *Subscriber) handle(ctx context.Context, evs []Event) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.log.ErrorContext(ctx, "event handler panicked", slog.Int("events", len(evs)),
+				slog.Any("panic", r), slog.String("stack", string(debug.Stack())))
+			err = fmt.Errorf("event handler panicked: %v", r)
+		}
+	}()
+	return s.handler.HandleEvents(ctx, evs)
 }
 
 func (s *Subscriber) decode(m jetstream.Msg) (Event, error) {

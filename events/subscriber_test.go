@@ -303,3 +303,33 @@ func TestSubscriberReportsConsuming(t *testing.T) {
 	stop()
 	require.False(t, sub.Consuming())
 }
+
+// A handler that panics fails its events instead of the worker: the event
+// is retried like any failed one.
+func TestHandlerPanicIsAFailedAttempt(t *testing.T) {
+	t.Parallel()
+	_, js, st := stream(t)
+	_, err := js.Publish(t.Context(), st.SubjectPrefix+".login", []byte(`{"pk": "`+testPK(1)+`", "action": "login"}`))
+	require.NoError(t, err)
+	var calls atomic.Int32
+	handled := make(chan struct{})
+	handler := events.HandlerFunc(func(context.Context, []events.Event) error {
+		if calls.Add(1) == 1 {
+			var m map[string]int
+			m["boom"]++ // a nil map: the kind of bug a panic comes from
+		}
+		close(handled)
+		return nil
+	})
+	sub := events.NewSubscriber(js, handler, nil, events.SubscriberConfig{
+		Stream: st.Name, Consumer: st.Consumer, SubjectPrefix: st.SubjectPrefix, RetryDelay: 10 * time.Millisecond,
+	})
+	stop := runSubscriber(t, sub)
+	defer stop()
+	select {
+	case <-handled:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the event was not handled again after the panic")
+	}
+	require.Equal(t, int32(2), calls.Load())
+}

@@ -133,7 +133,9 @@ func (v *vm) installIP() {
 	str := func(prop string) func(goja.FunctionCall) goja.Value {
 		return func(call goja.FunctionCall) goja.Value {
 			if o, ok := call.This.(*goja.Object); ok {
-				return o.Get(prop)
+				if val := o.Get(prop); val != nil {
+					return val
+				}
 			}
 			return goja.Undefined()
 		}
@@ -146,10 +148,14 @@ func (v *vm) installIP() {
 	_ = v.netProto.Set("toJSON", str("with_prefixlen"))
 	_ = v.netProto.Set("contains", func(call goja.FunctionCall) goja.Value {
 		o, ok := call.This.(*goja.Object)
-		if !ok {
-			return v.rt.ToValue(false)
+		var network goja.Value
+		if ok {
+			network = o.Get("with_prefixlen")
 		}
-		p, err := netip.ParsePrefix(o.Get("with_prefixlen").String())
+		if network == nil {
+			panic(v.rt.NewTypeError("contains: called on something that is not an ip_network"))
+		}
+		p, err := netip.ParsePrefix(network.String())
 		if err != nil {
 			return v.rt.ToValue(false)
 		}

@@ -137,8 +137,13 @@ func (p *Pool) Evaluate(ctx context.Context, req *rules.PolicyRequest) rules.Pol
 	if c.err != nil {
 		return rules.PolicyResult{Err: c.err}
 	}
-	if v, ok := ctx.Value(pinKey{p}).(*vm); ok {
-		return v.evaluate(ctx, c.prog, req)
+	if pn, ok := ctx.Value(pinKey{p}).(*pin); ok {
+		if pn.v.broken {
+			pn.stop()
+			pn.v = p.renew(pn.v)
+			pn.stop = pn.v.watchParent(pn.ctx)
+		}
+		return pn.v.evaluate(ctx, c.prog, req)
 	}
 	var v *vm
 	select {
@@ -150,12 +155,29 @@ func (p *Pool) Evaluate(ctx context.Context, req *rules.PolicyRequest) rules.Pol
 	stop := v.watchParent(ctx)
 	defer func() {
 		stop()
-		p.vms <- v
+		p.vms <- p.renew(v)
 	}()
 	return v.evaluate(ctx, c.prog, req)
 }
 
+// renew is v, or a new runtime in its place when v is broken.
+func (p *Pool) renew(v *vm) *vm {
+	if v.broken {
+		v.watchdog.timer.Stop()
+		return newVM(p)
+	}
+	return v
+}
+
 type pinKey struct{ p *Pool }
+
+// pin is the runtime dedicated to a caller by [Pool.Bind], and what stops
+// it from watching the caller's context.
+type pin struct {
+	ctx  context.Context
+	v    *vm
+	stop func()
+}
 
 var _ rules.Binder = (*Pool)(nil)
 
@@ -167,11 +189,11 @@ var _ rules.Binder = (*Pool)(nil)
 func (p *Pool) Bind(ctx context.Context) (context.Context, func()) {
 	select {
 	case v := <-p.vms:
-		stop := v.watchParent(ctx)
-		return context.WithValue(ctx, pinKey{p}, v), func() {
-			stop()
-			v.cache = eventCache{}
-			p.vms <- v
+		pn := &pin{ctx: ctx, v: v, stop: v.watchParent(ctx)}
+		return context.WithValue(ctx, pinKey{p}, pn), func() {
+			pn.stop()
+			pn.v.cache = eventCache{}
+			p.vms <- p.renew(pn.v)
 		}
 	case <-ctx.Done():
 		return ctx, func() {}

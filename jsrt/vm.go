@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"reflect"
 	"regexp"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"time"
@@ -36,6 +38,9 @@ type vm struct {
 	ipProto, netProto *goja.Object
 	// watchdog enforces the timeouts of evaluations here.
 	watchdog *watchdog
+	// broken is set when a Go panic went through the runtime, which may
+	// have left it half-way through a call: it is not used again.
+	broken bool
 }
 
 // eventCache keeps the objects of one event, shared by the policies that
@@ -164,7 +169,7 @@ func (v *vm) evaluate(ctx context.Context, prog *goja.Program, req *rules.Policy
 	fn, err := v.function(prog)
 	var out goja.Value
 	if err == nil {
-		out, err = fn(goja.Undefined())
+		out, err = v.call(ctx, fn, req.Policy.Name, outer)
 	}
 	res.Messages = ev.messages
 	res.Logs = ev.logs
@@ -206,6 +211,25 @@ func (v *vm) evaluate(ctx context.Context, prog *goja.Program, req *rules.Policy
 		res.Globals = v.exportGlobals(req.Globals)
 	}
 	return res
+}
+
+// call runs a policy's function. A Go panic in a helper it calls fails
+// the outermost policy, not the worker; the runtime, which the panic may
+// have left half-way through a call, is marked broken and replaced (see
+// [Pool.renew]). A nested evaluation (ak_call_policy) lets the panic go on
+// to its caller, whose runtime state it shares.
+func (v *vm) call(ctx context.Context, fn goja.Callable, policy string, outer bool) (out goja.Value, err error) {
+	if outer {
+		defer func() {
+			if r := recover(); r != nil {
+				v.broken = true
+				v.pool.cfg.Logger.ErrorContext(ctx, "policy helper panicked; the runtime is replaced",
+					slog.String("policy", policy), slog.Any("panic", r), slog.String("stack", string(debug.Stack())))
+				err = fmt.Errorf("internal error in a helper: %v", r)
+			}
+		}()
+	}
+	return fn(goja.Undefined())
 }
 
 // shareGlobals makes a global that is also a key of request.context (a

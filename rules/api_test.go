@@ -1012,6 +1012,7 @@ return {props: Object.keys(a).join(","), net: Object.keys(n).join(","), json: JS
         zone_text: String(ip_address("fe80::1%eth0")), zone_private: ip_address("fe80::1%eth0").is_private,
         zone_in: ip_network("fe80::/10").contains("fe80::1%eth0")};`,
 		"bad-mask": `return ip_network("10.0.0.0/255.0.255.0");`,
+		"detached": `const checks = {internal: ip_network("10.0.0.0/8").contains}; return checks.internal("10.1.2.3");`,
 	})
 
 	withIP := event(t, map[string]any{"action": "login", "client_ip": "192.0.2.10", "user": map[string]any{"pk": jane, "username": "jane"}})
@@ -1034,6 +1035,7 @@ return {props: Object.keys(a).join(","), net: Object.keys(n).join(","), json: JS
 	requireJSON(t, `{"netmask": "10.0.0.0/8", "hostmask": "10.0.0.0/8", "leading_zero": "10.0.0.0/8", "from_int": "192.168.1.1",
 		"v6_from_int": "::1:0:0", "zone_text": "fe80::1%eth0", "zone_private": true, "zone_in": true}`, b.result(t, withIP.PK, "python-forms").Raw)
 	require.Contains(t, b.thrown(t, withIP.PK, "bad-mask"), "does not appear to be an IPv4 or IPv6 network")
+	require.Contains(t, b.thrown(t, withIP.PK, "detached"), "TypeError: contains: called on something that is not an ip_network")
 }
 
 func TestAPIExecutionLoggingRecordsLogs(t *testing.T) {
