@@ -704,12 +704,28 @@ func execSaves(ctx context.Context, db sqlx.QueryerContext, saves []*modelSave) 
 		}
 		if n != len(chunk) {
 			if len(chunk) == 1 {
-				return fmt.Errorf("save %s %v: %w", chunk[0].model.Name, chunk[0].pk, ErrConflict)
+				return missingOrChanged(ctx, db, chunk[0])
 			}
 			return fmt.Errorf("save %d %s objects: %d missing or changed: %w", len(chunk), chunk[0].model.Name, len(chunk)-n, ErrConflict)
 		}
 	}
 	return nil
+}
+
+// missingOrChanged is the error of a save that wrote no row: a
+// [*ModelError] when the row does not exist (as Django's "did not affect
+// any rows", which no retry changes), else [ErrConflict].
+func missingOrChanged(ctx context.Context, db sqlx.QueryerContext, s *modelSave) error {
+	pkField, _ := s.model.field("pk")
+	var exists bool
+	err := db.QueryRowxContext(ctx, "SELECT EXISTS (SELECT 1 FROM "+s.model.table+" WHERE "+s.model.pk+" = $1::"+columnType(pkField)+")", s.pk).Scan(&exists)
+	switch {
+	case err != nil:
+		return fmt.Errorf("save %s %v: %w", s.model.Name, s.pk, err)
+	case !exists:
+		return modelErr("%s.save: no %s with pk %v: the save did not affect any rows", s.model.Name, s.model.Name, s.pk)
+	}
+	return fmt.Errorf("save %s %v: %w", s.model.Name, s.pk, ErrConflict)
 }
 
 // updateStatement is the UPDATE of saves, one row of VALUES each.

@@ -555,3 +555,24 @@ func oneGroup(t *testing.T, db *testinfra.DB) string {
 	require.NoError(t, db.Get(&g, `INSERT INTO groups (name) VALUES ('one') RETURNING id`))
 	return g
 }
+
+// Saving an object whose row does not exist fails the policy, as Django's
+// "did not affect any rows" does: no retry changes it, so it is not a
+// conflict that runs the event again (and dead-letters it in the end, with
+// the notifications of every other rule).
+func TestSaveOfAMissingRowFailsThePolicy(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	jane := b.user(t, "jane")
+	other := b.alertRule(t, "other", binding{Policy: b.policy(t, "yes", "return true;")})
+	b.alertRule(t, "buggy", binding{Policy: b.policy(t, "buggy", `const u = User.objects.filter({pk: request.user.pk}).first();
+u.pk = 999999;
+u.save({update_fields: ["attributes"]});
+return true;`)})
+	b.reload(t)
+	ev := userEvent(t, "login", jane, nil)
+	require.NoError(t, b.engine.HandleEvents(t.Context(), []events.Event{ev}))
+	require.True(t, b.fired(t, other, ev.PK))
+	require.Equal(t, 1, b.count(t, `SELECT count(*) FROM events WHERE action = 'policy_exception'
+AND context->>'exception' LIKE '%User.save: no User with pk 999999: the save did not affect any rows%'`))
+}
