@@ -76,11 +76,13 @@ type SubscriberConfig struct {
 	// MaxPayload is the largest accepted message in bytes; larger ones are
 	// dead-lettered. Defaults to 1 MiB.
 	MaxPayload int
-	// MaxAttempts is how many deliveries of a message may fail before it is
-	// dead-lettered with the last error. Defaults to 10.
+	// MaxAttempts is how many times processing a message may fail before
+	// it is dead-lettered with the last error. Failures are counted by this
+	// Subscriber: a message returned while stopping, or redelivered after
+	// the ack wait, has not failed. Defaults to 10.
 	MaxAttempts int
 	// RetryDelay is the first redelivery delay after a failure; it doubles
-	// with each delivery up to 5 minutes. Defaults to 1s.
+	// with each failure up to 5 minutes. Defaults to 1s.
 	RetryDelay time.Duration
 	// PartitionKey routes events to workers: events with the same key are
 	// handled by the same worker, in order. Defaults to [DefaultPartitionKey].
@@ -142,6 +144,7 @@ type Subscriber struct {
 	dead      DeadLetterStore
 	log       *slog.Logger
 	held      *heldMessages
+	failures  failureCounts
 	running   atomic.Bool
 	consuming atomic.Bool
 }
@@ -399,6 +402,7 @@ func (s *Subscriber) process(ctx context.Context, batch []item) {
 	if err == nil {
 		s.held.remove(batch)
 		for _, m := range msgs {
+			s.failures.forgetMsg(m)
 			s.ack(ctx, m)
 		}
 		return
@@ -443,28 +447,26 @@ func (s *Subscriber) decode(m jetstream.Msg) (Event, error) {
 
 func (s *Subscriber) settle(ctx context.Context, m jetstream.Msg, err error) {
 	if err == nil {
+		s.failures.forgetMsg(m)
 		s.held.release(m)
 		s.ack(ctx, m)
 		return
 	}
-	delivered := uint64(1)
-	if md, mdErr := m.Metadata(); mdErr == nil {
-		delivered = md.NumDelivered
-	}
-	if delivered >= uint64(s.cfg.MaxAttempts) && !errors.Is(err, context.Canceled) {
-		s.deadLetter(ctx, m, fmt.Sprintf("processing failed %d times: %v", delivered, err))
-		return
-	}
-	s.held.release(m)
 	if errors.Is(err, context.Canceled) {
-		// Shutting down: return the message to the stream.
+		// Shutting down: return the message to the stream. Not a failure.
+		s.held.release(m)
 		_ = m.NakWithDelay(shutdownRedelivery)
 		return
 	}
-	delay := s.cfg.RetryDelay << min(delivered-1, 20)
-	delay = min(delay, 5*time.Minute)
+	failed := s.failures.add(m)
+	if failed >= s.cfg.MaxAttempts {
+		s.deadLetter(ctx, m, fmt.Sprintf("processing failed %d times: %v", failed, err))
+		return
+	}
+	s.held.release(m)
+	delay := s.retryDelay(failed)
 	s.log.WarnContext(ctx, "event processing failed; will retry",
-		slog.String("subject", m.Subject()), slog.Uint64("delivered", delivered),
+		slog.String("subject", m.Subject()), slog.Int("failures", failed),
 		slog.Duration("retry_in", delay), slog.Any("error", err))
 	if nakErr := m.NakWithDelay(delay); nakErr != nil {
 		s.log.WarnContext(ctx, "nak message", slog.Any("error", nakErr))
@@ -479,8 +481,15 @@ func (s *Subscriber) ack(ctx context.Context, m jetstream.Msg) {
 	}
 }
 
+// retryDelay is the redelivery delay after a message's nth failure:
+// RetryDelay, doubling with each failure, up to 5 minutes.
+func (s *Subscriber) retryDelay(n int) time.Duration {
+	return min(s.cfg.RetryDelay<<min(max(n-1, 0), 20), 5*time.Minute)
+}
+
 // deadLetter stores m as a dead letter and terminates it. If the store
-// fails, m is nak'ed instead so that it is not lost.
+// fails, m is nak'ed instead, with a delay that grows with each failure,
+// so that it is not lost.
 func (s *Subscriber) deadLetter(ctx context.Context, m jetstream.Msg, reason string) {
 	dl := DeadLetter{Subject: m.Subject(), Payload: m.Data(), Headers: m.Headers(), Reason: reason}
 	if md, err := m.Metadata(); err == nil {
@@ -490,11 +499,13 @@ func (s *Subscriber) deadLetter(ctx context.Context, m jetstream.Msg, reason str
 	// Kept alive while it is stored; let go of before it is settled.
 	s.held.release(m)
 	if err != nil {
+		delay := s.retryDelay(s.failures.add(m))
 		s.log.ErrorContext(ctx, "store dead letter; message will be redelivered",
-			slog.String("subject", m.Subject()), slog.Any("error", err))
-		_ = m.NakWithDelay(s.cfg.RetryDelay)
+			slog.String("subject", m.Subject()), slog.Duration("retry_in", delay), slog.Any("error", err))
+		_ = m.NakWithDelay(delay)
 		return
 	}
+	s.failures.forgetMsg(m)
 	s.log.WarnContext(ctx, "message dead-lettered", slog.String("subject", m.Subject()),
 		slog.Uint64("stream_seq", dl.StreamSeq), slog.String("reason", reason))
 	// Term, not TermWithReason: the reason is in dead_letters, and servers
@@ -502,6 +513,55 @@ func (s *Subscriber) deadLetter(ctx context.Context, m jetstream.Msg, reason str
 	if err := m.Term(); err != nil {
 		s.log.WarnContext(ctx, "terminate message", slog.Any("error", err))
 	}
+}
+
+// failureCounts counts the failed attempts of messages, by stream
+// sequence, until they succeed or are dead-lettered. The count lives in
+// this process: after a restart, or when another process took the message
+// over, a message has MaxAttempts attempts again.
+type failureCounts struct {
+	mu sync.Mutex
+	n  map[uint64]int
+	// any is whether n has entries: the hot path (a success) looks no
+	// further when it has none.
+	any atomic.Bool
+}
+
+// maxFailureCounts bounds the messages counted; past it the counts start
+// again (messages another process finished are never forgotten here).
+const maxFailureCounts = 100_000
+
+// add counts a failure of m and returns its failures.
+func (f *failureCounts) add(m jetstream.Msg) int {
+	seq := streamSeq(m)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.n == nil || len(f.n) >= maxFailureCounts {
+		f.n = make(map[uint64]int)
+	}
+	f.n[seq]++
+	f.any.Store(true)
+	return f.n[seq]
+}
+
+// forgetMsg drops the count of m.
+func (f *failureCounts) forgetMsg(m jetstream.Msg) {
+	if !f.any.Load() {
+		return
+	}
+	seq := streamSeq(m)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.n, seq)
+	f.any.Store(len(f.n) > 0)
+}
+
+// streamSeq is m's sequence in the stream; 0 when m has no metadata.
+func streamSeq(m jetstream.Msg) uint64 {
+	if md, err := m.Metadata(); err == nil {
+		return md.Sequence.Stream
+	}
+	return 0
 }
 
 // returnToStream gives a message back to JetStream while stopping.

@@ -333,3 +333,111 @@ func TestHandlerPanicIsAFailedAttempt(t *testing.T) {
 	}
 	require.Equal(t, int32(2), calls.Load())
 }
+
+// memDeadLetters is a DeadLetterStore that keeps what it stored.
+type memDeadLetters struct {
+	mu  sync.Mutex
+	got []events.DeadLetter
+}
+
+func (s *memDeadLetters) StoreDeadLetter(_ context.Context, dl events.DeadLetter) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.got = append(s.got, dl)
+	return nil
+}
+
+func (s *memDeadLetters) list() []events.DeadLetter {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]events.DeadLetter(nil), s.got...)
+}
+
+// A message returned to the stream at shutdown (the worker stopped before
+// it could finish it) has not failed: after MaxAttempts-1 restarts, its
+// first transient failure is retried, not dead-lettered.
+func TestShutdownReturnsAreNotFailedAttempts(t *testing.T) {
+	t.Parallel()
+	_, js, st := stream(t)
+	ctx := t.Context()
+	pk := testPK(1)
+	require.NoError(t, events.NewPublisher(js, st.SubjectPrefix).Publish(ctx, events.Event{PK: pk, Action: "login", Created: time.Now()}))
+
+	dead := &memDeadLetters{}
+	cfg := events.SubscriberConfig{
+		Stream: st.Name, Consumer: st.Consumer, SubjectPrefix: st.SubjectPrefix,
+		MaxAttempts: 3, RetryDelay: 10 * time.Millisecond, AckWait: 30 * time.Second,
+	}
+
+	// Two worker restarts while the event's batch is in progress and
+	// outlasts the shutdown timeout: the handler is cancelled, the message
+	// goes back to the stream (context.Canceled: not a failure).
+	for run := range 2 {
+		started := make(chan struct{}, 1)
+		handler := events.HandlerFunc(func(ctx context.Context, _ []events.Event) error {
+			started <- struct{}{}
+			<-ctx.Done()
+			return ctx.Err()
+		})
+		sub := events.NewSubscriber(js, handler, dead, cfg)
+		runCtx, stopRun := context.WithCancel(ctx)
+		stopCtx, timeout := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- sub.Run(runCtx, stopCtx) }()
+		select {
+		case <-started:
+		case <-time.After(15 * time.Second):
+			t.Fatalf("run %d: the event was not delivered", run)
+		}
+		stopRun() // SIGTERM
+		timeout() // HERALD_SHUTDOWN_TIMEOUT passes
+		require.NoError(t, <-done)
+	}
+
+	// Third run: the database has one transient hiccup, then works.
+	var calls atomic.Int32
+	handled := make(chan struct{}, 1)
+	handler := events.HandlerFunc(func(context.Context, []events.Event) error {
+		if calls.Add(1) == 1 {
+			return errors.New("pq: deadlock detected")
+		}
+		handled <- struct{}{}
+		return nil
+	})
+	sub := events.NewSubscriber(js, handler, dead, cfg)
+	stop := runSubscriber(t, sub)
+	defer stop()
+	select {
+	case <-handled:
+	case <-time.After(10 * time.Second):
+		dls := dead.list()
+		reason := ""
+		if len(dls) > 0 {
+			reason = dls[0].Reason
+		}
+		t.Fatalf("the event failed once and was never retried; handler calls %d, dead letters %d: %q",
+			calls.Load(), len(dls), reason)
+	}
+	require.Empty(t, dead.list())
+}
+
+// A message whose processing fails MaxAttempts times is dead-lettered with
+// the last error, after exactly that many attempts.
+func TestFailingMessageIsDeadLetteredAfterMaxAttempts(t *testing.T) {
+	t.Parallel()
+	_, js, st := stream(t)
+	require.NoError(t, events.NewPublisher(js, st.SubjectPrefix).Publish(t.Context(), events.Event{PK: testPK(1), Action: "login", Created: time.Now()}))
+	var calls atomic.Int32
+	handler := events.HandlerFunc(func(context.Context, []events.Event) error {
+		return fmt.Errorf("attempt %d failed", calls.Add(1))
+	})
+	dead := &memDeadLetters{}
+	sub := events.NewSubscriber(js, handler, dead, events.SubscriberConfig{
+		Stream: st.Name, Consumer: st.Consumer, SubjectPrefix: st.SubjectPrefix, MaxAttempts: 3, RetryDelay: 10 * time.Millisecond,
+	})
+	stop := runSubscriber(t, sub)
+	defer stop()
+	require.Eventually(t, func() bool { return len(dead.list()) == 1 }, 10*time.Second, 10*time.Millisecond)
+	require.Equal(t, "processing failed 3 times: attempt 3 failed", dead.list()[0].Reason)
+	require.Equal(t, int32(3), calls.Load())
+}
