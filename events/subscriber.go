@@ -220,25 +220,42 @@ func (s *Subscriber) Run(ctx, stopCtx context.Context) error {
 	keptAlive := make(chan struct{})
 	defer close(keptAlive)
 	go s.held.keepAlive(keepAliveEvery, keptAlive)
-	cc, err := cons.Consume(func(m jetstream.Msg) {
-		if !s.held.add(m) { // stopping
-			_ = m.NakWithDelay(shutdownRedelivery)
-			return
+	// lost is signalled when the consumer may be gone (deleted, or its
+	// stream re-created): consuming then stops for good, or stalls.
+	lost := make(chan struct{}, 1)
+	consume := func(cons jetstream.Consumer) (jetstream.ConsumeContext, error) {
+		cc, err := cons.Consume(func(m jetstream.Msg) {
+			if !s.held.add(m) { // stopping
+				_ = m.NakWithDelay(shutdownRedelivery)
+				return
+			}
+			it := item{msg: m}
+			it.ev, it.err = s.decode(m)
+			q := queues[0]
+			if it.err == nil {
+				q = queues[partition(s.cfg.PartitionKey(&it.ev), len(queues))]
+			}
+			q.push(it)
+		},
+			jetstream.PullMaxMessagesWithBytesLimit(s.pullMessages(), s.pullBytes()),
+			jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+				s.log.WarnContext(ctx, "jetstream consume", slog.Any("error", err))
+				if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound) ||
+					errors.Is(err, jetstream.ErrNoHeartbeat) {
+					select {
+					case lost <- struct{}{}:
+					default:
+					}
+				}
+			}))
+		if err != nil {
+			return nil, fmt.Errorf("consume %s: %w", s.cfg.Consumer, err)
 		}
-		it := item{msg: m}
-		it.ev, it.err = s.decode(m)
-		q := queues[0]
-		if it.err == nil {
-			q = queues[partition(s.cfg.PartitionKey(&it.ev), len(queues))]
-		}
-		q.push(it)
-	},
-		jetstream.PullMaxMessagesWithBytesLimit(s.pullMessages(), s.pullBytes()),
-		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
-			s.log.WarnContext(ctx, "jetstream consume", slog.Any("error", err))
-		}))
+		return cc, nil
+	}
+	cc, err := consume(cons)
 	if err != nil {
-		return fmt.Errorf("consume %s: %w", s.cfg.Consumer, err)
+		return err
 	}
 	s.consuming.Store(true)
 
@@ -279,7 +296,7 @@ func (s *Subscriber) Run(ctx, stopCtx context.Context) error {
 		})
 	}
 
-	<-ctx.Done()
+	cc = s.superviseConsume(ctx, cons, cc, lost, consume)
 	s.consuming.Store(false)
 	// Drain (not Stop): messages already pulled into the client's buffer
 	// reach the callback, which returns them to the stream at once instead
@@ -478,6 +495,49 @@ func (s *Subscriber) ack(ctx context.Context, m jetstream.Msg) {
 		// The effects are committed; a redelivery finds the event stored
 		// and does nothing.
 		s.log.WarnContext(ctx, "ack message", slog.Any("error", err))
+	}
+}
+
+// superviseConsume keeps consuming until ctx is done and returns the
+// consume context then in use. When the consumer is gone (deleted, or its
+// stream re-created), consuming stops on the client's side: the consumer is
+// created again, with a growing delay while that fails, and consumed anew.
+// Meanwhile Consuming reports false.
+func (s *Subscriber) superviseConsume(ctx context.Context, cons jetstream.Consumer, cc jetstream.ConsumeContext,
+	lost <-chan struct{}, consume func(jetstream.Consumer) (jetstream.ConsumeContext, error)) jetstream.ConsumeContext {
+	for {
+		select {
+		case <-ctx.Done():
+			return cc
+		case <-cc.Closed():
+		case <-lost:
+			if _, err := cons.Info(ctx); err == nil || ctx.Err() != nil {
+				continue // still there: a passing hiccup
+			}
+		}
+		s.consuming.Store(false)
+		cc.Stop()
+		s.log.WarnContext(ctx, "consumer lost; creating it again", slog.String("consumer", s.cfg.Consumer))
+		for attempt := 1; ; attempt++ {
+			next, err := s.EnsureConsumer(ctx)
+			var nextCC jetstream.ConsumeContext
+			if err == nil {
+				nextCC, err = consume(next)
+			}
+			if err == nil {
+				cons, cc = next, nextCC
+				break
+			}
+			delay := s.retryDelay(attempt)
+			s.log.WarnContext(ctx, "create consumer again", slog.Duration("retry_in", delay), slog.Any("error", err))
+			select {
+			case <-ctx.Done():
+				return cc
+			case <-time.After(delay):
+			}
+		}
+		s.consuming.Store(true)
+		s.log.InfoContext(ctx, "consuming again", slog.String("consumer", s.cfg.Consumer))
 	}
 }
 

@@ -441,3 +441,38 @@ func TestFailingMessageIsDeadLetteredAfterMaxAttempts(t *testing.T) {
 	require.Equal(t, "processing failed 3 times: attempt 3 failed", dead.list()[0].Reason)
 	require.Equal(t, int32(3), calls.Load())
 }
+
+// A consumer deleted under a running subscriber (by an operator, or with
+// its stream) is created again and consumed anew; Consuming is false
+// meanwhile.
+func TestDeletedConsumerIsCreatedAgain(t *testing.T) {
+	t.Parallel()
+	_, js, st := stream(t)
+	handled := make(chan string, 10)
+	handler := events.HandlerFunc(func(_ context.Context, evs []events.Event) error {
+		for _, ev := range evs {
+			handled <- ev.PK
+		}
+		return nil
+	})
+	sub := events.NewSubscriber(js, handler, nil, events.SubscriberConfig{
+		Stream: st.Name, Consumer: st.Consumer, SubjectPrefix: st.SubjectPrefix, RetryDelay: 50 * time.Millisecond,
+	})
+	stop := runSubscriber(t, sub)
+	defer stop()
+	require.Eventually(t, sub.Consuming, 10*time.Second, 10*time.Millisecond)
+
+	require.NoError(t, js.DeleteConsumer(t.Context(), st.Name, st.Consumer))
+	require.Eventually(t, func() bool {
+		_, err := js.Consumer(t.Context(), st.Name, st.Consumer)
+		return err == nil && sub.Consuming()
+	}, 20*time.Second, 10*time.Millisecond, "the consumer is not created again")
+
+	require.NoError(t, events.NewPublisher(js, st.SubjectPrefix).Publish(t.Context(), events.Event{PK: testPK(7), Action: "login", Created: time.Now()}))
+	select {
+	case pk := <-handled:
+		require.Equal(t, testPK(7), pk)
+	case <-time.After(20 * time.Second):
+		t.Fatal("an event published after the consumer was deleted is not handled")
+	}
+}

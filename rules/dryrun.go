@@ -69,8 +69,10 @@ var ErrAlreadyStored = errors.New("rules: an event with this pk is stored alread
 // DryRun evaluates ev against the rules (only the rule named onlyRule when
 // it is not empty) exactly as the worker would, inside a transaction that
 // is rolled back: it reports every binding's result and the effects
-// (notifications, deliveries, created events, emails, model saves), and
-// performs none of them.
+// (notifications, deliveries, created events, emails, model saves) that the
+// worker would commit, and performs none of them. The effects of a policy
+// that fails are left out, as the worker rolls them back (see
+// [tracedEffects]).
 func (e *Engine) DryRun(ctx context.Context, ev events.Event, onlyRule string) (*DryRunReport, error) {
 	rs := e.rules.Current()
 	if onlyRule != "" {

@@ -40,6 +40,36 @@ type Scope struct {
 	// ownAtSavepoint is the transaction's own writes (see [policyTx.own])
 	// when the policy's savepoint was set: rolling back to it undoes them.
 	ownAtSavepoint map[string]ownWrites
+	// traced are the effects of the policy (and of the policies it
+	// called) in a dry run, added to the report when it succeeds (see
+	// [Scope.endTrace]).
+	traced tracedEffects
+}
+
+// tracedEffects are the effects one policy evaluation made in a dry run.
+// They share the fate of the policy's savepoint: the worker keeps them when
+// the policy succeeds and rolls them back when it fails. A called policy
+// (ak_call_policy) runs in its caller's scope and savepoint, so its effects
+// go with the caller's, whether the called policy itself failed or not.
+type tracedEffects struct {
+	events []events.Event
+	emails []Email
+	saves  []string
+}
+
+// endTrace adds the policy's traced effects to the dry run's report when
+// the policy succeeded, and drops them when it failed, as its savepoint
+// drops its writes.
+func (s *Scope) endTrace(failed bool) {
+	t := s.traced
+	s.traced = tracedEffects{}
+	if failed || s.run == nil || s.run.trace == nil {
+		return
+	}
+	r := s.run.trace
+	r.CreatedEvents = append(r.CreatedEvents, t.events...)
+	r.Emails = append(r.Emails, t.emails...)
+	r.Saves = append(r.Saves, t.saves...)
 }
 
 // NewReadScope is a scope for expressions that only read, such as webhook
@@ -448,8 +478,9 @@ func (s *Scope) enter(ctx context.Context) (*sqlx.Tx, error) {
 
 // finish ends the policy's savepoint: its writes are kept when it succeeded
 // (the savepoint is released later, see [policyTx]) and undone when it
-// failed.
+// failed. A dry run's trace keeps or drops the policy's effects alike.
 func (s *Scope) finish(ctx context.Context, failed bool) error {
+	s.endTrace(failed)
 	if s.touched && failed {
 		return errRedoWithSavepoints
 	}
@@ -478,7 +509,7 @@ func (s *Scope) Saved(model string, pk any, fields []string) {
 		return
 	}
 	if s.run.trace != nil {
-		s.run.trace.Saves = append(s.run.trace.Saves, fmt.Sprintf("%s %v: %s", model, pk, strings.Join(fields, ", ")))
+		s.traced.saves = append(s.traced.saves, fmt.Sprintf("%s %v: %s", model, pk, strings.Join(fields, ", ")))
 	}
 	if model != "User" {
 		return
@@ -558,7 +589,7 @@ func (s *Scope) QueueEmail(ctx context.Context, e Email, policy *Policy) error {
 	}
 	r.out.outbox++
 	if r.trace != nil {
-		r.trace.Emails = append(r.trace.Emails, e)
+		s.traced.emails = append(s.traced.emails, e)
 	}
 	return nil
 }
@@ -652,7 +683,11 @@ func (s *Scope) CreateEvent(ctx context.Context, action, app string, user map[st
 	if err != nil {
 		return events.Event{}, err
 	}
-	return s.run.createEvent(ctx, tx, action, app, user, evContext, s.Rule, policy)
+	ev, err := s.run.newEvent(ctx, tx, action, app, user, evContext, s.Rule, policy)
+	if err == nil && s.run.trace != nil {
+		s.traced.events = append(s.traced.events, ev)
+	}
+	return ev, err
 }
 
 // derivedUUID returns a name-based UUID (version 5 layout) from parts.
@@ -664,7 +699,20 @@ func derivedUUID(parts ...string) string {
 	return x[:8] + "-" + x[8:12] + "-" + x[12:16] + "-" + x[16:20] + "-" + x[20:]
 }
 
+// createEvent stores an event of the engine's own (a policy_exception or
+// policy_execution event, written outside any policy's savepoint) and
+// traces it in a dry run.
 func (r *eventRun) createEvent(ctx context.Context, tx *sqlx.Tx, action, app string, user, evContext map[string]any, rule *Rule, policy *Policy) (events.Event, error) {
+	ev, err := r.newEvent(ctx, tx, action, app, user, evContext, rule, policy)
+	if err == nil && r.trace != nil {
+		r.trace.CreatedEvents = append(r.trace.CreatedEvents, ev)
+	}
+	return ev, err
+}
+
+// newEvent stores an event caused by the run's event and queues its
+// publication.
+func (r *eventRun) newEvent(ctx context.Context, tx *sqlx.Tx, action, app string, user, evContext map[string]any, rule *Rule, policy *Policy) (events.Event, error) {
 	r.created++
 	cb := causedBy{Event: r.ev.PK, Depth: EventDepth(r.ev) + 1}
 	ruleID, policyID := "", ""
@@ -693,8 +741,5 @@ func (r *eventRun) createEvent(ctx context.Context, tx *sqlx.Tx, action, app str
 	}
 	r.out.outbox++
 	r.createdEvents++
-	if r.trace != nil {
-		r.trace.CreatedEvents = append(r.trace.CreatedEvents, ev)
-	}
 	return ev, nil
 }

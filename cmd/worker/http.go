@@ -66,21 +66,39 @@ func registerEngineMetrics(reg *prometheus.Registry, engine *rules.Engine) {
 // and outbox items by status, and the consumer's backlog.
 func registerStoreMetrics(reg *prometheus.Registry, db *sqlx.DB, nc *natsConn, cfg config) {
 	reg.MustRegister(&tableCollector{db: db})
-	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "herald_consumer_pending", Help: "Messages in the stream not yet delivered to the worker's consumer.",
-	}, func() float64 {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		cons, err := nc.js.Consumer(ctx, cfg.Stream, cfg.Consumer)
-		if err != nil {
-			return -1
+	reg.MustRegister(&consumerCollector{nc: nc, stream: cfg.Stream, consumer: cfg.Consumer})
+}
+
+// consumerCollector exports the consumer's lag: messages not yet delivered
+// to it, and messages delivered and not yet acknowledged (held by workers
+// or being processed), from one look at the consumer. Both are -1 when
+// JetStream does not answer.
+type consumerCollector struct {
+	nc               *natsConn
+	stream, consumer string
+}
+
+var (
+	pendingDesc    = prometheus.NewDesc("herald_consumer_pending", "Messages in the stream not yet delivered to the worker's consumer.", nil, nil)
+	ackPendingDesc = prometheus.NewDesc("herald_consumer_ack_pending", "Messages delivered to the worker's consumer and not yet acknowledged: held by the workers or being processed.", nil, nil)
+)
+
+func (c *consumerCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- pendingDesc
+	ch <- ackPendingDesc
+}
+
+func (c *consumerCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	pending, ackPending := -1.0, -1.0
+	if cons, err := c.nc.js.Consumer(ctx, c.stream, c.consumer); err == nil {
+		if info, err := cons.Info(ctx); err == nil {
+			pending, ackPending = float64(info.NumPending), float64(info.NumAckPending)
 		}
-		info, err := cons.Info(ctx)
-		if err != nil {
-			return -1
-		}
-		return float64(info.NumPending)
-	}))
+	}
+	ch <- prometheus.MustNewConstMetric(pendingDesc, prometheus.GaugeValue, pending)
+	ch <- prometheus.MustNewConstMetric(ackPendingDesc, prometheus.GaugeValue, ackPending)
 }
 
 type tableCollector struct{ db *sqlx.DB }

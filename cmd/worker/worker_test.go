@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -485,4 +486,43 @@ func TestOpsEndpoints(t *testing.T) {
 	code, body = get("/metrics")
 	require.Equal(t, http.StatusOK, code)
 	require.Contains(t, body, "herald_events_processed_total")
+}
+
+// The consumer's lag is on /metrics: messages not yet delivered
+// (herald_consumer_pending) and those the worker holds but has not
+// finished (herald_consumer_ack_pending).
+func TestMetricsShowTheConsumerLag(t *testing.T) {
+	t.Parallel()
+	s := newStack(t)
+	addr := freeAddr(t)
+	s.env["HERALD_HTTP_ADDR"] = addr
+	s.env["HERALD_BATCH_SIZE"] = "1"
+	s.env["HERALD_CONCURRENCY"] = "1"
+	s.db.MustExec(t, `INSERT INTO policies (name, expression) VALUES ('slow', 'while (true) {}')`)
+	s.db.MustExec(t, `INSERT INTO notification_rules (name) VALUES ('slow-rule')`)
+	s.db.MustExec(t, `INSERT INTO policy_bindings (target_rule_id, policy_id, timeout_seconds)
+		SELECT r.id, p.id, 2 FROM notification_rules r, policies p`)
+	s.start(t)
+
+	const n = 20
+	s.cli(t, strings.Repeat(`{"action": "login"}`+"\n", n), "publish", "-f", "-")
+	gauge := func(body, name string) float64 {
+		for line := range strings.SplitSeq(body, "\n") {
+			if v, ok := strings.CutPrefix(line, name+" "); ok {
+				f, err := strconv.ParseFloat(v, 64)
+				require.NoError(t, err)
+				return f
+			}
+		}
+		t.Fatalf("no %s in /metrics", name)
+		return 0
+	}
+	require.Eventually(t, func() bool {
+		resp, err := http.Get("http://" + addr + "/metrics")
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		body := string(b)
+		return gauge(body, "herald_consumer_ack_pending") >= n-2 && gauge(body, "herald_consumer_pending") >= 0
+	}, 10*time.Second, 100*time.Millisecond, "the events the worker holds are not counted as lag")
 }
