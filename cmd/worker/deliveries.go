@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -52,8 +53,16 @@ func retryCommand(ctx context.Context, e env, args []string) error {
 	if err != nil {
 		return err
 	}
-	if !*dead && fs.NArg() == 0 {
+	switch {
+	case !*dead && fs.NArg() == 0:
 		return errors.New("deliveries retry: give delivery IDs or --dead")
+	case *dead && fs.NArg() > 0:
+		return errors.New("deliveries retry: give delivery IDs or --dead, not both")
+	}
+	for _, id := range fs.Args() {
+		if strings.HasPrefix(id, "-") {
+			return fmt.Errorf("deliveries retry: %q after the delivery IDs: flags go before them", id)
+		}
 	}
 	db, err := e.openExistingDB(ctx, cfg)
 	if err != nil {

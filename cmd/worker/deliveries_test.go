@@ -415,6 +415,13 @@ func TestWebhookDeliveryDeadAndRetriedFromTheCLI(t *testing.T) {
 	// A sent delivery is not sent again by `retry ID`.
 	require.Contains(t, d.cli(t, "", "deliveries", "retry", inbox.ID), "0 deliveries back to pending")
 
+	// IDs and --dead do not mix, and a flag after the IDs is no ID.
+	for args, want := range map[string]string{"--dead " + dead.ID: "not both", dead.ID + " --dead": "flags go before them"} {
+		err := dispatch(t.Context(), append([]string{"deliveries", "retry"}, strings.Fields(args)...), d.getenv, strings.NewReader(""), io.Discard, io.Discard)
+		require.ErrorContains(t, err, want)
+	}
+	require.Equal(t, "dead", d.waitDelivery(t, pk, "hook", "dead").Status)
+
 	status.Store(http.StatusOK)
 	require.Contains(t, d.cli(t, "", "deliveries", "retry", "--dead"), "1 deliveries back to pending")
 	sent := d.waitDelivery(t, pk, "hook", "sent")
