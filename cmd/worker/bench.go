@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -11,10 +13,12 @@ import (
 	"math/rand/v2"
 	"net/url"
 	"os"
+	"os/exec"
 	"runtime"
 	"runtime/debug"
 	"runtime/pprof"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -80,6 +84,9 @@ func benchCommand(ctx context.Context, e env, args []string) error {
 	if err != nil {
 		return err
 	}
+	if *n < 1 {
+		return errors.New("bench: -n must be at least 1")
+	}
 	if *batch > 0 {
 		cfg.BatchSize = *batch
 	}
@@ -87,7 +94,7 @@ func benchCommand(ctx context.Context, e env, args []string) error {
 		cfg.Concurrency = *conc
 	}
 	b := &bench{cfg: cfg, n: *n, cpuProfile: *cpuProfile, memProfile: *memProfile, rules: *nRules, users: *users, rate: *rate, progress: e.stderr,
-		id: fmt.Sprintf("bench_%d", time.Now().UnixNano()%1e9)}
+		id: fmt.Sprintf("bench_%d", time.Now().UnixNano()%1e9), maxQuiet: time.Minute}
 	res, err := b.run(ctx, *keep)
 	if err != nil {
 		return err
@@ -109,6 +116,10 @@ type bench struct {
 	rate     float64
 	id       string
 	progress io.Writer
+	// publisherNATS is the NATS URL the rate publisher's process uses.
+	publisherNATS string
+	// maxQuiet is how long each phase waits at most for a quiet machine.
+	maxQuiet time.Duration
 
 	cpuProfile string
 	memProfile string
@@ -126,6 +137,9 @@ func (b *bench) run(ctx context.Context, keep bool) (*benchResult, error) {
 		return nil, err
 	}
 	defer nc.close()
+	// The rate publisher's process reaches the same server: the configured
+	// one (with its credentials, through the environment) or this one.
+	b.publisherNATS = cmp.Or(b.cfg.NATSURL, nc.nc.ConnectedUrl())
 	b.cfg.NATSURL = nc.nc.ConnectedUrl()
 	b.cfg.Stream = strings.ToUpper(b.id)
 	b.cfg.SubjectPrefix = b.id + ".events"
@@ -139,12 +153,14 @@ func (b *bench) run(ctx context.Context, keep bool) (*benchResult, error) {
 		return nil, err
 	}
 	defer admin.Close()
+	benchURL, err := withSearchPath(b.cfg.DatabaseURL, b.id)
+	if err != nil {
+		return nil, err
+	}
 	if _, err := admin.ExecContext(ctx, "CREATE SCHEMA "+b.id); err != nil {
 		return nil, fmt.Errorf("create bench schema: %w", err)
 	}
-	if b.cfg.DatabaseURL, err = withSearchPath(b.cfg.DatabaseURL, b.id); err != nil {
-		return nil, err
-	}
+	b.cfg.DatabaseURL = benchURL
 	if !keep {
 		defer func() {
 			_, _ = admin.ExecContext(context.Background(), "DROP SCHEMA "+b.id+" CASCADE")
@@ -175,9 +191,14 @@ func (b *bench) run(ctx context.Context, keep bool) (*benchResult, error) {
 	// slower, which would flatter the ratio.
 	quiet := func() { b.quiesce(ctx, admin) }
 	quiet()
-	if res.FloorInsert, err = b.floorInsert(ctx, admin, b.workload()); err != nil {
+	received, err := asReceived(b.workload())
+	if err != nil {
 		return nil, err
 	}
+	if res.FloorInsert, err = b.floorInsert(ctx, admin, received); err != nil {
+		return nil, err
+	}
+	received = nil
 	if err := b.herald(ctx, nc, db, res, logger, quiet); err != nil {
 		return nil, err
 	}
@@ -216,22 +237,24 @@ func (b *bench) herald(ctx context.Context, nc *natsConn, db *sqlx.DB, res *benc
 			close(allDone)
 		}
 	}
-	var pub *ratePublisher
-	pubErr := make(chan error, 1)
+	var pub *publisherProcess
 	if b.rate == 0 {
 		b.logf("publishing %d events", len(evs))
 		if err := publishAll(ctx, nc.js, cfg.SubjectPrefix, evs, time.Now); err != nil {
 			return err
 		}
 	} else {
+		// A process of its own, so that its CPU and memory are not
+		// counted as the worker's.
 		var err error
-		if pub, err = newRatePublisher(cfg.SubjectPrefix, evs); err != nil {
+		if pub, err = b.startPublisher(ctx, cfg.SubjectPrefix); err != nil {
 			return err
 		}
+		defer pub.stop()
 	}
-	// The events live in the stream, or as encoded payloads, now: drop
-	// them here, so that the peak RSS and the garbage collection measured
-	// below are the worker's.
+	// The events live in the stream, or in the publisher, now: drop them
+	// here, so that the peak RSS and the garbage collection measured below
+	// are the worker's.
 	evs = nil
 	runtime.GC()
 	debug.FreeOSMemory()
@@ -249,26 +272,26 @@ func (b *bench) herald(ctx context.Context, nc *natsConn, db *sqlx.DB, res *benc
 		defer pprof.StopCPUProfile()
 	}
 	resetPeakRSS()
-	cpu0, machine0 := cpuTime(), machineCPUTime()
 	workerCtx, stopWorker := context.WithCancel(ctx)
+	defer stopWorker()
 	done := make(chan error, 1)
-	start := time.Now()
 	go func() { done <- run(workerCtx, cfg, logger) }()
-	if b.rate > 0 {
-		// Once the worker pulls, publish at the given rate, stamping each
-		// event as it goes out.
-		for {
-			c, err := nc.js.Consumer(ctx, cfg.Stream, cfg.Consumer)
-			if err == nil {
-				if info, err := c.Info(ctx); err == nil && info.NumWaiting > 0 {
-					break
-				}
-			}
-			time.Sleep(10 * time.Millisecond)
+	// The clocks start once the worker consumes, as the floors' start
+	// after their set-up: connecting, loading and compiling the rules are
+	// not the worker's throughput.
+	if err := waitForPull(ctx, nc.js, cfg, done); err != nil {
+		return err
+	}
+	cpu0, machine0 := cpuTime(), machineCPUTime()
+	start := time.Now()
+	pubErr := make(chan error, 1)
+	if pub != nil {
+		// Publish at the given rate, each event stamped as it goes out.
+		if err := pub.start(); err != nil {
+			return err
 		}
-		start = time.Now()
 		go func() {
-			if err := pub.run(workerCtx, nc.js, b.rate); err != nil && workerCtx.Err() == nil {
+			if err := pub.wait(); err != nil && workerCtx.Err() == nil {
 				pubErr <- err
 			}
 		}()
@@ -283,6 +306,12 @@ wait:
 			break wait
 		case <-tick.C:
 			b.logf("%d/%d events committed (%.0f/s)", committed.Load(), n, float64(committed.Load())/time.Since(start).Seconds())
+			var dead int
+			if err := db.GetContext(ctx, &dead, `SELECT count(*) FROM dead_letters`); err == nil && dead > 0 {
+				stopWorker()
+				<-done
+				return fmt.Errorf("%d events were dead-lettered: they will never commit", dead)
+			}
 		case runErr = <-done:
 			break wait
 		case err := <-pubErr:
@@ -369,6 +398,149 @@ func publishAll(ctx context.Context, js jetstream.JetStream, prefix string, evs 
 	return wait()
 }
 
+// asReceived is evs as the worker receives them: stamped, encoded and
+// decoded, so that the insert floor stores them as the worker does (the
+// objects as they came, not encoded again).
+func asReceived(evs []events.Event) ([]events.Event, error) {
+	now := time.Now()
+	out := make([]events.Event, len(evs))
+	for i := range evs {
+		ev := evs[i]
+		ev.Created = now
+		data, err := ev.MarshalJSON()
+		if err != nil {
+			return nil, err
+		}
+		if out[i], err = events.Decode(data); err != nil {
+			return nil, fmt.Errorf("decode bench event %s: %w", ev.PK, err)
+		}
+	}
+	return out, nil
+}
+
+// waitForPull waits until the worker has asked its consumer for messages,
+// or has been handed some: it is consuming. It fails when the worker ends,
+// ctx ends, or a minute passes.
+func waitForPull(ctx context.Context, js jetstream.JetStream, cfg config, done <-chan error) error {
+	deadline := time.After(time.Minute)
+	for {
+		if c, err := js.Consumer(ctx, cfg.Stream, cfg.Consumer); err == nil {
+			if info, err := c.Info(ctx); err == nil && (info.NumWaiting > 0 || info.Delivered.Consumer > 0) {
+				return nil
+			}
+		}
+		select {
+		case err := <-done:
+			return fmt.Errorf("worker: %w", cmp.Or(err, errors.New("stopped before it consumed")))
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-deadline:
+			return errors.New("worker: not consuming a minute after it started")
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+}
+
+// publisherProcess is `worker bench-publish`, the publisher of a bench at
+// a rate, in a process of its own.
+type publisherProcess struct {
+	cmd    *exec.Cmd
+	stdin  io.WriteCloser
+	stderr bytes.Buffer
+}
+
+// startPublisher starts the publisher process and waits until its events
+// are encoded and it is connected.
+func (b *bench) startPublisher(ctx context.Context, prefix string) (*publisherProcess, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("bench publisher: %w", err)
+	}
+	p := &publisherProcess{}
+	p.cmd = exec.CommandContext(ctx, self, "bench-publish", "-n", strconv.Itoa(b.n), "-users", strconv.Itoa(b.users),
+		"-rate", strconv.FormatFloat(b.rate, 'f', -1, 64), "-subject-prefix", prefix)
+	p.cmd.Env = append(os.Environ(), "NATS_URL="+b.publisherNATS)
+	p.cmd.Stderr = &p.stderr
+	if p.stdin, err = p.cmd.StdinPipe(); err != nil {
+		return nil, err
+	}
+	out, err := p.cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := p.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("bench publisher: %w", err)
+	}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if strings.TrimSpace(line) != "ready" {
+		p.stop()
+		return nil, fmt.Errorf("bench publisher did not start: %v %s", err, strings.TrimSpace(p.stderr.String()))
+	}
+	return p, nil
+}
+
+// start tells the publisher to begin.
+func (p *publisherProcess) start() error {
+	_, err := io.WriteString(p.stdin, "go\n")
+	return err
+}
+
+// wait waits until the publisher has published every event and the
+// stream acknowledged them.
+func (p *publisherProcess) wait() error {
+	if err := p.cmd.Wait(); err != nil {
+		return fmt.Errorf("%w: %s", err, strings.TrimSpace(p.stderr.String()))
+	}
+	return nil
+}
+
+// stop ends the publisher if it still runs.
+func (p *publisherProcess) stop() {
+	_ = p.stdin.Close()
+	_ = p.cmd.Process.Kill() // os.ErrProcessDone when it has ended
+}
+
+// benchPublishCommand is the publisher of `worker bench -rate`, run by the
+// bench as a child process: it builds the bench's workload, encodes it,
+// connects to NATS_URL, prints "ready", and once a line arrives on stdin
+// publishes the events at the rate, each stamped as it goes out, and waits
+// for the stream's acks.
+func benchPublishCommand(ctx context.Context, e env, args []string) error {
+	fs := e.flags("bench-publish")
+	n := fs.Int("n", 0, "events")
+	users := fs.Int("users", 1000, "users in the workload")
+	rate := fs.Float64("rate", 0, "events a second")
+	cfg, err := loadConfig(e.getenv, fs, args) // -subject-prefix among its flags
+	if err != nil {
+		return err
+	}
+	if *n < 1 || *rate <= 0 {
+		return errors.New("bench-publish: want -n and -rate")
+	}
+	pub, err := newRatePublisher(cfg.SubjectPrefix, (&bench{n: *n, users: *users}).workload())
+	if err != nil {
+		return err
+	}
+	nc, err := connectNATS(cfg, false, cfg.logger(e.stderr))
+	if err != nil {
+		return err
+	}
+	defer nc.close()
+	fmt.Fprintln(e.stdout, "ready")
+	if _, err := bufio.NewReader(e.stdin).ReadString('\n'); err != nil {
+		return fmt.Errorf("bench-publish: no go: %w", err)
+	}
+	if err := pub.run(ctx, nc.js, *rate); err != nil {
+		return err
+	}
+	select {
+	case <-nc.js.PublishAsyncComplete():
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
 // ratePublisher publishes encoded events at a steady rate while the worker
 // runs, at little cost of its own: each payload is encoded beforehand and
 // only its created timestamp is written as it goes out, and it wakes once a
@@ -450,7 +622,7 @@ func (b *bench) floorJetStream(ctx context.Context, js jetstream.JetStream) (flo
 	start := time.Now()
 	got := 0
 	for got < b.n {
-		batch, err := cons.Fetch(1000, jetstream.FetchMaxWait(5*time.Second))
+		batch, err := cons.Fetch(min(1000, b.n-got), jetstream.FetchMaxWait(5*time.Second))
 		if err != nil {
 			return 0, fmt.Errorf("floor fetch: %w", err)
 		}
@@ -557,7 +729,7 @@ func (b *bench) quiesce(ctx context.Context, admin *sqlx.DB) {
 	// CHECKPOINT needs superuser or pg_checkpoint; without them the wait
 	// below still covers the checkpointer's work.
 	_, _ = admin.ExecContext(ctx, "CHECKPOINT")
-	for time.Since(start) < time.Minute && ctx.Err() == nil {
+	for time.Since(start) < b.maxQuiet && ctx.Err() == nil {
 		busy0, t0 := machineCPUTime(), time.Now()
 		time.Sleep(250 * time.Millisecond)
 		busy := float64(machineCPUTime()-busy0) / float64(time.Since(t0)*time.Duration(runtime.NumCPU()))

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"fmt"
 	"io"
+	"os"
 	"sort"
 	"strconv"
 	"testing"
@@ -100,4 +102,53 @@ func TestRatePublisherStampsEachEventAsItGoesOut(t *testing.T) {
 			require.False(t, ev.Created.Before(got[i-1].Created), "stamps go forward")
 		}
 	}
+}
+
+// TestMain lets the test binary be the bench's publisher process, which
+// the bench starts as `<its own binary> bench-publish`.
+func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == "bench-publish" {
+		main()
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// benchFor is a bench of n events against the test's services, with a
+// schema and stream of its own.
+func benchFor(t *testing.T, s *stack, n int, rate float64) *bench {
+	t.Helper()
+	cfg, err := loadConfig(s.getenv, nil, nil)
+	require.NoError(t, err)
+	return &bench{cfg: cfg, n: n, rules: 10, users: 50, rate: rate, progress: io.Discard,
+		id: fmt.Sprintf("bench_t%d", time.Now().UnixNano()%1e9)}
+}
+
+// A bench at a rate publishes from a process of its own and ends with its
+// figures, leaving neither schema nor stream behind.
+func TestBenchAtARate(t *testing.T) {
+	t.Parallel()
+	s := newStack(t)
+	b := benchFor(t, s, 300, 1000)
+	res, err := b.run(t.Context(), false)
+	require.NoError(t, err)
+	require.Equal(t, 300, res.Events)
+	require.Positive(t, res.Rate)
+	require.Positive(t, res.LatencyP99)
+	require.Positive(t, res.FloorJetStream)
+	require.Positive(t, res.FloorInsert)
+	require.Positive(t, res.Notified, "about one event in five fires a rule")
+	require.Zero(t, s.count(t, `SELECT count(*) FROM pg_namespace WHERE nspname IN ($1::text, $1::text || '_floor')`, b.id))
+	_, err = s.js.Stream(t.Context(), b.cfg.Stream)
+	require.Error(t, err, "the bench's stream is deleted")
+}
+
+// A worker that cannot start ends a bench at a rate with its error.
+func TestBenchAtARateWhenTheWorkerCannotStart(t *testing.T) {
+	t.Parallel()
+	s := newStack(t)
+	b := benchFor(t, s, 100, 1000)
+	b.cfg.MailFrom = "not an address"
+	_, err := b.run(t.Context(), false)
+	require.ErrorContains(t, err, "not an address")
 }

@@ -87,7 +87,9 @@ func dispatch(ctx context.Context, args []string, getenv func(string) string, st
 		"check":      checkCommand,
 		"deliveries": deliveriesCommand,
 		"bench":      benchCommand,
-		"eval":       evalCommand,
+		// The publisher process of `bench -rate`; not for use by hand.
+		"bench-publish": benchPublishCommand,
+		"eval":          evalCommand,
 	}
 	switch name {
 	case "help", "-h", "-help", "--help":
