@@ -73,8 +73,10 @@ func (c *RuleCache) Reload(ctx context.Context) error {
 }
 
 // Watch reloads the rule set whenever a trigger announces a change in this
-// cache's schema, after a lost LISTEN connection is re-established, and every
-// fallback interval. It returns when ctx is done.
+// cache's schema, once LISTEN is in place (a change committed before then
+// was announced to no one), after a lost LISTEN connection is
+// re-established, and every fallback interval. It returns when ctx is done,
+// even while the LISTEN connection cannot be made.
 func (c *RuleCache) Watch(ctx context.Context, fallback time.Duration) error {
 	if fallback <= 0 {
 		fallback = 30 * time.Second
@@ -84,20 +86,35 @@ func (c *RuleCache) Watch(ctx context.Context, fallback time.Duration) error {
 			c.log.WarnContext(ctx, "config listener", slog.Any("error", err))
 		}
 	})
-	defer l.Close()
-	notify := l.Notify
-	if err := l.Listen(ConfigChannel); err != nil {
-		// Changes still take effect, within the fallback interval.
-		c.log.ErrorContext(ctx, "listen for config changes; reloading every fallback interval only",
-			slog.String("channel", ConfigChannel), slog.Duration("fallback", fallback), slog.Any("error", err))
-		notify = nil
-	}
+	// Listen returns once the listener's first connection is made, which
+	// may be never (a connection limit reached, the database down): it runs
+	// beside the loop below, which reloads every fallback interval meanwhile.
+	listening := make(chan error, 1)
+	go func() { listening <- l.Listen(ConfigChannel) }()
+	defer func() {
+		// Close ends a Listen still waiting, but first waits for a
+		// connection attempt in progress, which may take as long as a dial
+		// does: Watch does not wait for it.
+		go func() { _ = l.Close() }()
+	}()
+	var notify <-chan *pq.Notification // nil until LISTEN is in place
 	t := time.NewTicker(fallback)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
+		case err := <-listening:
+			listening = nil
+			if err != nil {
+				// Changes still take effect, within the fallback interval.
+				c.log.ErrorContext(ctx, "listen for config changes; reloading every fallback interval only",
+					slog.String("channel", ConfigChannel), slog.Duration("fallback", fallback), slog.Any("error", err))
+				continue
+			}
+			notify = l.Notify
+			// Reload: a change committed before LISTEN was in place was
+			// announced before anyone listened.
 		case n := <-notify:
 			// nil means the connection was re-established: changes may
 			// have been missed.

@@ -62,7 +62,9 @@ func Migrations() ([]Migration, error) {
 }
 
 // Migrate applies the migrations that the current schema does not have yet,
-// each in its own transaction, and returns the versions it applied.
+// each in its own transaction, and returns the versions it applied. The
+// first schema of the connection's search_path is created when it does not
+// exist (a search_path in DATABASE_URL selects the installation's schema).
 //
 // It is idempotent and safe to run from several processes at once: a
 // transaction-scoped advisory lock, keyed by the schema name, serialises
@@ -71,6 +73,9 @@ func Migrations() ([]Migration, error) {
 func Migrate(ctx context.Context, db *sqlx.DB) ([]string, error) {
 	all, err := Migrations()
 	if err != nil {
+		return nil, err
+	}
+	if err := createSearchPathSchema(ctx, db); err != nil {
 		return nil, err
 	}
 	var applied []string
@@ -84,6 +89,85 @@ func Migrate(ctx context.Context, db *sqlx.DB) ([]string, error) {
 		}
 	}
 	return applied, nil
+}
+
+// createSearchPathSchema creates the first schema of the search_path when
+// it does not exist, under the lock that serialises the migrations of that
+// schema. "$user" and pg_ schemas are left alone.
+func createSearchPathSchema(ctx context.Context, db *sqlx.DB) error {
+	var searchPath string
+	if err := db.GetContext(ctx, &searchPath, `SELECT current_setting('search_path')`); err != nil {
+		return fmt.Errorf("read search_path: %w", err)
+	}
+	name, ok := firstSchema(searchPath)
+	if !ok {
+		return nil
+	}
+	const exists = `SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)`
+	var found bool
+	if err := db.GetContext(ctx, &found, exists, name); err != nil {
+		return fmt.Errorf("look for schema %q: %w", name, err)
+	}
+	if found {
+		return nil
+	}
+	tx, err := db.BeginTxx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("begin creating schema %q: %w", name, err)
+	}
+	defer tx.Rollback() //nolint:errcheck // a no-op after Commit
+	// The key apply uses once the schema exists (current_schema() is then name).
+	if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock(hashtext('herald_migrate:' || $1))`, name); err != nil {
+		return fmt.Errorf("lock schema %q for creation: %w", name, err)
+	}
+	if err := tx.GetContext(ctx, &found, exists, name); err != nil {
+		return fmt.Errorf("look for schema %q: %w", name, err)
+	}
+	if found { // created meanwhile by another process
+		return nil
+	}
+	if _, err := tx.ExecContext(ctx, `CREATE SCHEMA "`+strings.ReplaceAll(name, `"`, `""`)+`"`); err != nil {
+		return fmt.Errorf("create schema %q (the first of search_path): %w", name, err)
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("commit schema %q: %w", name, err)
+	}
+	return nil
+}
+
+// firstSchema returns the first schema a search_path setting names, as
+// PostgreSQL reads it: a double-quoted name as written, another in lower
+// case. It reports false for "$user", a pg_ schema, or none.
+func firstSchema(searchPath string) (string, bool) {
+	s := strings.TrimSpace(searchPath)
+	var name string
+	if strings.HasPrefix(s, `"`) {
+		var b strings.Builder
+		closed := false
+		for i := 1; i < len(s); i++ {
+			if s[i] == '"' {
+				if i+1 < len(s) && s[i+1] == '"' {
+					b.WriteByte('"')
+					i++
+					continue
+				}
+				closed = true
+				break
+			}
+			b.WriteByte(s[i])
+		}
+		if !closed {
+			return "", false
+		}
+		name = b.String()
+	} else {
+		first, _, _ := strings.Cut(s, ",")
+		name = strings.ToLower(strings.TrimSpace(first))
+	}
+	if name == "" || name == "$user" || strings.HasPrefix(name, "pg_") {
+		return "", false
+	}
+	return name, true
 }
 
 const createMigrationsTable = `CREATE TABLE IF NOT EXISTS schema_migrations (

@@ -3,10 +3,12 @@ package schema_test
 import (
 	"context"
 	"errors"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
 
+	"github.com/jmoiron/sqlx"
 	"github.com/stretchr/testify/require"
 
 	"github.com/heraldhq/herald/internal/testinfra"
@@ -42,6 +44,29 @@ SELECT "weird;name" FROM t`
 	}
 }
 
+// Each statement's line is where its first token is: after comments, and
+// after quotes and dollar quotes that span lines.
+func TestSplitStatementLines(t *testing.T) {
+	t.Parallel()
+	script := "-- header\n" + // 1
+		"/* a\n" + // 2
+		"   b */ INSERT INTO t VALUES ('x\n" + // 3
+		"y');\n" + // 4
+		"INSERT INTO p VALUES ($js$\n" + // 5
+		"const s = `${a}`; -- not a comment\n" + // 6
+		"$js$); -- trailing; comment\n" + // 7
+		"\n" + // 8
+		"SELECT E'it\\'s', 'a\\'; SELECT 2;\n" + // 9
+		"SELECT 3 -- no newline at end" // 10
+	stmts, err := schema.SplitStatements(script)
+	require.NoError(t, err)
+	var lines []int
+	for _, s := range stmts {
+		lines = append(lines, s.Line)
+	}
+	require.Equal(t, []int{3, 5, 9, 9, 10}, lines, "%+v", stmts)
+}
+
 func TestMigrateIsIdempotentAndSafeConcurrently(t *testing.T) {
 	t.Parallel()
 	db := testinfra.Postgres(t) // migrated once already
@@ -69,6 +94,47 @@ func TestMigrateIsIdempotentAndSafeConcurrently(t *testing.T) {
 	var n int
 	require.NoError(t, fresh.Get(&n, `SELECT count(*) FROM schema_migrations`))
 	require.Equal(t, len(all), n)
+}
+
+// The schema a search_path names is created when it does not exist, by
+// several processes at once too; a quoted name keeps its case.
+func TestMigrateCreatesTheSearchPathSchema(t *testing.T) {
+	t.Parallel()
+	base, err := url.Parse(testinfra.PostgresURL(t))
+	require.NoError(t, err)
+	admin, err := sqlx.Connect("postgres", base.String())
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = admin.Close() }) // after the schemas are dropped
+	plain := testinfra.Name(t)
+	quoted := strings.ToUpper(testinfra.Name(t)) + ` "q"`
+	for _, c := range []struct{ searchPath, schema string }{
+		{plain, plain},
+		{`"` + strings.ReplaceAll(quoted, `"`, `""`) + `"`, quoted},
+	} {
+		t.Cleanup(func() {
+			_, _ = admin.Exec(`DROP SCHEMA IF EXISTS "` + strings.ReplaceAll(c.schema, `"`, `""`) + `" CASCADE`)
+		})
+		u := *base
+		q := u.Query()
+		q.Set("search_path", c.searchPath)
+		u.RawQuery = q.Encode()
+		db, err := sqlx.Open("postgres", u.String())
+		require.NoError(t, err)
+		defer db.Close()
+
+		var wg sync.WaitGroup
+		errs := make([]error, 3)
+		for i := range errs {
+			wg.Go(func() { _, errs[i] = schema.Migrate(t.Context(), db) })
+		}
+		wg.Wait()
+		for _, err := range errs {
+			require.NoError(t, err, "search_path %s", c.searchPath)
+		}
+		var tables int
+		require.NoError(t, admin.Get(&tables, `SELECT count(*) FROM pg_tables WHERE schemaname = $1 AND tablename = 'events'`, c.schema))
+		require.Equal(t, 1, tables, "search_path %s", c.searchPath)
+	}
 }
 
 func TestSeedAppliesAllOrNothingAndNamesTheFailure(t *testing.T) {

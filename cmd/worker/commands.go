@@ -174,6 +174,29 @@ func publishCommand(ctx context.Context, e env, args []string) error {
 		return fmt.Errorf("publish: -pk names one event, and the input holds %d", len(payloads))
 	}
 
+	// Every event is filled and validated before the first is published:
+	// an input with an invalid event publishes nothing.
+	type event struct {
+		payload    []byte
+		id, action string
+	}
+	var outgoing []event
+	for i, p := range payloads {
+		if *raw {
+			break // published unchecked
+		}
+		filled, id, act, err := fillEvent(p, *pk)
+		if err == nil {
+			_, err = events.Decode(filled)
+		}
+		if err != nil && len(payloads) > 1 {
+			return fmt.Errorf("event %d of %d: %w (nothing was published)", i+1, len(payloads), err)
+		} else if err != nil {
+			return err
+		}
+		outgoing = append(outgoing, event{payload: filled, id: id, action: act})
+	}
+
 	nc, err := connectNATS(cfg, false, cfg.logger(e.stderr))
 	if err != nil {
 		return err
@@ -184,34 +207,29 @@ func publishCommand(ctx context.Context, e env, args []string) error {
 	}); err != nil {
 		return err
 	}
-	pub := events.NewPublisher(nc.js, cfg.SubjectPrefix)
-	duplicates := 0
-	for _, p := range payloads {
-		if *raw {
+	if *raw {
+		for _, p := range payloads {
 			if _, err := nc.js.Publish(ctx, events.Subject(cfg.SubjectPrefix, "raw"), p); err != nil {
 				return fmt.Errorf("publish raw message: %w", err)
 			}
 			fmt.Fprintln(e.stdout, "published raw message")
-			continue
 		}
-		filled, id, act, err := fillEvent(p, *pk)
-		if err != nil {
-			return err
-		}
-		if _, err := events.Decode(filled); err != nil {
-			return fmt.Errorf("event %s: %w", id, err)
-		}
-		err = pub.PublishRaw(ctx, id, act, filled)
+		return nil
+	}
+	pub := events.NewPublisher(nc.js, cfg.SubjectPrefix)
+	duplicates := 0
+	for _, ev := range outgoing {
+		err := pub.PublishRaw(ctx, ev.id, ev.action, ev.payload)
 		if errors.Is(err, events.ErrDuplicate) {
 			// Not published; the rest of the input still is.
 			duplicates++
-			fmt.Fprintf(e.stderr, "%s: not published: a message with this pk is already in the stream\n", id)
+			fmt.Fprintf(e.stderr, "%s: not published: a message with this pk is already in the stream\n", ev.id)
 			continue
 		}
 		if err != nil {
 			return err
 		}
-		fmt.Fprintln(e.stdout, id)
+		fmt.Fprintln(e.stdout, ev.id)
 	}
 	if duplicates > 0 {
 		return fmt.Errorf("publish: %d of %d events not published: %w", duplicates, len(payloads), events.ErrDuplicate)
@@ -302,19 +320,22 @@ func splitEvents(data []byte) ([][]byte, error) {
 }
 
 // fillEvent sets pk (to pkFlag, or a new UUID) and created (now) when they
-// are missing, and returns the payload, its pk and its action.
+// are missing or null, and returns the payload, its pk and its action. A pk
+// that is present but not a string is refused: it is malformed, not
+// missing, and the worker would dead-letter the event.
 func fillEvent(data []byte, pkFlag string) ([]byte, string, string, error) {
 	var m map[string]json.RawMessage
 	if err := json.Unmarshal(data, &m); err != nil || m == nil {
 		return nil, "", "", fmt.Errorf("event is not a JSON object: %.80s", data)
 	}
 	var id, action string
-	_ = json.Unmarshal(m["pk"], &id)
-	_ = json.Unmarshal(m["action"], &action)
-	if id == "" {
+	if raw, ok := m["pk"]; !ok || string(raw) == "null" {
 		id = cmpOr(pkFlag, newUUID())
 		m["pk"], _ = json.Marshal(id)
+	} else if err := json.Unmarshal(raw, &id); err != nil {
+		return nil, "", "", fmt.Errorf("pk %.40s: want a UUID string, or no pk for a new one", raw)
 	}
+	_ = json.Unmarshal(m["action"], &action)
 	if canon, err := events.CanonicalUUID(id); err == nil {
 		id = canon
 	}

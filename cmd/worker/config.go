@@ -9,7 +9,6 @@ import (
 	"net/url"
 	"runtime"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/heraldhq/herald/events"
@@ -17,8 +16,9 @@ import (
 )
 
 // config is the worker's configuration. Every field is read from the
-// environment variable named in its comment; flags of the same name in
-// lower case with dashes (e.g. -batch-size) override it.
+// environment variable named in its comment; loadConfig's flags
+// (-database-url, -nats-url, -stream, -subject-prefix, -consumer and
+// -data-dir) override the variables they name.
 type config struct {
 	DatabaseURL        string        // DATABASE_URL
 	NATSURL            string        // NATS_URL; empty: embedded JetStream server
@@ -169,6 +169,7 @@ func loadConfig(getenv func(string) string, fs *flag.FlagSet, args []string) (co
 	}{
 		{"HERALD_ACK_WAIT", c.AckWait}, {"HERALD_WEBHOOK_TIMEOUT", c.WebhookTimeout},
 		{"HERALD_DELIVERY_MIN_BACKOFF", c.DeliveryMinBackoff}, {"HERALD_DELIVERY_MAX_BACKOFF", c.DeliveryMaxBackoff},
+		{"HERALD_SHUTDOWN_TIMEOUT", c.ShutdownTimeout},
 	} {
 		if d.v <= 0 {
 			errs = append(errs, fmt.Errorf("%s must be positive", d.name))
@@ -185,8 +186,10 @@ func loadConfig(getenv func(string) string, fs *flag.FlagSet, args []string) (co
 	if c.LogFormat != "text" && c.LogFormat != "json" {
 		errs = append(errs, fmt.Errorf("HERALD_LOG_FORMAT=%q: want text or json", c.LogFormat))
 	}
-	if _, err := url.Parse(c.DatabaseURL); err != nil && !strings.Contains(c.DatabaseURL, "=") {
-		errs = append(errs, fmt.Errorf("DATABASE_URL: %w", err))
+	if isURLDSN(c.DatabaseURL) {
+		if _, err := url.Parse(c.DatabaseURL); err != nil {
+			errs = append(errs, fmt.Errorf("DATABASE_URL: %w", withoutURL(err)))
+		}
 	}
 	return c, errors.Join(errs...)
 }

@@ -2,10 +2,10 @@ package main
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/url"
 	"strings"
 	"time"
 
@@ -27,7 +27,8 @@ func openExistingDB(ctx context.Context, dsn string) (*sqlx.DB, error) {
 }
 
 // openDB connects to PostgreSQL. When the database itself does not exist
-// yet, it is created first (so the quick start needs no manual step).
+// yet, it is created first (so the quick start needs no manual step); dsn
+// may be a URL or a keyword/value connection string.
 func openDB(ctx context.Context, dsn string, logger *slog.Logger) (*sqlx.DB, error) {
 	dsn = rules.WithConnectionParams(dsn)
 	db, err := connect(ctx, dsn)
@@ -44,11 +45,22 @@ func openDB(ctx context.Context, dsn string, logger *slog.Logger) (*sqlx.DB, err
 	return db, nil
 }
 
+// connect opens a pool on dsn and checks that PostgreSQL answers. Its
+// errors never contain the dsn's password.
 func connect(ctx context.Context, dsn string) (*sqlx.DB, error) {
-	db, err := sqlx.Open("postgres", dsn)
+	cfg, err := pq.NewConfig(dsn)
+	if err != nil {
+		return nil, dsnError(dsn, err)
+	}
+	return connectConfig(ctx, cfg)
+}
+
+func connectConfig(ctx context.Context, cfg pq.Config) (*sqlx.DB, error) {
+	connector, err := pq.NewConnectorConfig(cfg)
 	if err != nil {
 		return nil, err
 	}
+	db := sqlx.NewDb(sql.OpenDB(connector), "postgres")
 	db.SetMaxOpenConns(32)
 	db.SetMaxIdleConns(16)
 	db.SetConnMaxIdleTime(5 * time.Minute)
@@ -61,16 +73,32 @@ func connect(ctx context.Context, dsn string) (*sqlx.DB, error) {
 	return db, nil
 }
 
-// createDatabase creates the database named in a URL-form dsn by connecting
-// to the "postgres" maintenance database on the same server.
-func createDatabase(ctx context.Context, dsn string, logger *slog.Logger) error {
-	u, err := url.Parse(dsn)
-	if err != nil || u.Scheme == "" {
-		return fmt.Errorf("database in %q does not exist and the URL cannot be rewritten to create it", redactDSN(dsn))
+// dsnError is err, from parsing dsn, without the dsn's password. lib/pq
+// returns url.Parse's error, which repeats the whole URL, and names the
+// word it stopped at in a keyword/value string, which can be the part of
+// an unquoted password after a space.
+func dsnError(dsn string, err error) error {
+	err = withoutURL(err)
+	if !isURLDSN(dsn) && strings.Contains(dsn, "password") && strings.Contains(err.Error(), `missing "="`) {
+		return errors.New(`connection string: a word without "=" after it (a value holding a space is quoted: password='a b')`)
 	}
-	name := strings.TrimPrefix(u.Path, "/")
-	u.Path = "/postgres"
-	admin, err := connect(ctx, u.String())
+	return err
+}
+
+// createDatabase creates the database that dsn names by connecting to the
+// "postgres" maintenance database on the same server.
+func createDatabase(ctx context.Context, dsn string, logger *slog.Logger) error {
+	cfg, err := pq.NewConfig(dsn)
+	if err != nil {
+		return dsnError(dsn, err)
+	}
+	name := cfg.Database
+	if name == "" {
+		return errors.New("connect to PostgreSQL: the database does not exist, and DATABASE_URL names none (dbname) to create")
+	}
+	maintenance := cfg.Clone()
+	maintenance.Database = "postgres"
+	admin, err := connectConfig(ctx, maintenance)
 	if err != nil {
 		return fmt.Errorf("connect to maintenance database to create %q: %w", name, err)
 	}
@@ -86,13 +114,4 @@ func createDatabase(ctx context.Context, dsn string, logger *slog.Logger) error 
 	}
 	logger.Info("created database", slog.String("database", name))
 	return nil
-}
-
-// redactDSN hides the password of a URL-form dsn.
-func redactDSN(dsn string) string {
-	u, err := url.Parse(dsn)
-	if err != nil || u.User == nil {
-		return dsn
-	}
-	return u.Redacted()
 }

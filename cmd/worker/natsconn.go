@@ -45,7 +45,7 @@ func connectNATS(cfg config, embed bool, logger *slog.Logger) (*natsConn, error)
 		if cfg.NATSURL == "" && !embed {
 			return nil, fmt.Errorf("connect to %s (the embedded server of a running `worker run`; set NATS_URL for another server): %w", url, err)
 		}
-		return nil, fmt.Errorf("connect to NATS at %s: %w", url, err)
+		return nil, fmt.Errorf("connect to NATS at %s: %w", redactNATSURL(url), withoutURL(err))
 	}
 	c.nc = nc
 	js, err := jetstream.New(nc)

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
+	netmail "net/mail"
 	"os"
 	"path/filepath"
 	"runtime/debug"
@@ -40,6 +42,11 @@ func runCommand(ctx context.Context, e env, args []string) error {
 // the reverse order of start-up: intake first, the database last.
 func run(ctx context.Context, cfg config, logger *slog.Logger) error {
 	tuneGC()
+	// The mailer refuses a bad From too, but in words that would point at
+	// SMTP_URL.
+	if _, err := netmail.ParseAddress(cfg.MailFrom); err != nil {
+		return fmt.Errorf("MAIL_FROM=%q: not an email address: %w", cfg.MailFrom, err)
+	}
 	db, err := openDB(ctx, cfg.DatabaseURL, logger)
 	if err != nil {
 		return err
@@ -139,6 +146,16 @@ func run(ctx context.Context, cfg config, logger *slog.Logger) error {
 		Logger:        logger,
 	})
 
+	// The HTTP address is taken before anything runs: one that cannot be
+	// listened on stops the worker at start, like any setting that cannot
+	// work.
+	var httpListener net.Listener
+	if cfg.HTTPAddr != "" {
+		if httpListener, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
+			return fmt.Errorf("HERALD_HTTP_ADDR=%s: %w", cfg.HTTPAddr, err)
+		}
+	}
+
 	// Background services stop when bgCtx ends, after the subscriber drained.
 	bgCtx, stopBackground := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopBackground()
@@ -152,10 +169,10 @@ func run(ctx context.Context, cfg config, logger *slog.Logger) error {
 	bg.Go(func() { _ = dispatcher.Run(bgCtx) })
 
 	var srv *http.Server
-	if cfg.HTTPAddr != "" {
-		srv = &http.Server{Addr: cfg.HTTPAddr, Handler: opsHandler(db, nc, engine, sub.Consuming, cfg), ReadHeaderTimeout: 5 * time.Second}
+	if httpListener != nil {
+		srv = &http.Server{Handler: opsHandler(db, nc, engine, sub.Consuming, cfg), ReadHeaderTimeout: 5 * time.Second}
 		bg.Go(func() {
-			if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			if err := srv.Serve(httpListener); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				logger.Error("http server stopped", slog.Any("error", err))
 			}
 		})

@@ -9,11 +9,13 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/jmoiron/sqlx"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
@@ -447,6 +449,53 @@ func TestPublishReportsDuplicates(t *testing.T) {
 	require.ErrorContains(t, err, "-pk names one event")
 }
 
+// publish fills and validates every event of its input before it publishes
+// the first: an input with an invalid event publishes nothing (the events
+// before it would otherwise be out under pks made up for them, and be
+// published again under new ones once the input is fixed).
+func TestPublishValidatesEveryEventBeforePublishing(t *testing.T) {
+	t.Parallel()
+	s := newStack(t)
+	s.cli(t, "", "publish", "-action", "login") // creates the stream, with one message
+	msgs := func() uint64 {
+		stream, err := s.js.Stream(t.Context(), s.names.Name)
+		require.NoError(t, err)
+		info, err := stream.Info(t.Context())
+		require.NoError(t, err)
+		return info.State.Msgs
+	}
+	require.EqualValues(t, 1, msgs())
+
+	for _, input := range []string{
+		`{"action": "login"}` + "\n" + `{"action": "login"}` + "\n" + `{"action": "login", "client_ip": "nope"}`,
+		`[{"action": "login"}, {"action": "login"}, "not an object"]`,
+	} {
+		var out, errOut bytes.Buffer
+		err := dispatch(t.Context(), []string{"publish", "-f", "-"}, s.getenv, strings.NewReader(input), &out, &errOut)
+		require.Error(t, err)
+		require.EqualValues(t, 1, msgs(), "part of an invalid input was published")
+		require.Empty(t, out.String(), "no pk is printed as published")
+		require.Contains(t, err.Error(), "event 3 of 3", "the error names the event")
+	}
+}
+
+// publish fills pk only when it is missing or null: a pk of another type is
+// malformed (the worker would dead-letter the event), and is refused.
+func TestPublishRefusesANonStringPK(t *testing.T) {
+	t.Parallel()
+	s := newStack(t)
+	for _, input := range []string{`{"pk": 5, "action": "login"}`, `{"pk": {"id": 1}, "action": "login"}`} {
+		var out, errOut bytes.Buffer
+		err := dispatch(t.Context(), []string{"publish", "-f", "-"}, s.getenv, strings.NewReader(input), &out, &errOut)
+		require.ErrorContains(t, err, "want a UUID string", input)
+		require.Empty(t, out.String(), input)
+	}
+	// A null pk is a missing one.
+	out := strings.TrimSpace(s.cli(t, `{"pk": null, "action": "login"}`, "publish", "-f", "-"))
+	_, err := events.CanonicalUUID(out)
+	require.NoError(t, err, "a new pk is printed: %q", out)
+}
+
 // worker check compiles every expression policy and webhook mapping.
 func TestCheckCompilesPoliciesAndMappings(t *testing.T) {
 	t.Parallel()
@@ -525,4 +574,93 @@ func TestMetricsShowTheConsumerLag(t *testing.T) {
 		body := string(b)
 		return gauge(body, "herald_consumer_ack_pending") >= n-2 && gauge(body, "herald_consumer_pending") >= 0
 	}, 10*time.Second, 100*time.Millisecond, "the events the worker holds are not counted as lag")
+}
+
+// An HTTP address the worker cannot listen on (here: taken, as by a second
+// worker on the same machine) stops the worker at start, the variable
+// named, instead of leaving it running without /healthz, /readyz and
+// /metrics.
+func TestUnusableHTTPAddrStopsTheWorker(t *testing.T) {
+	t.Parallel()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+	s := newStack(t)
+	s.env["HERALD_HTTP_ADDR"] = l.Addr().String()
+	cfg, err := loadConfig(s.getenv, nil, nil)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, cfg, slog.New(slog.NewTextHandler(t.Output(), nil))) }()
+	select {
+	case err := <-done:
+		require.ErrorContains(t, err, "HERALD_HTTP_ADDR="+l.Addr().String())
+	case <-time.After(20 * time.Second):
+		cancel()
+		<-done
+		t.Fatalf("the worker runs on though it cannot listen on %s", l.Addr())
+	}
+}
+
+// A MAIL_FROM that is not an email address is reported as MAIL_FROM, not as
+// a problem of SMTP_URL.
+func TestBadMailFromIsNamed(t *testing.T) {
+	t.Parallel()
+	s := newStack(t)
+	s.env["MAIL_FROM"] = "herald at example.com"
+	s.env["SMTP_URL"] = "smtp://127.0.0.1:2525"
+	cfg, err := loadConfig(s.getenv, nil, nil)
+	require.NoError(t, err)
+	err = run(t.Context(), cfg, slog.New(slog.DiscardHandler))
+	require.ErrorContains(t, err, `MAIL_FROM="herald at example.com"`)
+	require.NotContains(t, err.Error(), "SMTP_URL")
+}
+
+// The worker stops on SIGTERM even when the rule watcher's LISTEN
+// connection cannot be made: here the role's connection limit is used up by
+// the worker's pool (max_connections reached, or the database down, is the
+// same). rules' TestRuleCacheWatchWithoutListenConnection shows that the
+// rules are still reloaded.
+func TestWorkerStopsWithoutListenConnection(t *testing.T) {
+	t.Parallel()
+	base := testinfra.PostgresURL(t)
+	admin, err := sqlx.Connect("postgres", base)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = admin.Close() })
+	role := "herald_lim_" + strings.ToLower(testinfra.Name(t))
+	admin.MustExec(`CREATE ROLE ` + role + ` LOGIN CONNECTION LIMIT 1`)
+	admin.MustExec(`CREATE DATABASE ` + role + ` OWNER ` + role)
+	t.Cleanup(func() {
+		_, _ = admin.Exec(`DROP DATABASE ` + role + ` WITH (FORCE)`)
+		_, _ = admin.Exec(`DROP ROLE ` + role)
+	})
+	u, err := url.Parse(base)
+	require.NoError(t, err)
+	u.User = url.User(role)
+	u.Path = "/" + role
+
+	s := newStack(t)
+	s.env["DATABASE_URL"] = u.String()
+	cfg, err := loadConfig(s.getenv, nil, nil)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, cfg, slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelError})))
+	}()
+	require.Eventually(t, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		info, err := s.consumerInfo(ctx)
+		return err == nil && info.NumWaiting > 0
+	}, 20*time.Second, 20*time.Millisecond, "worker did not start consuming")
+	cancel() // SIGTERM
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(cfg.ShutdownTimeout + 5*time.Second):
+		t.Fatalf("worker did not stop within %v of SIGTERM", cfg.ShutdownTimeout+5*time.Second)
+	}
 }
