@@ -191,6 +191,19 @@ func lastError(t *testing.T, db *testinfra.DB, id string) (status, lastErr strin
 	return status, lastErr
 }
 
+// attemptWebhook points the webhook transport at url and makes one attempt
+// at delivery id with the real webhook transport; it returns the
+// delivery's status and last_error.
+func attemptWebhook(t *testing.T, db *testinfra.DB, id, url string, cfg rules.DispatcherConfig) (status, lastErr string) {
+	t.Helper()
+	db.MustExec(t, `UPDATE notification_transports SET webhook_url = $1`, url)
+	cfg.Transports = map[string]rules.Transporter{rules.ModeWebhook: &rules.WebhookTransport{DB: db.DB}}
+	ok, err := rules.NewDispatcher(db.DB, cfg).DispatchOne(t.Context())
+	require.NoError(t, err)
+	require.True(t, ok)
+	return lastError(t, db, id)
+}
+
 // Any error text is recorded, so that the delivery fails (and ends dead)
 // instead of staying claimed and being sent again after every lease: a
 // webhook's answer in Latin-1 or with a NUL byte, a UTF-8 answer whose
@@ -216,13 +229,7 @@ func TestDeliveryRecordsAnyErrorText(t *testing.T) {
 			}))
 			t.Cleanup(srv.Close)
 			id := pendingWebhookDelivery(t, db)
-			db.MustExec(t, `UPDATE notification_transports SET webhook_url = $1`, srv.URL+"/hook")
-			d := rules.NewDispatcher(db.DB, rules.DispatcherConfig{MaxAttempts: 1, Logger: slog.New(slog.DiscardHandler),
-				Transports: map[string]rules.Transporter{rules.ModeWebhook: &rules.WebhookTransport{DB: db.DB}}})
-			ok, err := d.DispatchOne(t.Context())
-			require.NoError(t, err)
-			require.True(t, ok)
-			status, lastErr := lastError(t, db, id)
+			status, lastErr := attemptWebhook(t, db, id, srv.URL+"/hook", rules.DispatcherConfig{MaxAttempts: 1, Logger: slog.New(slog.DiscardHandler)})
 			require.Equal(t, rules.DeliveryDead, status)
 			require.Contains(t, lastErr, "HTTP 500")
 			require.True(t, utf8.ValidString(lastErr))
@@ -264,14 +271,9 @@ func TestWebhookErrorsKeepTheURLSecret(t *testing.T) {
 			db := testinfra.Postgres(t)
 			id := pendingWebhookDelivery(t, db)
 			host := strings.TrimPrefix(base, "http://")
-			db.MustExec(t, `UPDATE notification_transports SET webhook_url = $1`, "http://hook:s3cr3t-pw@"+host+"/services/T0/B0/t0ken")
 			var logs strings.Builder
-			d := rules.NewDispatcher(db.DB, rules.DispatcherConfig{Logger: slog.New(slog.NewTextHandler(&logs, nil)),
-				Transports: map[string]rules.Transporter{rules.ModeWebhook: &rules.WebhookTransport{DB: db.DB}}})
-			ok, err := d.DispatchOne(t.Context())
-			require.NoError(t, err)
-			require.True(t, ok)
-			status, lastErr := lastError(t, db, id)
+			status, lastErr := attemptWebhook(t, db, id, "http://hook:s3cr3t-pw@"+host+"/services/T0/B0/t0ken",
+				rules.DispatcherConfig{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 			require.Equal(t, rules.DeliveryFailed, status)
 			require.Contains(t, lastErr, "http://"+host)
 			for _, secret := range []string{"s3cr3t-pw", "t0ken"} {

@@ -75,7 +75,13 @@ func (s *stack) start(t *testing.T) {
 	logger := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelInfo}))
 	go func() { s.done <- run(ctx, cfg, logger) }()
 	t.Cleanup(func() { s.stop(t) })
-	// The worker is consuming once its pull requests wait on the consumer.
+	s.waitConsuming(t)
+}
+
+// waitConsuming waits until the worker consumes: its pull requests wait on
+// the consumer.
+func (s *stack) waitConsuming(t *testing.T) {
+	t.Helper()
 	require.Eventually(t, func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
@@ -650,12 +656,7 @@ func TestWorkerStopsWithoutListenConnection(t *testing.T) {
 	go func() {
 		done <- run(ctx, cfg, slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelError})))
 	}()
-	require.Eventually(t, func() bool {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		info, err := s.consumerInfo(ctx)
-		return err == nil && info.NumWaiting > 0
-	}, 20*time.Second, 20*time.Millisecond, "worker did not start consuming")
+	s.waitConsuming(t)
 	cancel() // SIGTERM
 	select {
 	case err := <-done:
