@@ -469,8 +469,9 @@ func (s *Subscriber) settle(ctx context.Context, m jetstream.Msg, err error) {
 		s.ack(ctx, m)
 		return
 	}
-	if errors.Is(err, context.Canceled) {
-		// Shutting down: return the message to the stream. Not a failure.
+	if errors.Is(err, context.Canceled) || ctx.Err() != nil {
+		// Shutting down (a statement cut short by it fails with an error
+		// of its own): return the message to the stream. Not a failure.
 		s.held.release(m)
 		_ = m.NakWithDelay(shutdownRedelivery)
 		return
@@ -526,6 +527,9 @@ func (s *Subscriber) superviseConsume(ctx context.Context, cons jetstream.Consum
 			}
 			if err == nil {
 				cons, cc = next, nextCC
+				// A new consumer (or stream) numbers its messages anew:
+				// old counts would belong to other messages.
+				s.failures.reset()
 				break
 			}
 			delay := s.retryDelay(attempt)
@@ -614,6 +618,14 @@ func (f *failureCounts) forgetMsg(m jetstream.Msg) {
 	defer f.mu.Unlock()
 	delete(f.n, seq)
 	f.any.Store(len(f.n) > 0)
+}
+
+// reset drops every count.
+func (f *failureCounts) reset() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.n = nil
+	f.any.Store(false)
 }
 
 // streamSeq is m's sequence in the stream; 0 when m has no metadata.

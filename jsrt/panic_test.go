@@ -11,6 +11,14 @@ import (
 	"github.com/heraldhq/herald/rules"
 )
 
+func req(expr string) *rules.PolicyRequest {
+	return &rules.PolicyRequest{
+		Policy:  &rules.Policy{Name: "p", Kind: rules.KindExpression, Expression: expr},
+		Event:   &events.Event{PK: "3f0a8f0e-3a4e-4f6f-9a55-0c9f7f3b2a11", Action: "login", Created: time.Now()},
+		Timeout: 5 * time.Second,
+	}
+}
+
 // A Go panic in a helper fails the policy instead of the worker, even when
 // the policy catches exceptions or the panic comes from a policy it calls,
 // and the runtime it went through is replaced: the pool keeps its size and
@@ -21,13 +29,6 @@ func TestHelperPanicFailsThePolicyAndReplacesTheRuntime(t *testing.T) {
 	broken := <-p.vms
 	require.NoError(t, broken.rt.Set("boom", func() { panic("boom") }))
 	p.vms <- broken
-	req := func(expr string) *rules.PolicyRequest {
-		return &rules.PolicyRequest{
-			Policy:  &rules.Policy{Name: "p", Kind: rules.KindExpression, Expression: expr},
-			Event:   &events.Event{PK: "3f0a8f0e-3a4e-4f6f-9a55-0c9f7f3b2a11", Action: "login", Created: time.Now()},
-			Timeout: 5 * time.Second,
-		}
-	}
 
 	ctx, release := p.Bind(t.Context())
 	res := p.Evaluate(ctx, req(`try { boom(); } catch (e) { return "caught"; } return "went on";`))
@@ -52,6 +53,39 @@ func TestHelperPanicFailsThePolicyAndReplacesTheRuntime(t *testing.T) {
 	require.NotSame(t, v, v2, "the runtime of an unpinned evaluation is replaced too")
 	p.vms <- v2
 	res = p.Evaluate(t.Context(), req(`return true;`))
+	require.Nil(t, res.Err)
+	require.True(t, res.Passing)
+}
+
+// An exception or a helper's panic while the policy's result is read (a
+// getter of the returned object) fails the policy too, and the runtime is
+// replaced.
+func TestPanicWhileTheResultIsReadFailsThePolicy(t *testing.T) {
+	t.Parallel()
+	p := New(Config{Size: 1, Logger: slog.New(slog.DiscardHandler)})
+	for _, expr := range []string{`return {get x() { throw new Error("nope"); }};`, `return {get x() { return boom(); }};`} {
+		v := <-p.vms
+		require.NoError(t, v.rt.Set("boom", func() { panic("boom") }))
+		p.vms <- v
+		res := p.Evaluate(t.Context(), req(expr))
+		require.NotNil(t, res.Err, expr)
+		require.False(t, res.Passing)
+		next := <-p.vms
+		require.NotSame(t, v, next, "the runtime is replaced")
+		p.vms <- next
+	}
+	res := p.Evaluate(t.Context(), req(`return true;`))
+	require.Nil(t, res.Err)
+	require.True(t, res.Passing)
+}
+
+// A mapping of a notification whose event is gone runs with an empty event.
+func TestEvaluateWithoutAnEvent(t *testing.T) {
+	t.Parallel()
+	p := New(Config{Size: 1, Logger: slog.New(slog.DiscardHandler)})
+	r := req(`return request.context.event.action === "" && String(ak_client_ip) === "255.255.255.255";`)
+	r.Event = nil
+	res := p.Evaluate(t.Context(), r)
 	require.Nil(t, res.Err)
 	require.True(t, res.Passing)
 }

@@ -102,6 +102,17 @@ func (v *vm) function(prog *goja.Program) (goja.Callable, error) {
 // the caller interrupts the runtime when it ends (see [vm.watchParent]).
 func (v *vm) evaluate(ctx context.Context, prog *goja.Program, req *rules.PolicyRequest) (res rules.PolicyResult) {
 	outer := v.cur == nil
+	if outer {
+		// Registered first, so that it runs last, once the deferred
+		// restores below have run.
+		defer v.recoverPanic(ctx, req.Policy.Name, &res)
+	}
+	if req.Event == nil {
+		// A mapping of a notification whose event is gone.
+		r := *req
+		r.Event = &events.Event{}
+		req = &r
+	}
 	var b *bounds
 	if outer {
 		timeout := req.Timeout
@@ -169,7 +180,7 @@ func (v *vm) evaluate(ctx context.Context, prog *goja.Program, req *rules.Policy
 	fn, err := v.function(prog)
 	var out goja.Value
 	if err == nil {
-		out, err = v.call(ctx, fn, req.Policy.Name, outer)
+		out, err = fn(goja.Undefined())
 	}
 	res.Messages = ev.messages
 	res.Logs = ev.logs
@@ -213,23 +224,26 @@ func (v *vm) evaluate(ctx context.Context, prog *goja.Program, req *rules.Policy
 	return res
 }
 
-// call runs a policy's function. A Go panic in a helper it calls fails
-// the outermost policy, not the worker; the runtime, which the panic may
-// have left half-way through a call, is marked broken and replaced (see
-// [Pool.renew]). A nested evaluation (ak_call_policy) lets the panic go on
-// to its caller, whose runtime state it shares.
-func (v *vm) call(ctx context.Context, fn goja.Callable, policy string, outer bool) (out goja.Value, err error) {
-	if outer {
-		defer func() {
-			if r := recover(); r != nil {
-				v.broken = true
-				v.pool.cfg.Logger.ErrorContext(ctx, "policy helper panicked; the runtime is replaced",
-					slog.String("policy", policy), slog.Any("panic", r), slog.String("stack", string(debug.Stack())))
-				err = fmt.Errorf("internal error in a helper: %v", r)
-			}
-		}()
+// recoverPanic turns a panic out of an outermost evaluation into the
+// policy's error: a Go panic in a helper, or an exception thrown while the
+// result is read (a getter of the returned object). It fails the policy,
+// not the worker. The runtime, which the panic may have left half-way
+// through a call, is marked broken and replaced (see [Pool.renew]). A
+// nested evaluation (ak_call_policy) lets a panic go on to its caller,
+// whose runtime state it shares.
+func (v *vm) recoverPanic(ctx context.Context, policy string, res *rules.PolicyResult) {
+	r := recover()
+	if r == nil {
+		return
 	}
-	return fn(goja.Undefined())
+	v.broken = true
+	if exc, ok := r.(*goja.Exception); ok {
+		*res = rules.PolicyResult{Err: runtimeError(policy, exc)}
+		return
+	}
+	v.pool.cfg.Logger.ErrorContext(ctx, "policy helper panicked; the runtime is replaced",
+		slog.String("policy", policy), slog.Any("panic", r), slog.String("stack", string(debug.Stack())))
+	*res = rules.PolicyResult{Err: runtimeError(policy, fmt.Errorf("internal error in a helper: %v", r))}
 }
 
 // shareGlobals makes a global that is also a key of request.context (a

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime/debug"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -283,7 +284,7 @@ func (d *Dispatcher) deliver(ctx, sendCtx context.Context, id string, attempts i
 		err error
 	)
 	if t := d.cfg.Transports[del.Transport.Mode]; t != nil {
-		res, err = t.Deliver(sendCtx, &del)
+		res, err = deliverSafely(sendCtx, t, &del)
 	} else {
 		// The transport's mode changed since the claim.
 		err = &PermanentError{Err: fmt.Errorf("transport %q is now %q, which this dispatcher does not send", del.Transport.Name, del.Transport.Mode)}
@@ -342,6 +343,17 @@ WHERE id = $1 AND status = 'sending' AND attempts = $3`, del.ID, storableText(re
 WHERE id = $1 AND status = 'sending' AND attempts = $5`,
 		del.ID, status, errorText(sendErr, 2000), delay.Milliseconds(), del.Attempts)
 	return err
+}
+
+// deliverSafely runs t's delivery of del. A panic in it fails the attempt,
+// which is retried and ends dead, instead of stopping the worker.
+func deliverSafely(ctx context.Context, t Transporter, del *Delivery) (res DeliveryResult, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("transport panicked: %v\n%s", r, debug.Stack())
+		}
+	}()
+	return t.Deliver(ctx, del)
 }
 
 // recordSent marks a delivery sent, fenced by its attempt, and stores the

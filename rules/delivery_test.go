@@ -283,3 +283,22 @@ func TestWebhookErrorsKeepTheURLSecret(t *testing.T) {
 		})
 	}
 }
+
+// A transport that panics fails the attempt instead of stopping the worker.
+func TestPanickingTransportFailsTheAttempt(t *testing.T) {
+	t.Parallel()
+	db := testinfra.Postgres(t)
+	id := pendingWebhookDelivery(t, db)
+	d := rules.NewDispatcher(db.DB, rules.DispatcherConfig{Logger: slog.New(slog.DiscardHandler),
+		Transports: map[string]rules.Transporter{rules.ModeWebhook: transportFunc(func(context.Context, *rules.Delivery) (rules.DeliveryResult, error) {
+			var m map[string]int
+			m["boom"]++
+			return rules.DeliveryResult{}, nil
+		})}})
+	ok, err := d.DispatchOne(t.Context())
+	require.NoError(t, err)
+	require.True(t, ok)
+	status, lastErr := lastError(t, db, id)
+	require.Equal(t, rules.DeliveryFailed, status)
+	require.Contains(t, lastErr, "transport panicked: assignment to entry in nil map")
+}

@@ -474,6 +474,7 @@ func (b *bench) startPublisher(ctx context.Context, prefix string) (*publisherPr
 	line, err := bufio.NewReader(out).ReadString('\n')
 	if strings.TrimSpace(line) != "ready" {
 		p.stop()
+		_ = p.cmd.Wait() // its stderr is complete once it has ended
 		return nil, fmt.Errorf("bench publisher did not start: %v %s", err, strings.TrimSpace(p.stderr.String()))
 	}
 	return p, nil

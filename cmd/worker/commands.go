@@ -329,7 +329,7 @@ func fillEvent(data []byte, pkFlag string) ([]byte, string, string, error) {
 		return nil, "", "", fmt.Errorf("event is not a JSON object: %.80s", data)
 	}
 	var id, action string
-	if raw, ok := m["pk"]; !ok || string(raw) == "null" {
+	if raw, ok := m["pk"]; !ok || string(raw) == "null" || string(raw) == `""` {
 		id = cmpOr(pkFlag, newUUID())
 		m["pk"], _ = json.Marshal(id)
 	} else if err := json.Unmarshal(raw, &id); err != nil {

@@ -496,10 +496,12 @@ func TestPublishRefusesANonStringPK(t *testing.T) {
 		require.ErrorContains(t, err, "want a UUID string", input)
 		require.Empty(t, out.String(), input)
 	}
-	// A null pk is a missing one.
-	out := strings.TrimSpace(s.cli(t, `{"pk": null, "action": "login"}`, "publish", "-f", "-"))
-	_, err := events.CanonicalUUID(out)
-	require.NoError(t, err, "a new pk is printed: %q", out)
+	// A null or empty pk is a missing one.
+	for _, input := range []string{`{"pk": null, "action": "login"}`, `{"pk": "", "action": "login"}`} {
+		out := strings.TrimSpace(s.cli(t, input, "publish", "-f", "-"))
+		_, err := events.CanonicalUUID(out)
+		require.NoError(t, err, "a new pk is printed: %q", out)
+	}
 }
 
 // worker check compiles every expression policy and webhook mapping.
