@@ -38,20 +38,27 @@ func TestThrowingResultFailsThePolicyNotTheBatch(t *testing.T) {
 	require.Equal(t, 1, b.count(t, `SELECT count(*) FROM events WHERE action = 'policy_exception' AND context->>'exception' LIKE '%nope%'`))
 }
 
+// mappedWebhookDispatcher gives the webhook transport a body mapping with
+// expression and returns a dispatcher that runs it in goja.
+func mappedWebhookDispatcher(t *testing.T, db *testinfra.DB, expression string) *rules.Dispatcher {
+	t.Helper()
+	var mapping string
+	require.NoError(t, db.GetContext(t.Context(), &mapping,
+		`INSERT INTO webhook_mappings (name, expression) VALUES ('m', $1) RETURNING id`, expression))
+	db.MustExec(t, `UPDATE notification_transports SET webhook_mapping_body_id = $1`, mapping)
+	pool := jsrt.New(jsrt.Config{Logger: slog.New(slog.DiscardHandler)})
+	return rules.NewDispatcher(db.DB, rules.DispatcherConfig{Logger: slog.New(slog.DiscardHandler),
+		Transports: map[string]rules.Transporter{rules.ModeWebhook: &rules.WebhookTransport{DB: db.DB, Mappings: pool}}})
+}
+
 // A webhook mapping whose result throws while it is read fails the
 // attempt, as any failing mapping does; it does not stop the dispatcher.
 func TestThrowingMappingResultFailsTheAttempt(t *testing.T) {
 	t.Parallel()
 	db := testinfra.Postgres(t)
 	id := pendingWebhookDelivery(t, db)
-	var mapping string
-	require.NoError(t, db.GetContext(t.Context(), &mapping,
-		`INSERT INTO webhook_mappings (name, expression) VALUES ('m', 'return {get text() { throw new Error("nope"); }};') RETURNING id`))
-	db.MustExec(t, `UPDATE notification_transports SET webhook_mapping_body_id = $1`, mapping)
+	d := mappedWebhookDispatcher(t, db, `return {get text() { throw new Error("nope"); }};`)
 	db.MustExec(t, `WITH e AS (INSERT INTO events (action) VALUES ('login') RETURNING id) UPDATE notifications SET event_id = (SELECT id FROM e)`)
-	pool := jsrt.New(jsrt.Config{Logger: slog.New(slog.DiscardHandler)})
-	d := rules.NewDispatcher(db.DB, rules.DispatcherConfig{Logger: slog.New(slog.DiscardHandler),
-		Transports: map[string]rules.Transporter{rules.ModeWebhook: &rules.WebhookTransport{DB: db.DB, Mappings: pool}}})
 	require.NoError(t, noPanic(func() error { _, err := d.DispatchOne(t.Context()); return err }))
 	require.Equal(t, rules.DeliveryFailed, deliveryState(t, db, id).Status)
 	var n int
@@ -65,13 +72,7 @@ func TestMappingOfANotificationWithoutEvent(t *testing.T) {
 	t.Parallel()
 	db := testinfra.Postgres(t)
 	id := pendingWebhookDelivery(t, db)
-	var mapping string
-	require.NoError(t, db.GetContext(t.Context(), &mapping,
-		`INSERT INTO webhook_mappings (name, expression) VALUES ('m', 'return {text: notification.body};') RETURNING id`))
-	db.MustExec(t, `UPDATE notification_transports SET webhook_mapping_body_id = $1`, mapping)
-	pool := jsrt.New(jsrt.Config{Logger: slog.New(slog.DiscardHandler)})
-	d := rules.NewDispatcher(db.DB, rules.DispatcherConfig{Logger: slog.New(slog.DiscardHandler),
-		Transports: map[string]rules.Transporter{rules.ModeWebhook: &rules.WebhookTransport{DB: db.DB, Mappings: pool}}})
+	d := mappedWebhookDispatcher(t, db, `return {text: notification.body};`)
 	require.NoError(t, noPanic(func() error { _, err := d.DispatchOne(t.Context()); return err }))
 	status, lastErr := lastError(t, db, id)
 	require.Equal(t, rules.DeliveryFailed, status)
