@@ -157,7 +157,9 @@ func loadConfig(getenv func(string) string, fs *flag.FlagSet, args []string) (co
 		errs = append(errs, errors.New("HERALD_CONCURRENCY must be at least 1"))
 	}
 	// The stream's duplicate window (2 minutes) must fit in its age.
-	if c.StreamMaxAge != 0 && c.StreamMaxAge < 2*time.Minute {
+	// Zero is refused too, rather than read as "unset" (values that do not
+	// parse are reported above).
+	if d, err := time.ParseDuration(getenv("HERALD_STREAM_MAX_AGE")); err == nil && d >= 0 && d < 2*time.Minute {
 		errs = append(errs, errors.New("HERALD_STREAM_MAX_AGE must be at least 2m"))
 	}
 	if c.MaxEventDepth < 1 {

@@ -31,6 +31,9 @@ func TestConfigRefusesSettingsThatCannotWork(t *testing.T) {
 		require.ErrorContains(t, err, k)
 	}
 
+	_, err = loadConfig(func(k string) string { return map[string]string{"HERALD_STREAM_MAX_AGE": "0"}[k] }, nil, nil)
+	require.ErrorContains(t, err, "HERALD_STREAM_MAX_AGE must be at least 2m", "zero is not read as unset")
+
 	cfg, err := loadConfig(func(k string) string { return map[string]string{"HERALD_BATCH_WAIT": "0"}[k] }, nil, nil)
 	require.NoError(t, err, "the defaults, and no batch wait, are valid")
 	require.Zero(t, cfg.BatchWait)
