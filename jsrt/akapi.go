@@ -124,7 +124,7 @@ func (v *vm) akCallPolicy(call goja.FunctionCall) goja.Value {
 	var res rules.PolicyResult
 	outer.calleeOut = nil
 	if p.Kind == rules.KindEventMatcher {
-		res.Passing = rules.MatchEvent(p, req.Event)
+		res = rules.MatchEvent(p, req.Event)
 	} else {
 		compiled := v.pool.program(p.Name, p.Expression)
 		if compiled.err != nil {

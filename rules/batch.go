@@ -145,16 +145,23 @@ type pendingDelivery struct {
 
 // insertNotifications writes a batch's notifications and their deliveries
 // in one statement (the deliveries' foreign keys are checked at its end).
+// Rules and transports deleted since the rule set was loaded are skipped,
+// as authentik skips a rule that is gone, rather than failing the batch
+// until the next reload.
 const insertNotifications = `WITH notified AS (
     INSERT INTO notifications (id, rule_id, event_id, user_id, severity, body, hyperlink, hyperlink_label)
     SELECT t.id, t.rule_id, t.event_id, t.user_id, t.severity, t.body, NULLIF(t.link, ''), NULLIF(t.label, '')
     FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[])
         AS t(id, rule_id, event_id, user_id, severity, body, link, label)
+    WHERE EXISTS (SELECT 1 FROM notification_rules r WHERE r.id = t.rule_id)
     ON CONFLICT (event_id, rule_id, user_id) DO NOTHING
+    RETURNING id
 )
 INSERT INTO deliveries (notification_id, transport_id, status, sent_at)
 SELECT d.nid, d.tid, d.status, CASE WHEN d.status = 'sent' THEN now() END
 FROM unnest($9::uuid[], $10::uuid[], $11::text[]) AS d(nid, tid, status)
+WHERE EXISTS (SELECT 1 FROM notification_transports tr WHERE tr.id = d.tid)
+    AND (d.nid IN (SELECT id FROM notified) OR EXISTS (SELECT 1 FROM notifications n WHERE n.id = d.nid))
 ON CONFLICT (notification_id, transport_id) DO NOTHING`
 
 func (w *batchWriter) flush(ctx context.Context, tx *sqlx.Tx) error {

@@ -350,7 +350,7 @@ func (r *eventRun) evalBinding(ctx context.Context, rule *Rule, b *Binding) (boo
 	var res PolicyResult
 	switch p.Kind {
 	case KindEventMatcher:
-		res.Passing = MatchEvent(p, r.ev)
+		res = MatchEvent(p, r.ev)
 	default:
 		start := time.Now()
 		scope := &Scope{tx: r.tx, Rules: r.rs, Rule: rule, Binding: b, run: r}
@@ -444,27 +444,31 @@ func (r *eventRun) userGroups(ctx context.Context) (map[string]bool, error) {
 }
 
 // MatchEvent evaluates an event matcher policy: every match_* column that
-// is set must equal the event's action, app, client_ip, or
-// "<context.model.app>.<context.model.model_name>"; none set passes.
-func MatchEvent(p *Policy, ev *events.Event) bool {
-	if p.MatchAction != nil && *p.MatchAction != ev.Action {
-		return false
+// is set must equal the event's action, client_ip, app, or
+// "<context.model.app>.<context.model.model_name>"; none set passes. As in
+// authentik, each check that is set adds its message ("Action matched.",
+// ...) whether it passes or not.
+func MatchEvent(p *Policy, ev *events.Event) PolicyResult {
+	res := PolicyResult{Passing: true}
+	check := func(want *string, have func() string, message string) {
+		if want == nil {
+			return
+		}
+		if *want != have() {
+			res.Passing = false
+		}
+		res.Messages = append(res.Messages, message)
 	}
-	if p.MatchApp != nil && *p.MatchApp != ev.App {
-		return false
-	}
-	if p.MatchClientIP != nil && *p.MatchClientIP != ev.ClientIP {
-		return false
-	}
-	if p.MatchModel != nil {
+	check(p.MatchAction, func() string { return ev.Action }, "Action matched.")
+	check(p.MatchClientIP, func() string { return ev.ClientIP }, "Client IP matched.")
+	check(p.MatchApp, func() string { return ev.App }, "App matched.")
+	check(p.MatchModel, func() string {
 		model, _ := ev.Context["model"].(map[string]any)
 		app, _ := model["app"].(string)
 		name, _ := model["model_name"].(string)
-		if *p.MatchModel != app+"."+name {
-			return false
-		}
-	}
-	return true
+		return app + "." + name
+	}, "Model matched.")
+	return res
 }
 
 func hexID(id string) string { return strings.ReplaceAll(id, "-", "") }

@@ -778,6 +778,58 @@ func TestEngineEventMatcher(t *testing.T) {
 	}
 }
 
+// As in authentik, each check an event matcher sets adds its message, in
+// authentik's order, whether it matched or not; they reach the
+// policy_execution event.
+func TestEngineEventMatcherMessages(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	jane := b.user(t, "jane")
+	all := b.matcher(t, "all", matcher{Action: "login", App: "authentik.events.signals", Model: "authentik_core.user", ClientIP: "192.0.2.10"})
+	action := b.matcher(t, "action", matcher{Action: "logout"})
+	b.db.MustExec(t, `UPDATE policies SET execution_logging = true`)
+	b.alertRule(t, "r", binding{Policy: all}, binding{Policy: action, Order: 1})
+	b.reload(t)
+	b.handle(t, userEvent(t, "login", jane, nil))
+
+	messages := map[string]any{}
+	for _, ex := range b.createdEvents(t, "policy_execution") {
+		messages[path(t, ex, "policy", "name").(string)] = path(t, ex, "result", "messages")
+	}
+	require.Equal(t, map[string]any{
+		"all":    []any{"Action matched.", "Client IP matched.", "App matched.", "Model matched."},
+		"action": []any{"Action matched."}, // it did not match
+	}, messages)
+}
+
+// A rule or a transport deleted after the rule set was loaded, before the
+// workers reload it, is skipped, as authentik skips a rule that is gone:
+// the batch, with its other events, commits.
+func TestEngineSkipsRulesAndTransportsDeletedSinceLoad(t *testing.T) {
+	t.Parallel()
+	for _, deleted := range []string{"notification_rules", "notification_transports"} {
+		t.Run(deleted, func(t *testing.T) {
+			t.Parallel()
+			b := setup(t)
+			jane := b.user(t, "jane")
+			r := b.alertRule(t, "gone", binding{Policy: b.matcher(t, "logins", matcher{Action: "login"})})
+			kept := b.alertRule(t, "kept", binding{Policy: b.matcher(t, "logouts", matcher{Action: "logout"})})
+			b.reload(t)
+			if deleted == "notification_rules" {
+				b.db.MustExec(t, `DELETE FROM notification_rules WHERE id = $1`, r)
+			} else {
+				b.db.MustExec(t, `DELETE FROM notification_transports WHERE name = 'inbox-gone'`)
+			}
+			login, logout := userEvent(t, "login", jane, nil), userEvent(t, "logout", jane, nil)
+			require.NoError(t, b.engine.HandleEvents(t.Context(), []events.Event{login, logout}))
+
+			require.Equal(t, 2, b.count(t, `SELECT count(*) FROM events WHERE id IN ($1, $2)`, login.PK, logout.PK))
+			require.True(t, b.fired(t, kept, logout.PK))
+			require.Equal(t, 1, b.count(t, `SELECT count(*) FROM deliveries`), "the kept rule's delivery only")
+		})
+	}
+}
+
 // ---------------------------------------------------------------------------
 // Fan-out: destination users, transports, send_once, body.
 
