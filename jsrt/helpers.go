@@ -44,6 +44,7 @@ func (v *vm) install() {
 	set("ip_network", v.ipNetwork)
 	set("resolve_dns", v.resolveDNS)
 	set("reverse_dns", v.reverseDNS)
+	v.installJSON()
 	v.freezeShared()
 }
 
