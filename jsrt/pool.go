@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"runtime"
+	"strings"
 	"sync"
 	"time"
 
@@ -98,7 +99,12 @@ func (p *Pool) program(name, expression string) *compiled {
 	}
 	prog, err := goja.Compile(name, functionPrefix+expression+"\n})", true)
 	c := &compiled{prog: prog}
-	if err != nil {
+	if strings.TrimSpace(expression) == "" {
+		// It would never pass; most likely an event matcher written
+		// without its kind.
+		c.prog, c.err = nil, &rules.PolicyError{Policy: name, Kind: "syntax",
+			Message: "the expression is empty (an event matcher needs kind = 'event_matcher')"}
+	} else if err != nil {
 		c.err = syntaxError(name, err)
 	} else if _, err := wrappedFunction(expression); err != nil {
 		// "}); (function () {..." would run code outside the policy's function.

@@ -406,6 +406,19 @@ func TestEvaluateSyntaxError(t *testing.T) {
 		})
 	}
 
+	// An empty expression would never pass: it is an error, reported as
+	// any policy that does not compile is.
+	t.Run("EmptyExpression", func(t *testing.T) {
+		t.Parallel()
+		for _, expr := range []string{"", " \n\t"} {
+			res := evaluate(t, pool, request("empty", expr))
+			require.NotNil(t, res.Err)
+			require.Equal(t, "syntax", res.Err.Kind)
+			require.Contains(t, res.Err.Message, "the expression is empty")
+			require.ErrorContains(t, pool.Check(&rules.Policy{Name: "empty", Expression: expr}), "kind = 'event_matcher'")
+		}
+	})
+
 	t.Run("CheckAcceptsValidPolicy", func(t *testing.T) {
 		t.Parallel()
 		require.NoError(t, pool.Check(&rules.Policy{Name: "valid", Expression: "return true;"}))

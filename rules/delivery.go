@@ -335,7 +335,11 @@ WHERE id = $1 AND status = 'sending' AND attempts = $3`, del.ID, storableText(re
 		status = DeliveryDead
 	}
 	delay := Backoff(del.Attempts, d.cfg.MinBackoff, d.cfg.MaxBackoff)
-	log.WarnContext(ctx, "delivery failed", slog.String("status", status), slog.Duration("retry_in", delay), slog.Any("error", sendErr))
+	if status == DeliveryDead {
+		log.WarnContext(ctx, "delivery failed", slog.String("status", status), slog.Any("error", sendErr))
+	} else {
+		log.WarnContext(ctx, "delivery failed", slog.String("status", status), slog.Duration("retry_in", delay), slog.Any("error", sendErr))
+	}
 	// attempts fences the update: a worker whose lease ran out while it
 	// was sending must not overwrite the outcome of a newer claim.
 	_, err := d.db.ExecContext(ctx, `UPDATE deliveries SET status = $2, last_error = $3,

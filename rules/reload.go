@@ -75,8 +75,10 @@ func (c *RuleCache) Reload(ctx context.Context) error {
 // Watch reloads the rule set whenever a trigger announces a change in this
 // cache's schema, once LISTEN is in place (a change committed before then
 // was announced to no one), after a lost LISTEN connection is
-// re-established, and every fallback interval. It returns when ctx is done,
-// even while the LISTEN connection cannot be made.
+// re-established, and every fallback interval. A reload that fails is
+// tried again after 250 ms, then after twice as long each time up to the
+// fallback interval, until one succeeds. It returns when ctx is done, even
+// while the LISTEN connection cannot be made.
 func (c *RuleCache) Watch(ctx context.Context, fallback time.Duration) error {
 	if fallback <= 0 {
 		fallback = 30 * time.Second
@@ -100,10 +102,14 @@ func (c *RuleCache) Watch(ctx context.Context, fallback time.Duration) error {
 	var notify <-chan *pq.Notification // nil until LISTEN is in place
 	t := time.NewTicker(fallback)
 	defer t.Stop()
+	// retry fires after a failed reload; nil when the last one succeeded.
+	var retry <-chan time.Time
+	var backoff time.Duration
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-retry:
 		case err := <-listening:
 			listening = nil
 			if err != nil {
@@ -136,9 +142,12 @@ func (c *RuleCache) Watch(ctx context.Context, fallback time.Duration) error {
 			if ctx.Err() != nil {
 				return nil
 			}
-			c.log.WarnContext(ctx, "reload rules", slog.Any("error", err))
+			backoff = min(max(2*backoff, 250*time.Millisecond), fallback)
+			retry = time.After(backoff)
+			c.log.WarnContext(ctx, "reload rules", slog.Duration("retry_in", backoff), slog.Any("error", err))
 			continue
 		}
+		retry, backoff = nil, 0
 		c.log.DebugContext(ctx, "rules reloaded", slog.Int("rules", len(c.Current().Rules)))
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -96,4 +97,48 @@ func TestRuleCacheWatchWithoutListenConnection(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("Watch did not return after its context ended")
 	}
+}
+
+// A reload that fails (here a table the rule set is read from is briefly
+// renamed, and a change announces itself meanwhile) is tried again soon,
+// not only at the next change or fallback interval.
+func TestRuleCacheWatchRetriesAFailedReload(t *testing.T) {
+	t.Parallel()
+	db := testinfra.Postgres(t)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	failures := make(chan string, 100)
+	logger := slog.New(slog.NewTextHandler(writerFunc(func(p []byte) {
+		if strings.Contains(string(p), "reload rules") {
+			failures <- string(p)
+		}
+	}), nil))
+	cache, err := rules.NewRuleCache(ctx, db.DB, rules.RuleCacheConfig{DSN: db.URL, Logger: logger})
+	require.NoError(t, err)
+	watching := make(chan error, 1)
+	go func() { watching <- cache.Watch(ctx, time.Hour) }() // no fallback reload in this test
+	db.MustExec(t, `INSERT INTO policies (name, kind, match_action) VALUES ('listening', 'event_matcher', 'login')`)
+	require.Eventually(t, func() bool { return cache.Current().Policies["listening"] != nil }, 10*time.Second, 20*time.Millisecond)
+
+	db.MustExec(t, `ALTER TABLE notification_rules RENAME TO notification_rules_away`)
+	db.MustExec(t, `INSERT INTO policies (name, kind, match_action) VALUES ('while-away', 'event_matcher', 'login')`)
+	select {
+	case line := <-failures:
+		require.Contains(t, line, "notification_rules")
+	case <-time.After(10 * time.Second):
+		t.Fatal("the reload the change announced did not fail")
+	}
+	db.MustExec(t, `ALTER TABLE notification_rules_away RENAME TO notification_rules`) // announces nothing
+	require.Eventually(t, func() bool { return cache.Current().Policies["while-away"] != nil }, 10*time.Second, 20*time.Millisecond,
+		"a failed reload is not tried again before the next change or the fallback interval")
+	cancel()
+	require.NoError(t, <-watching)
+}
+
+// writerFunc is an io.Writer that hands each write to a function.
+type writerFunc func(p []byte)
+
+func (f writerFunc) Write(p []byte) (int, error) {
+	f(p)
+	return len(p), nil
 }

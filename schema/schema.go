@@ -2,6 +2,7 @@ package schema
 
 import (
 	"context"
+	"database/sql"
 	"embed"
 	"errors"
 	"fmt"
@@ -78,6 +79,15 @@ func Migrate(ctx context.Context, db *sqlx.DB) ([]string, error) {
 	if err := createSearchPathSchema(ctx, db); err != nil {
 		return nil, err
 	}
+	var current sql.NullString
+	if err := db.GetContext(ctx, &current, `SELECT current_schema()`); err != nil {
+		return nil, fmt.Errorf("read current schema: %w", err)
+	}
+	if !current.Valid {
+		var searchPath string
+		_ = db.GetContext(ctx, &searchPath, `SELECT current_setting('search_path')`)
+		return nil, fmt.Errorf("search_path %q selects no schema that exists: name the installation's schema first", searchPath)
+	}
 	var applied []string
 	for _, m := range all {
 		done, err := apply(ctx, db, m)
@@ -93,15 +103,29 @@ func Migrate(ctx context.Context, db *sqlx.DB) ([]string, error) {
 
 // createSearchPathSchema creates the first schema of the search_path when
 // it does not exist, under the lock that serialises the migrations of that
-// schema. "$user" and pg_ schemas are left alone.
+// schema. "$user" counts when a schema of the current user's name exists,
+// as PostgreSQL reads it, and is passed over otherwise; pg_ schemas are
+// left alone.
 func createSearchPathSchema(ctx context.Context, db *sqlx.DB) error {
-	var searchPath string
-	if err := db.GetContext(ctx, &searchPath, `SELECT current_setting('search_path')`); err != nil {
+	var searchPath, user string
+	if err := db.QueryRowxContext(ctx, `SELECT current_setting('search_path'), current_user`).Scan(&searchPath, &user); err != nil {
 		return fmt.Errorf("read search_path: %w", err)
 	}
 	name, ok := firstSchema(searchPath)
 	if !ok {
 		return nil
+	}
+	if name == "$user" {
+		var own bool
+		if err := db.GetContext(ctx, &own, `SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)`, user); err != nil {
+			return fmt.Errorf("look for schema %q: %w", user, err)
+		}
+		if own {
+			return nil
+		}
+		if name, ok = firstSchema(afterFirst(searchPath)); !ok || name == "$user" {
+			return nil
+		}
 	}
 	const exists = `SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)`
 	var found bool
@@ -137,37 +161,44 @@ func createSearchPathSchema(ctx context.Context, db *sqlx.DB) error {
 
 // firstSchema returns the first schema a search_path setting names, as
 // PostgreSQL reads it: a double-quoted name as written, another in lower
-// case. It reports false for "$user", a pg_ schema, or none.
+// case ("$user" as it is). It reports false for a pg_ schema, or none.
 func firstSchema(searchPath string) (string, bool) {
-	s := strings.TrimSpace(searchPath)
-	var name string
-	if strings.HasPrefix(s, `"`) {
-		var b strings.Builder
-		closed := false
-		for i := 1; i < len(s); i++ {
-			if s[i] == '"' {
-				if i+1 < len(s) && s[i+1] == '"' {
-					b.WriteByte('"')
-					i++
-					continue
-				}
-				closed = true
-				break
-			}
-			b.WriteByte(s[i])
-		}
-		if !closed {
+	first, _ := splitFirst(searchPath)
+	name := strings.TrimSpace(first)
+	if strings.HasPrefix(name, `"`) {
+		if len(name) < 2 || !strings.HasSuffix(name, `"`) {
 			return "", false
 		}
-		name = b.String()
+		name = strings.ReplaceAll(name[1:len(name)-1], `""`, `"`)
 	} else {
-		first, _, _ := strings.Cut(s, ",")
-		name = strings.ToLower(strings.TrimSpace(first))
+		name = strings.ToLower(name)
 	}
-	if name == "" || name == "$user" || strings.HasPrefix(name, "pg_") {
+	if name == "" || strings.HasPrefix(name, "pg_") {
 		return "", false
 	}
 	return name, true
+}
+
+// afterFirst is searchPath without its first entry.
+func afterFirst(searchPath string) string {
+	_, rest := splitFirst(searchPath)
+	return rest
+}
+
+// splitFirst cuts searchPath at the first comma outside double quotes.
+func splitFirst(searchPath string) (first, rest string) {
+	quoted := false
+	for i := 0; i < len(searchPath); i++ {
+		switch searchPath[i] {
+		case '"':
+			quoted = !quoted
+		case ',':
+			if !quoted {
+				return searchPath[:i], searchPath[i+1:]
+			}
+		}
+	}
+	return searchPath, ""
 }
 
 const createMigrationsTable = `CREATE TABLE IF NOT EXISTS schema_migrations (

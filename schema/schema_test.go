@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/url"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -106,10 +107,15 @@ func TestMigrateCreatesTheSearchPathSchema(t *testing.T) {
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = admin.Close() }) // after the schemas are dropped
 	plain := testinfra.Name(t)
-	quoted := strings.ToUpper(testinfra.Name(t)) + ` "q"`
+	quoted := strings.ToUpper(testinfra.Name(t)) + ` "q", r`
+	afterUser := testinfra.Name(t) + "_after_user"
+	quotedAfterUser := strings.ToUpper(testinfra.Name(t)) + ",after user"
 	for _, c := range []struct{ searchPath, schema string }{
 		{plain, plain},
 		{`"` + strings.ReplaceAll(quoted, `"`, `""`) + `"`, quoted},
+		// PostgreSQL's default form: no schema is named after the user.
+		{`"$user", ` + afterUser, afterUser},
+		{`$user,"` + quotedAfterUser + `", public`, quotedAfterUser},
 	} {
 		t.Cleanup(func() {
 			_, _ = admin.Exec(`DROP SCHEMA IF EXISTS "` + strings.ReplaceAll(c.schema, `"`, `""`) + `" CASCADE`)
@@ -135,6 +141,21 @@ func TestMigrateCreatesTheSearchPathSchema(t *testing.T) {
 		require.NoError(t, admin.Get(&tables, `SELECT count(*) FROM pg_tables WHERE schemaname = $1 AND tablename = 'events'`, c.schema))
 		require.Equal(t, 1, tables, "search_path %s", c.searchPath)
 	}
+}
+
+// A search_path that selects no schema is refused with a clear error.
+func TestMigrateRefusesASearchPathWithoutSchema(t *testing.T) {
+	t.Parallel()
+	u, err := url.Parse(testinfra.PostgresURL(t))
+	require.NoError(t, err)
+	q := u.Query()
+	q.Set("search_path", `"$user"`) // no schema is named after the user
+	u.RawQuery = q.Encode()
+	db, err := sqlx.Open("postgres", u.String())
+	require.NoError(t, err)
+	defer db.Close()
+	_, err = schema.Migrate(t.Context(), db)
+	require.ErrorContains(t, err, `search_path "\"$user\"" selects no schema that exists`)
 }
 
 func TestSeedAppliesAllOrNothingAndNamesTheFailure(t *testing.T) {
@@ -199,4 +220,34 @@ func TestExampleExpression(t *testing.T) {
 	require.True(t, strings.HasSuffix(expression, "group.save({update_fields: [\"attributes\"]});\nreturn false;"), "%q", expression)
 	_, err = schema.ExampleExpression("no-such-example")
 	require.Error(t, err)
+}
+
+// Users given their ids (authentik's pks) and users that take the default
+// mix once the sequence is moved, with the README's statement.
+func TestUserIDsGivenThenDefault(t *testing.T) {
+	t.Parallel()
+	db := testinfra.Postgres(t)
+	db.MustExec(t, `INSERT INTO users (id, username) VALUES (12, 'jane')`)
+	db.MustExec(t, `SELECT setval(pg_get_serial_sequence('users', 'id'), (SELECT max(id) FROM users))`)
+	for i := range 3 {
+		db.MustExec(t, `INSERT INTO users (username) VALUES ($1)`, "user"+strings.Repeat("x", i))
+	}
+	var ids []int64
+	require.NoError(t, db.Select(&ids, `SELECT id FROM users ORDER BY id`))
+	require.Equal(t, []int64{12, 13, 14, 15}, ids)
+}
+
+// The README's SQL runs as written on a fresh schema.
+func TestReadmeSQLRuns(t *testing.T) {
+	t.Parallel()
+	readme, err := os.ReadFile("../README.md")
+	require.NoError(t, err)
+	blocks := strings.Split(string(readme), "```sql\n")[1:]
+	require.NotEmpty(t, blocks)
+	for i, block := range blocks {
+		sql, _, ok := strings.Cut(block, "```")
+		require.True(t, ok, "block %d is not closed", i)
+		db := testinfra.Postgres(t)
+		require.NoError(t, schema.Seed(t.Context(), db.DB, schema.SeedFile{Name: "README", SQL: sql}), "block %d", i)
+	}
 }

@@ -82,10 +82,14 @@ func run(ctx context.Context, cfg config, logger *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	logged := map[string]bool{} // each error once per process; the reloads are sequential
 	cache.OnReload = func(rs *rules.RuleSet) {
 		pool.Forget(rs)
 		for _, err := range rules.ReportBrokenPolicies(ctx, db, rs, pool.Check) {
-			logger.Warn("policy does not compile", slog.String("error", err.Error()))
+			if !logged[err.Error()] {
+				logged[err.Error()] = true
+				logger.Warn("policy does not compile", slog.String("error", err.Error()))
+			}
 		}
 	}
 	cache.OnReload(cache.Current())
