@@ -15,7 +15,7 @@ import (
 
 // opsHandler serves /healthz (the process is up), /readyz (PostgreSQL and
 // NATS answer, and the subscriber consumes) and /metrics (Prometheus).
-func opsHandler(db *sqlx.DB, nc *natsConn, engine *rules.Engine, consuming func() bool, cfg config) http.Handler {
+func opsHandler(db *sqlx.DB, nc *natsConn, engine *rules.Engine, ruleSet rules.RuleSource, consuming func() bool, cfg config) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = w.Write([]byte("ok\n"))
@@ -40,6 +40,10 @@ func opsHandler(db *sqlx.DB, nc *natsConn, engine *rules.Engine, consuming func(
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	registerEngineMetrics(reg, engine)
+	// A reload that keeps failing shows as a rule set that grows old.
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "herald_rules_loaded_timestamp_seconds",
+		Help: "When the rule set in force was read from PostgreSQL (Unix time)."},
+		func() float64 { return float64(ruleSet.Current().Loaded.UnixMilli()) / 1e3 }))
 	registerStoreMetrics(reg, db, nc, cfg)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	return mux

@@ -174,7 +174,7 @@ func run(ctx context.Context, cfg config, logger *slog.Logger) error {
 
 	var srv *http.Server
 	if httpListener != nil {
-		srv = &http.Server{Handler: opsHandler(db, nc, engine, sub.Consuming, cfg), ReadHeaderTimeout: 5 * time.Second}
+		srv = &http.Server{Handler: opsHandler(db, nc, engine, cache, sub.Consuming, cfg), ReadHeaderTimeout: 5 * time.Second}
 		bg.Go(func() {
 			if err := srv.Serve(httpListener); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				logger.Error("http server stopped", slog.Any("error", err))

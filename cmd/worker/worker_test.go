@@ -543,6 +543,23 @@ func TestOpsEndpoints(t *testing.T) {
 	code, body = get("/metrics")
 	require.Equal(t, http.StatusOK, code)
 	require.Contains(t, body, "herald_events_processed_total")
+	loaded := metricValue(t, body, "herald_rules_loaded_timestamp_seconds")
+	require.InDelta(t, float64(time.Now().Unix()), loaded, 60, "when the rule set was loaded")
+}
+
+// metricValue is the value of the metric without labels name in a
+// /metrics body.
+func metricValue(t *testing.T, body, name string) float64 {
+	t.Helper()
+	for line := range strings.SplitSeq(body, "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			require.NoError(t, err)
+			return f
+		}
+	}
+	t.Fatalf("no %s in /metrics", name)
+	return 0
 }
 
 // The consumer's lag is on /metrics: messages not yet delivered
@@ -563,17 +580,7 @@ func TestMetricsShowTheConsumerLag(t *testing.T) {
 
 	const n = 20
 	s.cli(t, strings.Repeat(`{"action": "login"}`+"\n", n), "publish", "-f", "-")
-	gauge := func(body, name string) float64 {
-		for line := range strings.SplitSeq(body, "\n") {
-			if v, ok := strings.CutPrefix(line, name+" "); ok {
-				f, err := strconv.ParseFloat(v, 64)
-				require.NoError(t, err)
-				return f
-			}
-		}
-		t.Fatalf("no %s in /metrics", name)
-		return 0
-	}
+	gauge := func(body, name string) float64 { return metricValue(t, body, name) }
 	require.Eventually(t, func() bool {
 		resp, err := http.Get("http://" + addr + "/metrics")
 		require.NoError(t, err)
