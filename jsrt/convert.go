@@ -163,7 +163,12 @@ var anonymousKeys = []string{"pk", "username", "name", "email", "is_active", "is
 var userKeys = []string{"pk", "id", "uuid", "username", "name", "email", "is_active", "is_superuser",
 	"is_anonymous", "attributes", "last_login", "created", "updated"}
 
-// requestObject builds `request`: {user, context: {event, ...}, obj, debug}.
+// requestKeys are the properties of `request`.
+var requestKeys = []string{"user", "http_request", "context", "obj", "debug"}
+
+// requestObject builds `request`: {user, http_request, context: {event,
+// ...}, obj, debug}. http_request is null: no HTTP request reaches the
+// worker, as authentik's notification worker has none (None).
 func (v *vm) requestObject(req *rules.PolicyRequest) *goja.Object {
 	ev := v.eventObject(req.Event)
 	c := v.rt.NewObject()
@@ -171,10 +176,12 @@ func (v *vm) requestObject(req *rules.PolicyRequest) *goja.Object {
 		_ = c.Set(k, v.toJS(x))
 	}
 	_ = c.Set("event", ev)
-	return v.newLazy([]string{"user", "context", "obj", "debug"}, func(key string) goja.Value {
+	return v.newLazy(requestKeys, func(key string) goja.Value {
 		switch key {
 		case "user":
 			return v.userObject(req.User)
+		case "http_request":
+			return goja.Null()
 		case "context":
 			return c
 		case "obj":

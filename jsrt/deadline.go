@@ -31,6 +31,16 @@ func (b *bounds) context() context.Context {
 	return b.ctx
 }
 
+// end is when the evaluation must stop: its deadline, or the parent's
+// when that comes first. Host functions that cannot be interrupted (a
+// regular expression's match) bound themselves by it.
+func (b *bounds) end() time.Time {
+	if d, ok := b.parent.Deadline(); ok && d.Before(b.deadline) {
+		return d
+	}
+	return b.deadline
+}
+
 // queries is the context of the policy's queries.
 func (b *bounds) queries() context.Context {
 	if b.cancelsQueries {

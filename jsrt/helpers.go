@@ -3,7 +3,10 @@ package jsrt
 import (
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"strings"
+	"time"
 
 	"github.com/dop251/goja"
 
@@ -52,16 +55,33 @@ func (v *vm) install() {
 // the global functions and objects, built-in and Herald's helpers, and
 // their prototypes, so that a policy that changes one (Array.prototype.
 // includes, JSON.parse, ak_logger.info) fails with a TypeError instead of
-// changing how later policies run. Two are only kept from growing, because
-// freezing them would make assignments to own properties of the same name
-// fail on every object that inherits from them: Object.prototype (data keys
-// such as "constructor" or "toString") and the Error prototypes (this.name
-// in an Error subclass). Global variables stay assignable, and Go-backed
-// objects (the model managers, such as User.objects) are not frozen.
+// changing how later policies run. The prototypes of the objects helpers
+// return (model objects, ip_address and ip_network objects), which no
+// global leads to, are frozen too; the objects themselves keep their own
+// fields assignable (user.is_active = false; user.save()).
+//
+// The global bindings that exist now, all of them built-in or Herald's,
+// become read-only and non-configurable: a policy, which runs in strict
+// mode, cannot reassign (regex_match = …, JSON = …) or delete one. The
+// per-evaluation globals (request, context, a mapping's notification and
+// user) do not exist yet, so evaluate can still set them each time, and
+// new global variables (globalThis.x = 1) can still be made.
+//
+// Two objects are only kept from growing, because freezing them would make
+// assignments to own properties of the same name fail on every object that
+// inherits from them: Object.prototype (data keys such as "constructor" or
+// "toString") and the Error prototypes (this.name in an Error subclass).
+// Go-backed objects (the model managers, such as User.objects) are not
+// frozen.
 func (v *vm) freezeShared() {
-	if _, err := v.rt.RunString(`(function () {
+	protos := make([]goja.Value, 0, len(v.protos)+2)
+	for _, name := range slices.Sorted(maps.Keys(v.protos)) {
+		protos = append(protos, v.protos[name])
+	}
+	protos = append(protos, v.ipProto, v.netProto)
+	fn, err := v.rt.RunString(`(function (...protos) {
 	"use strict";
-	const seen = new Set([globalThis]); // whose variables stay assignable
+	const seen = new Set([globalThis]); // frozen below, binding by binding
 	const growOnly = (o) => o === Object.prototype || o === Error.prototype || Error.prototype.isPrototypeOf(o);
 	const freeze = (o) => {
 		if ((typeof o !== "object" && typeof o !== "function") || o === null || seen.has(o)) return;
@@ -81,11 +101,22 @@ func (v *vm) freezeShared() {
 		}
 		freeze(Object.getPrototypeOf(o));
 	};
+	for (const p of protos) freeze(p);
 	for (const k of Reflect.ownKeys(globalThis)) {
 		const d = Object.getOwnPropertyDescriptor(globalThis, k);
-		if ("value" in d) freeze(d.value);
+		if ("value" in d) {
+			freeze(d.value);
+			Object.defineProperty(globalThis, k, {writable: false, configurable: false});
+		} else {
+			Object.defineProperty(globalThis, k, {configurable: false});
+		}
 	}
-})();`); err != nil {
+})`)
+	if err == nil {
+		call, _ := goja.AssertFunction(fn)
+		_, err = call(goja.Undefined(), protos...)
+	}
+	if err != nil {
 		panic(fmt.Sprintf("jsrt: freeze shared objects: %v", err))
 	}
 }
@@ -104,9 +135,12 @@ func (v *vm) stringArg(fn string, call goja.FunctionCall, i int, what string) st
 	return a.String()
 }
 
-// ak_message(msg) adds msg to the result's messages.
+// ak_message(msg) adds msg, as text, to the result's messages. Without
+// one (or with null) it throws, as the other helpers do for a missing
+// argument: authentik's ak_message requires it.
 func (v *vm) akMessage(call goja.FunctionCall) goja.Value {
-	v.cur.messages = append(v.cur.messages, call.Argument(0).String())
+	msg := v.stringArg("ak_message", call, 0, "message")
+	v.cur.messages = append(v.cur.messages, msg)
 	return goja.Undefined()
 }
 
@@ -125,7 +159,7 @@ func (v *vm) logFunc(level string) func(goja.FunctionCall) goja.Value {
 		line := rules.LogLine{Level: level, Message: call.Argument(0).String()}
 		attrs := []slog.Attr{slog.String("policy", v.cur.req.Policy.Name), slog.String("event", v.cur.req.Event.PK)}
 		if f := call.Argument(1); !goja.IsUndefined(f) && !goja.IsNull(f) {
-			if m, ok := exportJSON(f).(map[string]any); ok {
+			if m, ok := v.exportLenient("ak_logger fields", f, false).(map[string]any); ok {
 				line.Fields = m
 				keys := make([]string, 0, len(m))
 				for k := range m {
@@ -173,17 +207,23 @@ func (v *vm) regexReplace(call goja.FunctionCall) goja.Value {
 	value := v.stringArg("regex_replace", call, 0, "value")
 	re := v.regex("regex_replace", v.stringArg("regex_replace", call, 1, "regex"))
 	repl := v.stringArg("regex_replace", call, 2, "replacement")
-	out, err := pythonSub(re, value, repl)
+	out, err := pythonSub(&re, value, repl)
 	if err != nil {
 		v.throw("regex_replace: %v", err)
 	}
 	return v.rt.ToValue(out)
 }
 
-func (v *vm) regex(fn, pattern string) *pyRegexp {
+// regex compiles pattern (or takes it from the cache) for one call of the
+// helper fn, bounded by the evaluation's deadline (see [boundRegex]).
+func (v *vm) regex(fn, pattern string) boundedRegex {
 	re, err := compileRegex(pattern)
 	if err != nil {
-		v.throw("%s: invalid regex %q: %s", fn, pattern, strings.TrimPrefix(err.Error(), "error parsing pyRegexp: "))
+		v.throw("%s: invalid regex %q: %s", fn, pattern, strings.TrimPrefix(err.Error(), "error parsing regexp: "))
 	}
-	return re
+	var deadline time.Time
+	if v.cur != nil {
+		deadline = v.cur.bounds.end()
+	}
+	return boundRegex(re, deadline)
 }

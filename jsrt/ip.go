@@ -181,7 +181,7 @@ func (v *vm) installIP() {
 // ip_address(s): Python's ipaddress.ip_address, of text or of an integer
 // (IPv4 below 2^32); a bad address throws.
 func (v *vm) ipAddress(call goja.FunctionCall) goja.Value {
-	if n, ok := call.Argument(0).Export().(int64); ok {
+	if n, ok := exportScalar(call.Argument(0)).(int64); ok {
 		a, ok := addrFromInt(n)
 		if !ok {
 			panic(v.rt.NewGoError(fmt.Errorf("ValueError: %d does not appear to be an IPv4 or IPv6 address", n)))

@@ -2,6 +2,7 @@ package jsrt
 
 import (
 	"cmp"
+	"fmt"
 	"slices"
 	"strings"
 
@@ -222,9 +223,19 @@ func (a *lazyArray) Set(i int, val goja.Value) bool {
 	return true
 }
 
+// maxLazyArrayLen bounds how far a policy can grow an event's array, by
+// its length or by an index: a lazy array is dense, so growing it to n
+// allocates n slots at once (where a plain array stays sparse), and goja
+// lists every index below its length. An array of the event longer than
+// this keeps its length and cannot grow.
+const maxLazyArrayLen = 1 << 16
+
 func (a *lazyArray) SetLen(n int) bool {
 	if n < 0 {
 		return false
+	}
+	if limit := max(maxLazyArrayLen, len(a.items)); n > len(a.vals) && n > limit {
+		panic(a.v.newRangeError(fmt.Sprintf("an array of the event cannot grow to %d elements (at most %d); copy it first: [...array]", n, limit)))
 	}
 	// Materialise what stays, so that shrinking and growing again never
 	// brings back old items.

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math/big"
 	"strings"
 
 	"github.com/dop251/goja"
@@ -68,18 +69,18 @@ func modelShort(model string) func(o *lazyObject) any {
 	}
 	ref := modelRefs[model]
 	return func(o *lazyObject) any {
-		pk := exportValue(o.Get("pk"))
+		pk := field(o, "pk")
 		if s, ok := pk.(string); ok {
 			pk = strings.ReplaceAll(s, "-", "")
 		}
 		var name any
 		switch model {
 		case "Event":
-			name = fmt.Sprintf("Event action=%v", exportValue(o.Get("action")))
+			name = "Event action=" + fieldText(o, "action")
 		case "PolicyBinding":
-			name = fmt.Sprintf("Binding #%v", exportValue(o.Get("order")))
+			name = "Binding #" + fieldText(o, "order")
 		default:
-			name = exportValue(o.Get("name"))
+			name = field(o, "name")
 		}
 		return map[string]any{"app": ref[0], "model_name": ref[1], "pk": pk, "name": name}
 	}
@@ -87,7 +88,26 @@ func modelShort(model string) func(o *lazyObject) any {
 
 // userShort is get_user's form of a user object.
 func userShort(o *lazyObject) any {
-	return map[string]any{"username": exportValue(o.Get("username")), "pk": exportValue(o.Get("pk")), "email": exportValue(o.Get("email"))}
+	return map[string]any{"username": field(o, "username"), "pk": field(o, "pk"), "email": field(o, "email")}
+}
+
+// field is o's property key for a short form: a scalar as Go data, an
+// object (which a policy may have put there) as itself, for the
+// [exporter] to convert within its limits.
+func field(o *lazyObject, key string) any {
+	return exportScalar(o.Get(key))
+}
+
+// fieldText is o's property key as text in a short form's name.
+func fieldText(o *lazyObject, key string) string {
+	switch x := field(o, key).(type) {
+	case goja.Value:
+		return "[object]"
+	case *big.Int:
+		return x.String()
+	default:
+		return fmt.Sprint(x)
+	}
 }
 
 // querySet is a lazily evaluated filter: filter() narrows it, first(),
@@ -117,7 +137,7 @@ func (v *vm) querySet(m *rules.Model, filters map[string]any) *goja.Object {
 func (q *querySet) query(extra goja.Value) rules.Query {
 	f := maps.Clone(q.filters)
 	if extra != nil && !goja.IsUndefined(extra) && !goja.IsNull(extra) {
-		more, ok := exportJSON(extra).(map[string]any)
+		more, ok := q.v.exportStrict(q.model.Name+".objects.filter", extra).(map[string]any)
 		if !ok {
 			q.v.throw("%s.objects.filter: want an object of field lookups, got %s", q.model.Name, extra.String())
 		}
@@ -205,7 +225,7 @@ func (v *vm) saveFunc(m *rules.Model) func(goja.FunctionCall) goja.Value {
 				v.throw("%s.save: want {update_fields: [...]}", m.Name)
 			}
 			if uf := o.Get("update_fields"); uf != nil && !goja.IsUndefined(uf) {
-				list, ok := uf.Export().([]any)
+				list, ok := v.exportField(m.Name+".save", "update_fields", uf).([]any)
 				if !ok {
 					v.throw("%s.save: update_fields must be an array of field names", m.Name)
 				}
@@ -226,22 +246,23 @@ func (v *vm) saveFunc(m *rules.Model) func(goja.FunctionCall) goja.Value {
 				values[n] = nil
 				continue
 			}
-			values[n] = exportJSON(val)
+			values[n] = v.exportField(m.Name+".save", n, val)
 		}
 		pk := this.Get("pk")
 		if pk == nil || goja.IsUndefined(pk) || goja.IsNull(pk) {
 			v.throw("%s.save: the object has no pk", m.Name)
 		}
+		pkData := v.exportField(m.Name+".save", "pk", pk)
 		var readAt any
 		if u := this.Get("updated"); u != nil && !goja.IsUndefined(u) {
-			readAt = u.Export()
+			readAt = v.exportField(m.Name+".save", "updated", u)
 		}
-		updated, err := rules.Save(v.cur.bounds.queries(), v.db(), m, pk.Export(), readAt, values)
+		updated, err := rules.Save(v.cur.bounds.queries(), v.db(), m, pkData, readAt, values)
 		v.check(err)
 		if updated != "" {
 			_ = this.Set("updated", updated) // a second save of this object is not a conflict
 		}
-		v.cur.req.Scope.Saved(m.Name, pk.Export(), names)
+		v.cur.req.Scope.Saved(m.Name, pkData, names)
 		return goja.Undefined()
 	}
 }
@@ -284,7 +305,7 @@ func userPK(x goja.Value) (int64, bool) {
 		if pk == nil {
 			return 0, false
 		}
-		return events.Int64(pk.Export())
+		return events.Int64(exportScalar(pk))
 	}
-	return events.Int64(x.Export())
+	return events.Int64(exportScalar(x))
 }

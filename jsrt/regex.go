@@ -20,8 +20,31 @@ import (
 type pyRegexp = regexp2.Regexp
 
 // regexMatchTimeout bounds one match: host functions cannot be interrupted,
-// so a catastrophic pattern must stop on its own.
+// so a catastrophic pattern must stop on its own. A match also stops at the
+// evaluation's deadline, when that comes first (see [boundRegex]).
 const regexMatchTimeout = time.Second
+
+// errRegexTimeout is what a helper's match that ran out of time fails with
+// (regexp2's own error quotes the whole input).
+var errRegexTimeout = errors.New("match timed out")
+
+// jsRegexpMatchTimeout bounds one match of JavaScript's own RegExp where
+// goja hands it to regexp2 (lookaround, backreferences): the interrupt that
+// ends a policy at its timeout cannot stop Go code, so without it a
+// catastrophic pattern runs on. goja compiles a regular expression literal
+// with the policy, into a program that all runtimes share, so the bound
+// cannot be an evaluation's deadline. A match cut short counts as no match
+// (goja drops regexp2's error); when the policy's deadline has passed
+// meanwhile, as for any match that takes this long under a shorter timeout,
+// the policy times out right after it.
+const jsRegexpMatchTimeout = time.Second
+
+func init() {
+	// regexp2 gives every expression it compiles this timeout, unless the
+	// caller sets its own (as compileRegex does); it is read at compile
+	// time, so it is set once, before any policy is compiled.
+	regexp2.DefaultMatchTimeout = jsRegexpMatchTimeout
+}
 
 var regexCache struct {
 	sync.Mutex
@@ -220,9 +243,72 @@ func parseTemplate(repl string) ([]templatePart, error) {
 	return parts, nil
 }
 
-// pythonSub replaces every match of re in s with repl, expanded as Python's
-// re.sub does (see [parseTemplate]). An unmatched group expands to "".
-func pythonSub(re *pyRegexp, s, repl string) (string, error) {
+// boundedRegex is a cached expression as one helper call uses it, with
+// its matches bounded by the call's deadline as well as by
+// regexMatchTimeout. The cached expression is shared by all runtimes, so a
+// shorter timeout goes on a copy that the call owns.
+type boundedRegex struct {
+	shared *pyRegexp
+	// own is the copy of shared, made once a match needs less time than
+	// regexMatchTimeout.
+	own      *pyRegexp
+	deadline time.Time
+}
+
+// boundRegex returns re for a call that must end by deadline (the zero
+// time: no deadline but regexMatchTimeout's per match).
+func boundRegex(re *pyRegexp, deadline time.Time) boundedRegex {
+	return boundedRegex{shared: re, deadline: deadline}
+}
+
+// next returns the expression to run the next match with: the cached one
+// while the deadline is regexMatchTimeout or more away, else the call's
+// copy with the time left as its timeout. It fails once the deadline has
+// passed.
+func (b *boundedRegex) next() (*pyRegexp, error) {
+	if b.deadline.IsZero() {
+		return b.shared, nil
+	}
+	left := time.Until(b.deadline)
+	switch {
+	case left <= 0:
+		return nil, errRegexTimeout
+	case left >= regexMatchTimeout:
+		return b.shared, nil
+	}
+	if b.own == nil {
+		own := *b.shared // shares its runner pool and caches, which are safe for concurrent use
+		b.own = &own
+	}
+	b.own.MatchTimeout = left
+	return b.own, nil
+}
+
+// matchError is err, regexp2's error of a match, with a timeout reported
+// as errRegexTimeout.
+func matchError(err error) error {
+	if err != nil && strings.HasPrefix(err.Error(), "match timeout") {
+		return errRegexTimeout
+	}
+	return err
+}
+
+// MatchString reports whether s has a match.
+func (b *boundedRegex) MatchString(s string) (bool, error) {
+	re, err := b.next()
+	if err != nil {
+		return false, err
+	}
+	ok, err := re.MatchString(s)
+	return ok, matchError(err)
+}
+
+// pythonSub replaces every match of b in s with repl, expanded as Python's
+// re.sub does (see [parseTemplate]). An unmatched group expands to "". Each
+// match is bounded (see [boundedRegex.next]), so that many slow matches
+// cannot run past the deadline either.
+func pythonSub(b *boundedRegex, s, repl string) (string, error) {
+	re := b.shared
 	parts, err := parseTemplate(repl)
 	if err != nil {
 		return "", err
@@ -238,12 +324,28 @@ func pythonSub(re *pyRegexp, s, repl string) (string, error) {
 			return "", fmt.Errorf("invalid group reference %d", p.group)
 		}
 	}
-	var expandErr error
-	out, err := re.ReplaceFunc(s, func(m regexp2.Match) string {
-		var b strings.Builder
+	// regexp2's ReplaceFunc, left to right, with the deadline checked
+	// before each match.
+	text := []rune(s)
+	re, err = b.next()
+	if err != nil {
+		return "", err
+	}
+	m, err := re.FindRunesMatch(text)
+	if err != nil {
+		return "", matchError(err)
+	}
+	if m == nil {
+		return s, nil
+	}
+	var out strings.Builder
+	prev := 0
+	for m != nil {
+		out.WriteString(string(text[prev:m.RuneIndex]))
+		prev = m.RuneIndex + m.RuneLength
 		for _, p := range parts {
 			if !p.isRef {
-				b.WriteString(p.text)
+				out.WriteString(p.text)
 				continue
 			}
 			var g *regexp2.Group
@@ -254,20 +356,21 @@ func pythonSub(re *pyRegexp, s, repl string) (string, error) {
 			}
 			if g == nil {
 				if p.name != "" {
-					expandErr = fmt.Errorf("unknown group name %q", p.name)
-				} else {
-					expandErr = fmt.Errorf("invalid group reference %d", p.group)
+					return "", fmt.Errorf("unknown group name %q", p.name)
 				}
-				return ""
+				return "", fmt.Errorf("invalid group reference %d", p.group)
 			}
-			b.WriteString(g.String())
+			out.WriteString(g.String())
 		}
-		return b.String()
-	}, -1, -1)
-	if expandErr != nil {
-		return "", expandErr
+		if re, err = b.next(); err != nil {
+			return "", err
+		}
+		if m, err = re.FindNextMatch(m); err != nil {
+			return "", matchError(err)
+		}
 	}
-	return out, err
+	out.WriteString(string(text[prev:]))
+	return out.String(), nil
 }
 
 var pyEscapes = map[byte]string{

@@ -41,6 +41,9 @@ type vm struct {
 	// broken is set when a Go panic went through the runtime, which may
 	// have left it half-way through a call: it is not used again.
 	broken bool
+	// rangeError is the runtime's own RangeError constructor, kept before
+	// a policy can rebind the global (see [vm.newRangeError]).
+	rangeError goja.Constructor
 }
 
 // eventCache keeps the objects of one event, shared by the policies that
@@ -212,16 +215,55 @@ func (v *vm) evaluate(ctx context.Context, prog *goja.Program, req *rules.Policy
 		return res
 	}
 	if out != nil && !goja.IsUndefined(out) && !goja.IsNull(out) {
-		res.Raw = exportSanitized(out)
+		if thenable(out) {
+			res.Err = &rules.PolicyError{Policy: req.Policy.Name, Kind: "exception",
+				Message: "TypeError: policy returned a Promise; policies run synchronously (return a value, not an async function's result or a then()-able)"}
+			return res
+		}
+		raw, err := v.exportResult("policy result", out)
+		if err != nil {
+			res.Err = resultError(req.Policy.Name, err, outer && !time.Now().Before(b.deadline))
+			return res
+		}
+		res.Raw = raw
 		res.Passing = out.ToBoolean()
 	}
 	if prev != nil {
 		prev.calleeOut = out // raw_result is the value itself, as in authentik
 	}
 	if req.Globals != nil {
-		res.Globals = v.exportGlobals(req.Globals)
+		globals, err := v.exportGlobals(req.Globals)
+		if err != nil {
+			res.Err = resultError(req.Policy.Name, err, outer && !time.Now().Before(b.deadline))
+			return res
+		}
+		res.Globals = globals
 	}
 	return res
+}
+
+// resultError is the error of a policy whose result could not be
+// converted; late: the policy's time ran out.
+func resultError(policy string, err error, late bool) *rules.PolicyError {
+	if late {
+		return &rules.PolicyError{Policy: policy, Kind: "timeout", Message: "policy timed out"}
+	}
+	return &rules.PolicyError{Policy: policy, Kind: "exception", Message: err.Error()}
+}
+
+// thenable reports whether val is a Promise or has a then() method: what
+// an async function or a promise chain returns, whose outcome a policy
+// (which runs synchronously) cannot wait for.
+func thenable(val goja.Value) bool {
+	obj, ok := val.(*goja.Object)
+	if !ok {
+		return false
+	}
+	if obj.ExportType() == typePromise {
+		return true
+	}
+	_, ok = goja.AssertFunction(obj.Get("then"))
+	return ok
 }
 
 // recoverPanic turns a panic out of an outermost evaluation into the
@@ -269,12 +311,21 @@ func sameMap(a, b any) bool {
 
 // exportGlobals exports the current values of the globals named in
 // globals, as the expression left them.
-func (v *vm) exportGlobals(globals map[string]any) map[string]any {
+func (v *vm) exportGlobals(globals map[string]any) (map[string]any, error) {
 	out := make(map[string]any, len(globals))
 	for name := range globals {
-		out[name] = exportJSON(v.rt.Get(name))
+		val := v.rt.Get(name)
+		if val == nil || goja.IsUndefined(val) {
+			out[name] = nil
+			continue
+		}
+		x, err := (&exporter{what: "global " + name, deadline: v.deadline()}).run(val)
+		if err != nil {
+			return nil, err
+		}
+		out[name] = x
 	}
-	return out
+	return out, nil
 }
 
 var parsePosition = regexp.MustCompile(`Line (\d+):(\d+) (.*?)(?: \(and \d+ more errors?\))?$`)

@@ -397,6 +397,14 @@ return true;`,
 			exception: "is_active", want: map[string]string{"is_active::text": "true"}},
 		{name: "AttributesNotAnObject", expr: `const u = User.objects.get({pk: %d}); u.attributes = [1]; u.save({update_fields: ["attributes"]}); return true;`,
 			exception: "attributes", want: map[string]string{"attributes::text": `{"team": "blue"}`}},
+		{name: "FunctionInAttributes", expr: `const u = User.objects.get({pk: %d}); u.attributes.cb = () => 1; u.save({update_fields: ["attributes"]}); return true;`,
+			exception: "TypeError: User.save: attributes.cb is a function", want: map[string]string{"attributes::text": `{"team": "blue"}`}},
+		{name: "BigIntInAttributes", expr: `const u = User.objects.get({pk: %d}); u.attributes.n = [1, 2n]; u.save({update_fields: ["attributes"]}); return true;`,
+			exception: "TypeError: User.save: attributes.n[1] is a BigInt", want: map[string]string{"attributes::text": `{"team": "blue"}`}},
+		{name: "CycleInAttributes", expr: `const u = User.objects.get({pk: %d}); u.attributes.self = u.attributes; u.save({update_fields: ["attributes"]}); return true;`,
+			exception: "TypeError: User.save: attributes.self contains itself", want: map[string]string{"attributes::text": `{"team": "blue"}`}},
+		{name: "SymbolName", expr: `const u = User.objects.get({pk: %d}); u.name = Symbol("x"); u.save({update_fields: ["name"]}); return true;`,
+			exception: "TypeError: User.save: name is a Symbol", want: map[string]string{"name": "Alice"}},
 		{name: "ThrowAfterSave", expr: `const u = User.objects.get({pk: %d});
 u.attributes.team = "red";
 u.name = "changed";
@@ -1349,4 +1357,62 @@ func TestAPIRequestSharedInARuleAfterACall(t *testing.T) {
 
 	ev := b.login(t, jane)
 	require.True(t, b.fired(t, rl, ev.PK), "the second policy did not see what the first added")
+}
+
+// A filter value JSON cannot hold (a BigInt, a function, a Symbol) throws a
+// TypeError that names it. It used to be dropped from the filter (or a
+// Symbol taken as its description), so that the filter matched more than
+// asked: count() counted everyone, ak_is_group_member held for any group.
+func TestAPIFilterValueNotJSONThrows(t *testing.T) {
+	t.Parallel()
+	b := apiSetup(t)
+	jane := b.user(t, "jane")
+	b.user(t, "alice")
+	b.user(t, "bob")
+	b.group(t, "staff", "", jane)
+	b.group(t, "admins", "")
+	b.probes(t, map[string]string{
+		"bigint":        `return User.objects.filter({username: 10n}).count();`,
+		"function":      `return User.objects.filter({username: () => "bob"}).count();`,
+		"symbol":        `const u = User.objects.filter({pk: Symbol("x")}).first(); return u && u.username;`,
+		"member":        `return ak_is_group_member(request.user, {name: 1n});`,
+		"member-fn":     `return ak_is_group_member(request.user, {name: 1n, pk: () => "admins"});`,
+		"userby":        `const u = ak_user_by({username: Symbol("bob")}); return u && u.username;`,
+		"admins-string": `return ak_is_group_member(request.user, {name: "admins"});`,
+		"staff-string":  `return ak_is_group_member(request.user, {name: "staff"});`,
+	})
+	ev := b.login(t, jane)
+	for name, want := range map[string]string{
+		"bigint":    "TypeError: User.objects.filter: username is a BigInt",
+		"function":  "TypeError: User.objects.filter: username is a function",
+		"symbol":    "TypeError: User.objects.filter: pk is a Symbol",
+		"member":    "TypeError: ak_is_group_member: name is a BigInt",
+		"member-fn": "TypeError: ak_is_group_member: ",
+		"userby":    "TypeError: ak_user_by: username is a Symbol",
+	} {
+		require.Contains(t, b.thrown(t, ev.PK, name), want, name)
+	}
+	require.Equal(t, false, b.result(t, ev.PK, "admins-string").Raw)
+	require.Equal(t, true, b.result(t, ev.PK, "staff-string").Raw)
+}
+
+// Times in __in lookups reach PostgreSQL as RFC 3339 text with their
+// fraction, which it reads exactly; as in Django, created__in takes the
+// value that created gives.
+func TestAPITimeInLookup(t *testing.T) {
+	t.Parallel()
+	b := apiSetup(t)
+	jane := b.user(t, "jane")
+	b.db.MustExec(t, `UPDATE users SET created = '2026-04-20 10:15:30.123456+00', last_login = '2026-04-20 10:15:30+00' WHERE id = $1`, jane)
+	b.probes(t, map[string]string{
+		"created-in": fmt.Sprintf(`const u = User.objects.get({pk: %d}); return User.objects.filter({created__in: [u.created]}).count();`, jane),
+		"created-eq": fmt.Sprintf(`const u = User.objects.get({pk: %d}); return User.objects.filter({created: u.created}).count();`, jane),
+		"in-text":    `return User.objects.filter({created__in: ["2026-04-20T12:15:30.123456+02:00", "2026-01-01T00:00:00Z"]}).count();`,
+		"in-second":  `return User.objects.filter({last_login__in: ["2026-04-20T10:15:30Z"]}).count();`,
+		"in-other":   `return User.objects.filter({created__in: ["2026-04-20T10:15:30.123457Z"]}).count();`,
+	})
+	ev := b.login(t, jane)
+	for name, want := range map[string]float64{"created-in": 1, "created-eq": 1, "in-text": 1, "in-second": 1, "in-other": 0} {
+		require.Equal(t, want, b.result(t, ev.PK, name).Raw, name)
+	}
 }

@@ -312,7 +312,7 @@ func condition(f field, lookup string, value any, args *[]any) (string, error) {
 			if err != nil {
 				return "", err
 			}
-			vals = append(vals, fmt.Sprint(v))
+			vals = append(vals, arrayText(v))
 		}
 		if len(vals) == 0 {
 			return "false", nil
@@ -351,6 +351,17 @@ func condition(f field, lookup string, value any, args *[]any) (string, error) {
 		op := map[string]string{"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}[lookup]
 		return f.column + " " + op + " " + arg(v), nil
 	}
+}
+
+// arrayText is v, a value of [convert], as the text of an element of a
+// PostgreSQL array: a time in RFC 3339 with nanoseconds (which PostgreSQL
+// reads exactly, to its microseconds, as it reads a time.Time argument),
+// anything else as fmt.Sprint writes it.
+func arrayText(v any) string {
+	if t, ok := v.(time.Time); ok {
+		return t.Format(time.RFC3339Nano)
+	}
+	return fmt.Sprint(v)
 }
 
 // pkOf returns the pk of a model object (a map with "pk"), else v.
