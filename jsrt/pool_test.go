@@ -630,15 +630,7 @@ func TestEvaluateUnknownDevicePolicy(t *testing.T) {
 }
 
 func BenchmarkEvaluate(b *testing.B) {
-	pool := jsrt.New(jsrt.Config{Size: 1, Logger: slog.New(slog.DiscardHandler)})
-	req := request("unknown-device-login", unknownDevicePolicy)
-	ctx := b.Context()
-	b.ReportAllocs()
-	for b.Loop() {
-		if res := pool.Evaluate(ctx, req); res.Err != nil || !res.Passing {
-			b.Fatalf("unexpected result: %+v", res)
-		}
-	}
+	benchmarkPolicy(b, unknownDevicePolicy)
 }
 
 // An expression cannot close its function to run code outside it.

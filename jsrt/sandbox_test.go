@@ -2,7 +2,6 @@ package jsrt_test
 
 import (
 	"context"
-	"log/slog"
 	"strings"
 	"sync"
 	"testing"
@@ -243,25 +242,11 @@ func TestSandboxAkMessageRequiresAMessage(t *testing.T) {
 	require.Equal(t, []string{"text", "42"}, res.Messages)
 }
 
-// benchmarkSandboxPolicy evaluates expr on the login event, which must
-// pass, on one runtime.
-func benchmarkSandboxPolicy(b *testing.B, expr string) {
-	pool := jsrt.New(jsrt.Config{Size: 1, Logger: slog.New(slog.DiscardHandler)})
-	req := request(b.Name(), expr)
-	ctx := b.Context()
-	b.ReportAllocs()
-	for b.Loop() {
-		if res := pool.Evaluate(ctx, req); res.Err != nil || !res.Passing {
-			b.Fatalf("unexpected result: %+v", res)
-		}
-	}
-}
-
 // The helpers and built-ins a typical policy calls, read through their
 // read-only global bindings, and the per-call bound of regex_match and
 // regex_replace.
 func BenchmarkEvaluateHelpers(b *testing.B) {
-	benchmarkSandboxPolicy(b, `const e = request.context.event;
+	benchmarkPolicy(b, `const e = request.context.event;
 if (!regex_match(e.context.auth_method, "^pass(word)?$")) return false;
 const path = regex_replace(e.context.http_request.path, "/(?P<seg>[a-z]+)/", "<\\g<seg>>");
 return ip_network("198.51.100.0/24").contains(ak_client_ip) && path.length > 0 && /(?<=\/)flows/.test(e.context.http_request.path)
