@@ -486,6 +486,12 @@ func (e *exporter) object1(obj *goja.Object, depth int) (any, bool) {
 		a := obj.Export().(*lazyArray)
 		return e.array(int64(a.Len()), a, depth)
 	case typeJSObject: // plain objects, class instances, errors, Go maps
+		switch obj.ClassName() { // a wrapped primitive: its value
+		case "String":
+			return e.scalar(obj.String()) // its Export is an empty map
+		case "Number", "Boolean":
+			return e.scalar(obj.Export())
+		}
 		return e.object(obj.Keys(), obj, depth)
 	case typeJSArray: // arrays, Go slices, and Sets (which have no length)
 		n := obj.Get("length")

@@ -48,6 +48,7 @@ func (v *vm) install() {
 	set("resolve_dns", v.resolveDNS)
 	set("reverse_dns", v.reverseDNS)
 	v.installJSON()
+	v.installBuiltinGuards()
 	v.freezeShared()
 }
 

@@ -39,6 +39,10 @@ func (v *vm) installJSON() {
 		panic("jsrt: no RangeError constructor")
 	}
 	v.rangeError = rangeError
+	array, _ := v.rt.Get("Array").(*goja.Object)
+	if v.isArray, ok = goja.AssertFunction(array.Get("isArray")); !ok {
+		panic("jsrt: no Array.isArray")
+	}
 
 	wrap, err := v.rt.RunString(`(function (stringify, guard) {
 	"use strict";
@@ -71,7 +75,7 @@ func (v *vm) installJSON() {
 // [vm.installJSON]); call's argument is the policy's replacer.
 func (v *vm) jsonGuard(call goja.FunctionCall) goja.Value {
 	g := &stringifyGuard{v: v}
-	if list, ok := call.Argument(0).(*goja.Object); ok && list.ClassName() == "Array" {
+	if list, ok := call.Argument(0).(*goja.Object); ok && v.arrayLike(list) {
 		g.keys, g.hasKeys = propertyList(list), true
 	}
 	return v.rt.ToValue(g.replace)
@@ -130,8 +134,11 @@ func (g *stringifyGuard) replace(call goja.FunctionCall) goja.Value {
 	if g.hasKeys {
 		orig := obj
 		switch obj.ClassName() {
-		case "Array", "String", "Number", "Boolean", "BigInt":
+		case "String", "Number", "Boolean", "BigInt":
 		default:
+			if g.v.arrayLike(obj) {
+				break
+			}
 			// The property list: only its keys, in its order, each read
 			// once, from a copy (whose cycles stringify cannot see).
 			if slices.Contains(g.origs, obj) {
@@ -184,4 +191,11 @@ func propertyList(list *goja.Object) []string {
 		}
 	}
 	return keys
+}
+
+// arrayLike reports whether JavaScript's Array.isArray holds for obj (an
+// array, also behind a Proxy).
+func (v *vm) arrayLike(obj *goja.Object) bool {
+	res, err := v.isArray(goja.Undefined(), obj)
+	return err == nil && res.ToBoolean()
 }

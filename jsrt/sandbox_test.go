@@ -227,6 +227,32 @@ return [regex_match(), JSON, ak_message, list_flatten(), mine, request.context.e
 	require.Equal(t, []any{"logout", "logout"}, res.Raw)
 }
 
+// A policy that fixes a per-evaluation global (request, context) to a
+// value of its own, non-writable or as an accessor, does not reach later
+// policies: its runtime is replaced.
+func TestSandboxPerEvaluationGlobalsCannotBeFixed(t *testing.T) {
+	t.Parallel()
+	pool := newPool(t, jsrt.Config{Size: 1})
+	planted := `{user: {username: "planted"}, context: {event: {action: "planted"}}}`
+	const read = `return request.user.username + "/" + request.context.event.action + "/" + context.event.action;`
+	want := evaluate(t, pool, request("reader", read)).Raw
+	require.NotContains(t, want, "planted")
+	for name, expr := range map[string]string{
+		"value":    `Object.defineProperty(globalThis, "request", {value: ` + planted + `, writable: false, configurable: false}); return true;`,
+		"accessor": `Object.defineProperty(globalThis, "request", {get() { return ` + planted + `; }, set(v) {}, configurable: false}); return true;`,
+		"context":  `Object.defineProperty(globalThis, "context", {value: {event: {action: "planted"}}, writable: false, configurable: false}); return true;`,
+		"throwing": `Object.defineProperty(globalThis, "context", {get() { throw new Error("no"); }, configurable: false}); return true;`,
+	} {
+		res := evaluate(t, pool, request("planter-"+name, expr))
+		require.Nil(t, res.Err, name)
+		for range 2 {
+			res = evaluate(t, pool, request("reader", read))
+			require.Nil(t, res.Err, name)
+			require.Equal(t, want, res.Raw, "%s: a later policy read the planted value", name)
+		}
+	}
+}
+
 // ak_message requires its message, as the other helpers require theirs.
 func TestSandboxAkMessageRequiresAMessage(t *testing.T) {
 	t.Parallel()

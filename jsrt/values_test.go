@@ -183,13 +183,18 @@ func TestSharedSubobjectsAndCyclesAreBounded(t *testing.T) {
 	require.Nil(t, res.Err)
 	require.Equal(t, map[string]any{"name": "loop", "self": []any{"[nested too deep]"}}, res.Raw)
 
-	// Text is budgeted too.
-	res = run("text", `const s = "x".repeat(1 << 20); return Array(20).fill(s);`)
+	// Text is budgeted too (with a timeout that leaves the budget to act,
+	// also under the race detector).
+	req = request("text", `const s = "x".repeat(1 << 20); return Array(20).fill(s);`)
+	req.Timeout = time.Minute
+	res = evaluate(t, pool, req)
 	require.NotNil(t, res.Err)
 	require.Contains(t, res.Err.Message, "RangeError: policy result: too large (more than 16 MiB of text)")
 
 	// A sparse array as long as an array can be.
-	res = run("sparse", `const a = [1]; a.length = 2 ** 32 - 1; return {a};`)
+	req = request("sparse", `const a = [1]; a.length = 2 ** 32 - 1; return {a};`)
+	req.Timeout = time.Minute
+	res = evaluate(t, pool, req)
 	require.NotNil(t, res.Err)
 	require.Contains(t, res.Err.Message, "RangeError: policy result: too large (an array of 4294967295 elements")
 }
@@ -316,7 +321,7 @@ func TestResultConversion(t *testing.T) {
 	pool := newPool(t, jsrt.Config{Size: 1})
 	res := evaluate(t, pool, request("values", `class P { constructor() { this.x = 1; } get y() { return 2; } }
 return {date: new Date(0), hole: [1, , 3], undef: undefined, fn: () => 1, sym: Symbol("s"), set: new Set([1, "a"]),
-        num: new Number(4), str: new String("s"), arr: [1, () => 2, 3], cls: new P(), err: new Error("x"), re: /x/,
+        num: new Number(4), str: new String("s"), bool: new Boolean(false), arr: [1, () => 2, 3], cls: new P(), err: new Error("x"), re: /x/,
         nan: NaN, float: 1.5, neg: -0, big: 9007199254740993n, user: request.context.event.user};`))
 	require.Nil(t, res.Err)
 	raw := res.Raw.(map[string]any)
@@ -328,6 +333,8 @@ return {date: new Date(0), hole: [1, , 3], undef: undefined, fn: () => 1, sym: S
 	require.NotContains(t, raw, "sym")
 	require.Equal(t, []any{int64(1), "a"}, raw["set"])
 	require.Equal(t, int64(4), raw["num"])
+	require.Equal(t, "s", raw["str"])
+	require.Equal(t, false, raw["bool"])
 	require.Equal(t, []any{int64(1), int64(3)}, raw["arr"])
 	require.Equal(t, map[string]any{"x": int64(1)}, raw["cls"])
 	require.Equal(t, map[string]any{}, raw["err"])
@@ -356,6 +363,8 @@ func TestJSONStringifyUnchanged(t *testing.T) {
 		`(() => { try { JSON.stringify({n: 1n}); } catch (e) { return e.name; } })()`:                         "TypeError",
 		`(() => { const o = {}; o.o = o; try { JSON.stringify(o, ["o"]); } catch (e) { return e.name; } })()`: "TypeError",
 		`JSON.stringify.name + JSON.stringify.length`:                                                         "stringify3",
+		`JSON.stringify(new Proxy([1, 2], {}), ["b"])`:                                                        `[1,2]`,
+		`JSON.stringify({p: new Proxy([1, {a: 1, b: 2}], {})}, ["p", "a"])`:                                   `{"p":[1,{"a":1}]}`,
 		`(() => { let o = 1; for (let i = 0; i < 5000; i++) o = [o]; return JSON.stringify(o).length; })()`:   int64(10001),
 	} {
 		res := evaluate(t, pool, request("json", "return "+expr+";"))

@@ -44,6 +44,11 @@ type vm struct {
 	// rangeError is the runtime's own RangeError constructor, kept before
 	// a policy can rebind the global (see [vm.newRangeError]).
 	rangeError goja.Constructor
+	// isArray is the runtime's Array.isArray.
+	isArray goja.Callable
+	// textDepth is how deep the guarded array methods that make text are
+	// in one another (see [vm.installBuiltinGuards]).
+	textDepth int
 }
 
 // eventCache keeps the objects of one event, shared by the policies that
@@ -144,14 +149,14 @@ func (v *vm) evaluate(ctx context.Context, prog *goja.Program, req *rules.Policy
 	prevRequest, prevContext := v.rt.Get("request"), v.rt.Get("context")
 	defer func() {
 		v.cur = prev
-		_ = v.rt.Set("request", prevRequest)
-		_ = v.rt.Set("context", prevContext)
+		v.setGlobal("request", prevRequest)
+		v.setGlobal("context", prevContext)
 	}()
 
 	for name, val := range req.Globals {
 		prevVal := v.rt.Get(name)
-		_ = v.rt.Set(name, v.toJS(val))
-		defer func() { _ = v.rt.Set(name, prevVal) }()
+		v.setGlobal(name, v.toJS(val))
+		defer v.setGlobal(name, prevVal)
 	}
 	plain := req.Context == nil && req.Globals == nil
 	if !plain {
@@ -174,8 +179,14 @@ func (v *vm) evaluate(ctx context.Context, prog *goja.Program, req *rules.Policy
 		v.cache = c
 	}
 	request := v.cache.request
-	_ = v.rt.Set("request", request)
-	_ = v.rt.Set("context", request.Get("context"))
+	v.setGlobal("request", request)
+	v.setGlobal("context", request.Get("context"))
+	if v.broken {
+		// An earlier policy fixed one of them to a value of its own.
+		res.Err = &rules.PolicyError{Policy: req.Policy.Name, Kind: "exception",
+			Message: "the runtime's request or context was tampered with by an earlier policy; it is replaced"}
+		return res
+	}
 	if req.Globals != nil {
 		v.shareGlobals(req, request)
 	}
@@ -240,6 +251,34 @@ func (v *vm) evaluate(ctx context.Context, prog *goja.Program, req *rules.Policy
 		res.Globals = globals
 	}
 	return res
+}
+
+// setGlobal sets the per-evaluation global name to val. A policy can fix
+// such a global to a value of its own (a non-writable property, or an
+// accessor), which later policies on the runtime would read: when the
+// global does not take val, the runtime is marked broken, to be replaced.
+func (v *vm) setGlobal(name string, val goja.Value) {
+	if val == nil {
+		val = goja.Undefined() // (a nil Value would be set as null)
+	}
+	ok := func() (ok bool) {
+		defer func() {
+			if recover() != nil {
+				ok = false // a getter that throws
+			}
+		}()
+		if v.rt.Set(name, val) != nil {
+			return false
+		}
+		got := v.rt.Get(name)
+		if goja.IsUndefined(val) {
+			return got == nil || goja.IsUndefined(got)
+		}
+		return got != nil && got.SameAs(val)
+	}()
+	if !ok {
+		v.broken = true
+	}
 }
 
 // resultError is the error of a policy whose result could not be
