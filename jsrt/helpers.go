@@ -65,8 +65,9 @@ func (v *vm) install() {
 // become read-only and non-configurable: a policy, which runs in strict
 // mode, cannot reassign (regex_match = …, JSON = …) or delete one. The
 // per-evaluation globals (request, context, a mapping's notification and
-// user) do not exist yet, so evaluate can still set them each time, and
-// new global variables (globalThis.x = 1) can still be made.
+// user) do not exist yet, so evaluate can still set them each time (a
+// policy that fixes one gets its runtime replaced, see [vm.setGlobal]),
+// and new global variables (globalThis.x = 1) can still be made.
 //
 // Two objects are only kept from growing, because freezing them would make
 // assignments to own properties of the same name fail on every object that
