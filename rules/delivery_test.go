@@ -3,6 +3,7 @@ package rules_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -301,4 +302,47 @@ func TestPanickingTransportFailsTheAttempt(t *testing.T) {
 	status, lastErr := lastError(t, db, id)
 	require.Equal(t, rules.DeliveryFailed, status)
 	require.Contains(t, lastErr, "transport panicked: assignment to entry in nil map")
+}
+
+// What a body mapping returns is posted as authentik posts it, through
+// sanitize_item (no falsy list items, no NUL), and the mapping reads the
+// event's summary and hyperlink as authentik's Event properties.
+func TestWebhookMappingResultAsAuthentikPostsIt(t *testing.T) {
+	t.Parallel()
+	db := testinfra.Postgres(t)
+	posted := make(chan string, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		posted <- string(b)
+	}))
+	defer srv.Close()
+	pendingWebhookDelivery(t, db)
+	db.MustExec(t, `UPDATE notification_transports SET webhook_url = $1`, srv.URL)
+	db.MustExec(t, `WITH e AS (INSERT INTO events (action, context) VALUES ('custom_x', '{"message": "hi", "hyperlink": "https://example.com/a"}') RETURNING id)
+UPDATE notifications SET event_id = (SELECT id FROM e)`)
+	d := mappedWebhookDispatcher(t, db, `const e = notification.event;
+return {tags: ["a", "", null, 0, false, [], {}], s: "x\u0000y", summary: e.summary, link: e.hyperlink, label: e.hyperlink_label};`)
+	_, err := d.DispatchOne(t.Context())
+	require.NoError(t, err)
+	require.JSONEq(t, `{"tags": ["a"], "s": "xy", "summary": "hi", "link": "https://example.com/a", "label": null}`, <-posted)
+}
+
+// authentik fills the 25 Slack fields in the context's own order, which
+// neither a Go map nor jsonb keeps: the message comes first, so that many
+// other keys cannot push it out.
+func TestSlackFieldsStartWithTheMessage(t *testing.T) {
+	t.Parallel()
+	c := map[string]any{"message": "the important one"}
+	for i := range 30 {
+		c[fmt.Sprintf("a%02d", i)] = "x"
+	}
+	d := &rules.Delivery{Severity: "notice", Body: "b", User: rules.User{Username: "bob"},
+		Event: &events.Event{Action: "custom", Context: c, User: map[string]any{"username": "jane"}}}
+	fields := rules.SlackBody(d)["attachments"].([]any)[0].(map[string]any)["fields"].([]any)
+	require.Len(t, fields, 25)
+	titles := make([]string, 0, len(fields))
+	for _, f := range fields {
+		titles = append(titles, f.(map[string]any)["title"].(string))
+	}
+	require.Equal(t, []string{"Severity", "Dispatched for user", "Event user", "message", "a00", "a01"}, titles[:6])
 }

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -153,14 +154,14 @@ func (w *WebhookTransport) mapped(ctx context.Context, d *Delivery) (any, map[st
 		if err != nil {
 			return nil, nil, err
 		}
-		body = v
+		body = events.Sanitize(v) // as authentik's sanitize_item: no falsy list items, no NUL
 	}
 	if id := d.Transport.WebhookMappingHeadersID; id != nil {
 		v, err := w.runMapping(ctx, d, *id)
 		if err != nil {
 			return nil, nil, err
 		}
-		m, ok := v.(map[string]any)
+		m, ok := events.Sanitize(v).(map[string]any)
 		if v != nil && !ok {
 			return nil, nil, fmt.Errorf("headers mapping returned %T, want an object", v)
 		}
@@ -262,6 +263,10 @@ func NotificationMap(d *Delivery) map[string]any {
 	if d.Event != nil {
 		var ev map[string]any
 		if b, err := d.Event.MarshalJSON(); err == nil && json.Unmarshal(b, &ev) == nil {
+			// The properties of authentik's Event a mapping reads.
+			ev["summary"] = Summary(d.Event)
+			ev["hyperlink"] = d.Event.Context["hyperlink"]
+			ev["hyperlink_label"] = d.Event.Context["hyperlink_label"]
 			n["event"] = ev
 		}
 	}
@@ -315,7 +320,7 @@ func SlackBody(d *Delivery) map[string]any {
 		if u, ok := d.Event.User["username"].(string); ok {
 			fields = append(fields, map[string]any{"title": "Event user", "value": u, "short": true})
 		}
-		for _, k := range sortedKeys(d.Event.Context) {
+		for _, k := range slackFieldKeys(d.Event.Context) {
 			if len(fields) >= slackFieldLimit {
 				break
 			}
@@ -334,6 +339,19 @@ func SlackBody(d *Delivery) map[string]any {
 			"footer":      "herald",
 		}},
 	}
+}
+
+// slackFieldKeys orders the context keys for the Slack fields: authentik
+// takes them in the context's own order, which neither a Go map nor jsonb
+// keeps, so "message" (an event's summary, usually first) comes first and
+// the others follow in sorted order.
+func slackFieldKeys(c map[string]any) []string {
+	keys := sortedKeys(c)
+	if i := slices.Index(keys, "message"); i > 0 {
+		copy(keys[1:i+1], keys[:i])
+		keys[0] = "message"
+	}
+	return keys
 }
 
 // cut shortens s to n runes.
