@@ -26,7 +26,9 @@ func (m *Mailer) writeFile(gm *mail.Msg, key string, bcc []*netmail.Address) (er
 	if err := os.MkdirAll(m.cfg.Dir, 0o750); err != nil {
 		return fmt.Errorf("create directory: %w", err)
 	}
-	tmp, err := os.CreateTemp(m.cfg.Dir, ".tmp-*.eml")
+	// Not named *.eml: a crash before the rename leaves no partial email
+	// among the written ones.
+	tmp, err := os.CreateTemp(m.cfg.Dir, ".tmp-*.partial")
 	if err != nil {
 		return fmt.Errorf("create temporary file: %w", err)
 	}

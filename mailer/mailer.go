@@ -164,10 +164,12 @@ func keyHash(key string) string {
 // invalid (no key, no recipient, a malformed address, no body) fails before
 // anything is sent, with an error for which [Permanent] is true.
 //
-// Delivery is at least once: if ctx ends or the connection breaks after the
-// server accepted the message, Send reports an error and a retry sends the
-// message again, with the same Message-ID. ctx ending aborts the SMTP
-// conversation; the returned error then wraps ctx's cause.
+// Delivery is at least once: a message the server accepted counts as sent,
+// even when the connection breaks afterwards (RSET, QUIT); if ctx ends or
+// the connection breaks before the server answered the message's final
+// ".", Send reports an error and a retry sends it again, with the same
+// Message-ID. ctx ending aborts the SMTP conversation; the returned error
+// then wraps ctx's cause.
 func (m *Mailer) Send(ctx context.Context, msg Message) error {
 	gm, bcc, err := m.build(msg)
 	if err != nil {

@@ -684,6 +684,11 @@ func TestNewSMTPURL(t *testing.T) {
 		{"smtp://user:s3cret-pw@mail.example.test?tls=bogus", "xxxxx"},
 		{"smtp://user:s3cret-pw@mail.example.test:bad", "not a URL"},
 		{"smtp://user:s3cret-pw@exa mple.test", "not a URL"},
+		// An unescaped /, ? or # in the password ends the authority early.
+		{"smtp://user:s3cret-pw/x@mail.example.test", "must be percent-encoded"},
+		{"smtp://user:1234/s3cret-pw@mail.example.test", "must be percent-encoded"},
+		{"smtp://user:s3cret-pw?x=1@mail.example.test", "must be percent-encoded"},
+		{"smtp://user:s3cret-pw#2@mail.example.test", "must be percent-encoded"},
 	}
 	for _, tt := range bad {
 		_, err := mailer.New(mailer.Config{SMTPURL: tt.url})

@@ -52,6 +52,12 @@ var authTypes = map[string]mail.SMTPAuthType{
 // the password.
 func parseSMTPURL(raw string) (*smtpTarget, error) {
 	u, err := url.Parse(raw)
+	// A /, ? or # in an unescaped password ends the authority early: the
+	// parser then reads the password as a port or a path, which its errors
+	// (and ours) would quote.
+	if _, rest, _ := strings.Cut(raw, "://"); strings.ContainsAny(rest[:max(strings.LastIndex(rest, "@"), 0)], "/?#") {
+		return nil, errors.New("SMTP URL: the user name and password must be percent-encoded (/ as %2F, ? as %3F, # as %23, @ as %40)")
+	}
 	if err != nil {
 		// url.Error repeats the whole URL, password included; keep only the cause.
 		var uerr *url.Error

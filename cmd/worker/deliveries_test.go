@@ -20,6 +20,7 @@ import (
 
 	"github.com/heraldhq/herald/internal/testinfra"
 	"github.com/heraldhq/herald/mailer"
+	"github.com/heraldhq/herald/rules"
 )
 
 // Integration tests of deliveries: the webhook, Slack and email transports,
@@ -927,6 +928,24 @@ func TestEmailDelivery(t *testing.T) {
 	quiet()
 	require.Len(t, mailpitTo(t, api, jane.Email), 1)
 	require.Equal(t, 1, d.count(t, `SELECT count(*) FROM events WHERE action = 'email_sent'`))
+}
+
+// A user's address with spaces around it (they decide nothing about
+// skipping) is sent to without them, not failed as malformed for good.
+func TestEmailTransportTrimsTheAddress(t *testing.T) {
+	t.Parallel()
+	smtpURL, api := testinfra.Mailpit(t)
+	m, err := mailer.New(mailer.Config{SMTPURL: smtpURL, From: "herald@herald.test"})
+	require.NoError(t, err)
+	address := "spaced." + testinfra.Name(t) + "@herald.test"
+	tr := &emailTransport{mail: m, from: "herald@herald.test"}
+	res, err := tr.Deliver(t.Context(), &rules.Delivery{ID: "6f1c2f0e-0000-4000-8000-000000000001", Severity: "notice", Body: "hello",
+		User: rules.User{ID: 1, Username: "spaced", Name: "Spaced", Email: " " + address + " \t"}})
+	require.NoError(t, err)
+	require.Equal(t, []any{address}, res.Event.Context["to_email"])
+	msgs := waitMailpit(t, api, address)
+	require.Len(t, msgs, 1)
+	require.Equal(t, "Spaced", msgs[0].To[0].Name)
 }
 
 // closedAddr returns a local address nothing listens on.

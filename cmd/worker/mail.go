@@ -97,7 +97,8 @@ type emailTransport struct {
 var _ rules.Transporter = (*emailTransport)(nil)
 
 func (t *emailTransport) Deliver(ctx context.Context, d *rules.Delivery) (rules.DeliveryResult, error) {
-	if strings.TrimSpace(d.User.Email) == "" {
+	address := strings.TrimSpace(d.User.Email)
+	if address == "" {
 		return rules.DeliveryResult{Skipped: true, Note: "user " + d.User.Username + " has no email address"}, nil
 	}
 	tpl, err := t.template(ctx, d.Transport.EmailTemplate)
@@ -113,7 +114,7 @@ func (t *emailTransport) Deliver(ctx context.Context, d *rules.Delivery) (rules.
 	// transport's prefix; the title when it renders empty.
 	title, _ := data["title"].(string)
 	subject := d.Transport.EmailSubjectPrefix + cmp.Or(rendered, title)
-	to := (&netmail.Address{Name: d.User.Name, Address: d.User.Email}).String()
+	to := (&netmail.Address{Name: d.User.Name, Address: address}).String()
 	msg := mailer.Message{Key: "delivery:" + d.ID, To: []string{to}, Subject: subject, HTML: html, Text: text}
 	if err := t.mail.Send(ctx, msg); err != nil {
 		if mailer.Permanent(err) {
@@ -123,7 +124,7 @@ func (t *emailTransport) Deliver(ctx context.Context, d *rules.Delivery) (rules.
 	}
 	// The email went out: its email_sent event is stored with the
 	// delivery's sent status.
-	return rules.DeliveryResult{Event: emailSent(msg, []string{d.User.Email}, t.from)}, nil
+	return rules.DeliveryResult{Event: emailSent(msg, []string{address}, t.from)}, nil
 }
 
 // template returns the named template: a row of email_templates, or the
