@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"math"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,8 +22,18 @@ func Sanitize(v any) any {
 		return nil
 	case map[string]any:
 		out := make(map[string]any, len(t))
+		var withNUL []string
 		for k, x := range t {
-			out[stripNUL(k)] = Sanitize(x)
+			if strings.IndexByte(k, 0) >= 0 {
+				withNUL = append(withNUL, k)
+				continue
+			}
+			out[k] = Sanitize(x)
+		}
+		for _, k := range nulKeysInOrder(withNUL) {
+			if s := stripNUL(k); !hasKey(out, s) {
+				out[s] = Sanitize(t[k])
+			}
 		}
 		return out
 	case []any:
@@ -81,8 +92,9 @@ func truthy(v any) bool {
 const CleansedValue = "********************"
 
 var (
-	hiddenKey  = regexp.MustCompile(`(?i)API|AUTH|TOKEN|KEY|SECRET|PASS|SIGNATURE|HTTP_COOKIE`)
-	allowedKey = regexp.MustCompile(`(?i)passing|password_change_date|^auth_method(_args)?$`)
+	hiddenKey = regexp.MustCompile(`(?i)API|AUTH|TOKEN|KEY|SECRET|PASS|SIGNATURE|HTTP_COOKIE`)
+	// Python's $ also matches before a final newline.
+	allowedKey = regexp.MustCompile(`(?i)passing|password_change_date|^auth_method(_args)?\n?$`)
 )
 
 // Cleanse returns m with the scalar values of secret-looking keys replaced
@@ -107,7 +119,9 @@ func secretKey(key string) bool {
 	if v, ok := secretKeys.Load(key); ok {
 		return v.(bool)
 	}
-	secret := hiddenKey.MatchString(key) && !allowedKey.MatchString(key)
+	// Python's re.I also takes the dotless ı for i, which Go's (?i) does not.
+	folded := strings.ReplaceAll(key, "ı", "i")
+	secret := hiddenKey.MatchString(folded) && !allowedKey.MatchString(folded)
 	if len(key) <= 64 && secretKeysCount.Add(1) <= 10000 {
 		secretKeys.Store(key, secret)
 	}
@@ -119,14 +133,37 @@ var secretKeysCount atomic.Int64
 // sanitizeAndCleanse is Cleanse(Sanitize(m)) in one pass, changing the
 // freshly decoded m in place.
 func sanitizeAndCleanse(m map[string]any) map[string]any {
+	var withNUL []string
 	for k, v := range m {
 		if strings.IndexByte(k, 0) >= 0 {
-			delete(m, k)
-			k = stripNUL(k)
+			withNUL = append(withNUL, k) // not changed while m is ranged over
+			continue
 		}
 		m[k] = sanitizeCleanseItem(k, v)
 	}
+	for _, k := range nulKeysInOrder(withNUL) {
+		v := m[k]
+		delete(m, k)
+		if s := stripNUL(k); !hasKey(m, s) {
+			m[s] = sanitizeCleanseItem(s, v)
+		}
+	}
 	return m
+}
+
+// nulKeysInOrder sorts the keys that hold NUL characters, so that when
+// several become the same key once NUL is removed, which one is kept does
+// not depend on map order: a key that had no NUL is kept, and among the
+// others the first in byte order. (authentik keeps the last in the JSON
+// text, an order decoding does not keep.)
+func nulKeysInOrder(keys []string) []string {
+	slices.Sort(keys)
+	return keys
+}
+
+func hasKey(m map[string]any, k string) bool {
+	_, ok := m[k]
+	return ok
 }
 
 func sanitizeCleanseItem(key string, v any) any {

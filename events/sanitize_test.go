@@ -172,3 +172,43 @@ func BenchmarkCleanse(b *testing.B) {
 		_ = Cleanse(ctx)
 	}
 }
+
+// Secret keys are matched as Python's re with re.I matches them: the
+// dotless ı is an i, and $ also matches before a final newline.
+func TestCleanseKeysAsPython(t *testing.T) {
+	t.Parallel()
+	for key, hidden := range map[string]bool{
+		"apı": true, "sıgnature": true, "auth_method\n": false, "auth_method_args\n": false,
+		"\u212aey": true, "paſs": true, "AUTH_METHOD": false, "Author": true,
+		"password_change_date": false, "passing": false, "auth_methods": true,
+	} {
+		kj, err := json.Marshal(key)
+		require.NoError(t, err)
+		ev, err := Decode([]byte(`{"pk": "0b470dce-99b5-4960-9eb1-a3af15ea6973", "action": "login",
+"context": {` + string(kj) + `: "v", "l": [{` + string(kj) + `: "v"}]}}`))
+		require.NoError(t, err)
+		want := any("v")
+		if hidden {
+			want = CleansedValue
+		}
+		require.Equal(t, want, ev.Context[key], "%q", key)
+		require.Equal(t, want, ev.Context["l"].([]any)[0].(map[string]any)[key], "%q in a list", key)
+	}
+}
+
+// Keys that become one once NUL is removed give the same object on every
+// decode (the key that had no NUL is kept), in the context as in the user
+// and brand.
+func TestKeysThatCollideWithoutNULDecodeTheSame(t *testing.T) {
+	t.Parallel()
+	for _, field := range []string{"context", "user", "brand"} {
+		payload := []byte(`{"pk": "0b470dce-99b5-4960-9eb1-a3af15ea6973", "action": "login", "` + field +
+			`": {"a\u0000b": "first", "ab": "second", "c\u0000": 1, "x\u0000": 3, "\u0000x": 4, "d": [2]}}`)
+		for range 100 {
+			ev, err := Decode(payload)
+			require.NoError(t, err)
+			m := map[string]map[string]any{"context": ev.Context, "user": ev.User, "brand": ev.Brand}[field]
+			require.Equal(t, map[string]any{"ab": "second", "c": int64(1), "x": int64(4), "d": []any{int64(2)}}, m, field)
+		}
+	}
+}
