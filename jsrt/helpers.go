@@ -49,6 +49,7 @@ func (v *vm) install() {
 	set("reverse_dns", v.reverseDNS)
 	v.installJSON()
 	v.installBuiltinGuards()
+	v.installRequestGlobals()
 	v.freezeShared()
 }
 
@@ -64,10 +65,12 @@ func (v *vm) install() {
 // The global bindings that exist now, all of them built-in or Herald's,
 // become read-only and non-configurable: a policy, which runs in strict
 // mode, cannot reassign (regex_match = …, JSON = …) or delete one. The
-// per-evaluation globals (request, context, a mapping's notification and
-// user) do not exist yet, so evaluate can still set them each time (a
-// policy that fixes one gets its runtime replaced, see [vm.setGlobal]),
-// and new global variables (globalThis.x = 1) can still be made.
+// global request and context are accessors of the vm (see
+// [vm.installRequestGlobals]), read-only too. A mapping's notification and
+// user do not exist yet, so evaluate can still set them each time (a
+// mapping that fixes one gets its runtime replaced, see
+// [vm.resetGlobal]), and new global variables (globalThis.x = 1) can
+// still be made.
 //
 // Two objects are only kept from growing, because freezing them would make
 // assignments to own properties of the same name fail on every object that

@@ -227,9 +227,9 @@ return [regex_match(), JSON, ak_message, list_flatten(), mine, request.context.e
 	require.Equal(t, []any{"logout", "logout"}, res.Raw)
 }
 
-// A policy that fixes a per-evaluation global (request, context) to a
-// value of its own, non-writable or as an accessor, does not reach later
-// policies: its runtime is replaced.
+// A policy cannot fix the global request or context to a value of its own
+// (non-writable, or an accessor), which later policies on the runtime
+// would read: they cannot be redefined, or assigned.
 func TestSandboxPerEvaluationGlobalsCannotBeFixed(t *testing.T) {
 	t.Parallel()
 	pool := newPool(t, jsrt.Config{Size: 1})
@@ -242,9 +242,15 @@ func TestSandboxPerEvaluationGlobalsCannotBeFixed(t *testing.T) {
 		"accessor": `Object.defineProperty(globalThis, "request", {get() { return ` + planted + `; }, set(v) {}, configurable: false}); return true;`,
 		"context":  `Object.defineProperty(globalThis, "context", {value: {event: {action: "planted"}}, writable: false, configurable: false}); return true;`,
 		"throwing": `Object.defineProperty(globalThis, "context", {get() { throw new Error("no"); }, configurable: false}); return true;`,
+		// An accessor that answers the value last set to the first read
+		// after each set (a check) and its own to the others.
+		"adaptive":       `let fresh = false, last; Object.defineProperty(globalThis, "request", {get() { const f = fresh; fresh = false; return f ? last : ` + planted + `; }, set(v) { last = v; fresh = true; }, configurable: true}); return true;`,
+		"adaptive-fixed": `let fresh = false, last; Object.defineProperty(globalThis, "request", {get() { const f = fresh; fresh = false; return f ? last : ` + planted + `; }, set(v) { last = v; fresh = true; }, configurable: false}); return true;`,
+		"assigned":       `request = ` + planted + `; return true;`,
 	} {
 		res := evaluate(t, pool, request("planter-"+name, expr))
-		require.Nil(t, res.Err, name)
+		require.NotNil(t, res.Err, name)
+		require.Contains(t, res.Err.Message, "TypeError: Cannot ", name)
 		for range 2 {
 			res = evaluate(t, pool, request("reader", read))
 			require.Nil(t, res.Err, name)

@@ -46,6 +46,11 @@ type vm struct {
 	rangeError goja.Constructor
 	// isArray is the runtime's Array.isArray.
 	isArray goja.Callable
+	// requestGlobal and contextGlobal are what the globals request and
+	// context give: read-only accessors a policy cannot redefine (see
+	// [vm.installRequestGlobals]), so that none can fix them for later
+	// policies on the runtime.
+	requestGlobal, contextGlobal goja.Value
 	// textDepth is how deep the guarded array methods that make text are
 	// in one another (see [vm.installBuiltinGuards]).
 	textDepth int
@@ -146,17 +151,25 @@ func (v *vm) evaluate(ctx context.Context, prog *goja.Program, req *rules.Policy
 	ev := &evaluation{bounds: b, req: req}
 	prev := v.cur
 	v.cur = ev
-	prevRequest, prevContext := v.rt.Get("request"), v.rt.Get("context")
+	prevRequest, prevContext := v.requestGlobal, v.contextGlobal
 	defer func() {
 		v.cur = prev
-		v.setGlobal("request", prevRequest)
-		v.setGlobal("context", prevContext)
+		v.requestGlobal, v.contextGlobal = prevRequest, prevContext
 	}()
 
+	// A mapping's globals are set with plain assignments, restored with
+	// resetGlobal once the outermost evaluation ends, which undoes what a
+	// policy made of them.
 	for name, val := range req.Globals {
 		prevVal := v.rt.Get(name)
-		v.setGlobal(name, v.toJS(val))
-		defer v.setGlobal(name, prevVal)
+		_ = v.rt.Set(name, v.toJS(val))
+		defer func() {
+			if outer {
+				v.resetGlobal(name, prevVal)
+			} else {
+				_ = v.rt.Set(name, prevVal)
+			}
+		}()
 	}
 	plain := req.Context == nil && req.Globals == nil
 	if !plain {
@@ -179,14 +192,7 @@ func (v *vm) evaluate(ctx context.Context, prog *goja.Program, req *rules.Policy
 		v.cache = c
 	}
 	request := v.cache.request
-	v.setGlobal("request", request)
-	v.setGlobal("context", request.Get("context"))
-	if v.broken {
-		// An earlier policy fixed one of them to a value of its own.
-		res.Err = &rules.PolicyError{Policy: req.Policy.Name, Kind: "exception",
-			Message: "the runtime's request or context was tampered with by an earlier policy; it is replaced"}
-		return res
-	}
+	v.requestGlobal, v.contextGlobal = request, request.Get("context")
 	if req.Globals != nil {
 		v.shareGlobals(req, request)
 	}
@@ -253,30 +259,39 @@ func (v *vm) evaluate(ctx context.Context, prog *goja.Program, req *rules.Policy
 	return res
 }
 
-// setGlobal sets the per-evaluation global name to val. A policy can fix
-// such a global to a value of its own (a non-writable property, or an
-// accessor), which later policies on the runtime would read: when the
-// global does not take val, the runtime is marked broken, to be replaced.
-func (v *vm) setGlobal(name string, val goja.Value) {
-	if val == nil {
-		val = goja.Undefined() // (a nil Value would be set as null)
-	}
-	ok := func() (ok bool) {
-		defer func() {
-			if recover() != nil {
-				ok = false // a getter that throws
+// installRequestGlobals defines the globals request and context as
+// accessors of requestGlobal and contextGlobal, before the shared globals
+// are frozen (which makes them non-configurable): a policy can change the
+// objects, not which objects they are.
+func (v *vm) installRequestGlobals() {
+	for name, field := range map[string]*goja.Value{"request": &v.requestGlobal, "context": &v.contextGlobal} {
+		get := v.rt.ToValue(func(goja.FunctionCall) goja.Value {
+			if *field == nil {
+				return goja.Undefined()
 			}
-		}()
-		if v.rt.Set(name, val) != nil {
-			return false
+			return *field
+		})
+		if err := v.rt.GlobalObject().DefineAccessorProperty(name, get, nil, goja.FLAG_TRUE, goja.FLAG_TRUE); err != nil {
+			panic(fmt.Sprintf("jsrt: define %s: %v", name, err))
 		}
-		got := v.rt.Get(name)
-		if goja.IsUndefined(val) {
-			return got == nil || goja.IsUndefined(got)
-		}
-		return got != nil && got.SameAs(val)
-	}()
-	if !ok {
+	}
+}
+
+// resetGlobal gives the per-evaluation global name back the value val it
+// had before the outermost evaluation, as a plain data property (or none,
+// as before the first): a policy may have replaced it with one of its own
+// (an accessor that answers what it likes), which this removes; one it
+// made non-configurable cannot be, and the runtime is then marked broken,
+// to be replaced before another policy runs on it.
+func (v *vm) resetGlobal(name string, val goja.Value) {
+	global := v.rt.GlobalObject()
+	var err error
+	if val == nil || goja.IsUndefined(val) {
+		err = global.Delete(name) // the usual case, and the cheaper
+	} else {
+		err = global.DefineDataProperty(name, val, goja.FLAG_TRUE, goja.FLAG_TRUE, goja.FLAG_TRUE)
+	}
+	if err != nil {
 		v.broken = true
 	}
 }
