@@ -284,3 +284,21 @@ const path = regex_replace(e.context.http_request.path, "/(?P<seg>[a-z]+)/", "<\
 return ip_network("198.51.100.0/24").contains(ak_client_ip) && path.length > 0 && /(?<=\/)flows/.test(e.context.http_request.path)
   && JSON.stringify(list_flatten([e.action])) === '"login"';`)
 }
+
+// A mapping that fixes its notification global to a value of its own
+// (non-configurable, so it cannot be reset) does not reach later mappings:
+// its runtime is replaced.
+func TestSandboxMappingGlobalsCannotBeFixed(t *testing.T) {
+	t.Parallel()
+	pool := newPool(t, jsrt.Config{Size: 1})
+	mapping := func(name, expr, body string) any {
+		res, err := pool.EvaluateMapping(t.Context(), rules.MappingRequest{Name: name, Expression: expr,
+			Notification: map[string]any{"body": body}, User: &rules.User{ID: 12, Username: "jane"}, Event: loginEvent(), Timeout: time.Second})
+		require.NoError(t, err)
+		return res.Value
+	}
+	for _, configurable := range []string{"true", "false"} {
+		mapping("fixer", `Object.defineProperty(globalThis, "notification", {get() { return {body: "planted"}; }, configurable: `+configurable+`}); return null;`, "first")
+		require.Equal(t, "second", mapping("reader", `return notification.body;`, "second"), "configurable: %s", configurable)
+	}
+}
