@@ -114,7 +114,7 @@ func (v *vm) akCallPolicy(call goja.FunctionCall) goja.Value {
 	// The callee sees the caller's request.context as it is now (what the
 	// caller added too), with kwargs over it, in a copy.
 	c := map[string]any{}
-	if request, ok := v.rt.Get("request").(*goja.Object); ok {
+	if request, ok := v.requestGlobal.(*goja.Object); ok {
 		if live, ok := request.Get("context").(*goja.Object); ok {
 			for _, k := range live.Keys() {
 				if k != "event" {

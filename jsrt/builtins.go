@@ -34,7 +34,7 @@ func (v *vm) installBuiltinGuards() {
 			panic(v.newRangeError(fmt.Sprintf("JSON.parse: the text is nested deeper than %d levels", maxJSONDepth)))
 		}
 		args[0] = v.rt.ToValue(text) // converted once
-		return v.rethrow(parse(call.This, args...))
+		return rethrow(parse(call.This, args...))
 	})
 
 	array, _ := v.rt.Get("Array").(*goja.Object)
@@ -50,7 +50,7 @@ func (v *vm) installBuiltinGuards() {
 			}
 			v.textDepth++
 			defer func() { v.textDepth-- }() // also when a timeout unwinds it
-			return v.rethrow(orig(call.This, call.Arguments...))
+			return rethrow(orig(call.This, call.Arguments...))
 		})
 	}
 }
@@ -77,7 +77,7 @@ func (v *vm) replaceMethod(obj *goja.Object, name string, fn func(goja.FunctionC
 // rethrow returns what a call of a JavaScript function from a host
 // function returned, and throws what it threw (an interrupt goes on
 // unwinding).
-func (v *vm) rethrow(val goja.Value, err error) goja.Value {
+func rethrow(val goja.Value, err error) goja.Value {
 	if err != nil {
 		panic(err)
 	}
